@@ -1,0 +1,1 @@
+"""Every side effect of SecFlow: scanners, the store, the workspace, reports."""

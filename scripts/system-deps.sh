@@ -1,0 +1,14 @@
+#!/bin/sh
+# Installs the Debian packages the test suite needs, when they are missing.
+# Safe to run repeatedly; does nothing when everything is present.
+set -eu
+missing=""
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing="$missing docker-compose"
+[ -z "$missing" ] && exit 0
+echo "system-deps: installing$missing"
+if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+  echo "system-deps: need root or sudo to install:$missing" >&2; exit 1; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null

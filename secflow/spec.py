@@ -1,0 +1,400 @@
+"""The assessment spec: what a security engineer writes, validated before anything starts.
+
+`load_spec(path)` returns a `Spec` or raises `SpecError` listing EVERY problem found
+(field path + reason), not just the first: a user fixing a spec should not have to
+run the validator once per mistake.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from secflow.durations import Duration
+from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
+from secflow.scope import Scope
+from secflow.tools import DEFAULT_TOOL_FOR_KIND, STAGE_OPTIONS, TOOLS, RetryClass
+
+StageKind = Literal[
+    "discovery", "sast", "dast", "sca", "secrets", "enrich", "report", "ticket", "notify", "cleanup"
+]
+
+_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+# A stage with no `timeout:` gets this much per attempt.
+DEFAULT_STAGE_TIMEOUT = timedelta(minutes=30)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ScopeSpec(_Strict):
+    allow: list[str] = Field(min_length=1)
+
+
+class Target(_Strict):
+    host: str | None = None
+    url: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Target":
+        given = [k for k in ("host", "url", "path") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a target has exactly one of host, url or path")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "host" if self.host else "url" if self.url else "path"
+
+    @property
+    def value(self) -> str:
+        return self.host or self.url or self.path or ""
+
+
+class RetryOverride(_Strict):
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    initial_interval: Duration | None = None
+    backoff: float | None = Field(None, ge=1.0, le=10.0)
+    max_interval: Duration | None = None
+
+
+class Stage(_Strict):
+    id: str = Field(pattern=_ID_PATTERN)
+    kind: StageKind
+    tool: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    criticality: Literal["required", "optional"] = "required"
+    on_failure: Literal["fail", "skip", "await_approval", "fallback"] = "fail"
+    fallback_tool: str | None = None
+    requires_approval: bool = False
+    wait_timeout: Duration | None = None
+    on_wait_timeout: Literal["approve", "reject", "skip", "fail"] = "fail"
+    retry: RetryOverride | None = None
+    timeout: Duration | None = None
+    always: bool = False
+
+    @property
+    def tool_name(self) -> str:
+        return self.tool or DEFAULT_TOOL_FOR_KIND.get(self.kind, "")
+
+    @property
+    def tolerated_failure_percent(self) -> float:
+        return float(self.options.get("tolerated_failure_percent", 0))
+
+    def tool_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k not in STAGE_OPTIONS}
+
+    def retry_plan(self, tool: str | None = None) -> RetryPlan:
+        """The kind's row of the retry table with this stage's overrides (sandbox tools stay at 1)."""
+        info = TOOLS.get(tool or self.tool_name)
+        retry_class = KIND_RETRY_CLASS[self.kind]
+        if info is not None and info.retry_class is RetryClass.SANDBOX:
+            retry_class = RetryClass.SANDBOX
+        override = self.retry or RetryOverride()
+        return plan_for(
+            retry_class,
+            max_attempts=override.max_attempts,
+            initial_interval=override.initial_interval,
+            backoff=override.backoff,
+            max_interval=override.max_interval,
+        )
+
+    @property
+    def effective_timeout(self) -> timedelta:
+        return self.timeout or DEFAULT_STAGE_TIMEOUT
+
+
+class LockPolicy(_Strict):
+    on_conflict: Literal["wait", "refuse"] = "wait"
+    wait_timeout: Duration = Field(default="30m", validate_default=True)
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=_ID_PATTERN)
+    description: str = ""
+    scope: ScopeSpec
+    targets: list[Target] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1)
+    locks: LockPolicy = Field(default_factory=LockPolicy)
+
+    def stage(self, stage_id: str) -> Stage:
+        for stage in self.stages:
+            if stage.id == stage_id:
+                return stage
+        raise KeyError(stage_id)
+
+    def targets_for(self, tool: str) -> list[Target]:
+        info = TOOLS[tool]
+        return [t for t in self.targets if t.kind in info.target_kinds]
+
+
+class Problem(BaseModel):
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<spec>'}: {self.reason}"
+
+
+class SpecError(Exception):
+    """A spec that must not start. Carries every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        path = _loc(loc)
+        if prefix:
+            path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        reason = reason.removeprefix("Value error, ")
+        problems.append(Problem(path=path, reason=reason))
+    return problems
+
+
+def parse_spec_text(text: str, *, source: str = "<spec>") -> Any:
+    """YAML (a superset of JSON) -> Python data; syntax errors become a Problem with the line."""
+    if source.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError([Problem(path="", reason=f"invalid JSON at line {exc.lineno}: {exc.msg}")])
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([Problem(path="", reason=f"invalid YAML{where}: {problem}")])
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file (YAML or JSON)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([Problem(path="", reason=f"cannot read {p}: {exc.strerror or exc}")])
+    return validate_spec_data(parse_spec_text(text, source=p.name))
+
+
+def validate_spec_data(data: Any) -> Spec:
+    """Validate parsed data into a Spec, collecting schema AND semantic problems."""
+    if not isinstance(data, dict):
+        raise SpecError([Problem(path="", reason="a spec is a mapping with name, scope, targets and stages")])
+    problems: list[Problem] = []
+    try:
+        spec: Spec | None = Spec.model_validate(data)
+    except ValidationError as exc:
+        spec = None
+        problems.extend(_pydantic_problems(exc))
+
+    # Semantic checks need the pieces; validate them one by one so that one bad stage
+    # does not hide the problems of the others.
+    scope = _valid_piece(ScopeSpec, data.get("scope"))
+    targets = _valid_list(Target, data.get("targets"))
+    stages = _valid_list(Stage, data.get("stages"))
+    problems.extend(_semantic_problems(scope, targets, stages, data.get("stages")))
+
+    if problems:
+        raise SpecError(_dedupe(problems))
+    assert spec is not None
+    return spec
+
+
+def _valid_piece(model: type[BaseModel], raw: Any) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _valid_list(model: type[BaseModel], raw: Any) -> list[tuple[int, Any]]:
+    if not isinstance(raw, list):
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        piece = _valid_piece(model, item)
+        if piece is not None:
+            out.append((i, piece))
+    return out
+
+
+def _semantic_problems(
+    scope: ScopeSpec | None,
+    targets: list[tuple[int, Target]],
+    stages: list[tuple[int, Stage]],
+    raw_stages: Any,
+) -> list[Problem]:
+    problems: list[Problem] = []
+
+    parsed_scope: Scope | None = None
+    if scope is not None:
+        for i, entry in enumerate(scope.allow):
+            try:
+                Scope.parse([entry])
+            except ValueError as exc:
+                problems.append(Problem(path=f"scope.allow[{i}]", reason=str(exc)))
+        try:
+            parsed_scope = Scope.parse(scope.allow)
+        except ValueError:
+            parsed_scope = None
+
+    if parsed_scope is not None:
+        for i, target in targets:
+            problems.extend(_target_scope_problems(parsed_scope, i, target))
+
+    target_kinds = {t.kind for _, t in targets}
+    for i, stage in stages:
+        problems.extend(_stage_problems(i, stage, target_kinds))
+
+    problems.extend(_dag_problems(raw_stages))
+    return problems
+
+
+def _target_scope_problems(scope: Scope, i: int, target: Target) -> list[Problem]:
+    path = f"targets[{i}].{target.kind}"
+    if target.kind == "host":
+        ok = scope.permits_host(target.value)
+    elif target.kind == "url":
+        if not target.value.startswith(("http://", "https://")):
+            return [Problem(path=path, reason=f"{target.value!r} is not an http(s) URL")]
+        ok = scope.permits_url(target.value)
+    else:
+        ok = scope.permits_path(target.value)
+    if ok:
+        return []
+    return [Problem(path=path, reason=f"{target.value!r} is outside scope.allow")]
+
+
+def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Problem]:
+    where = f"stages[{i}]"
+    problems: list[Problem] = []
+    tool = stage.tool_name
+    info = TOOLS.get(tool)
+    if not tool:
+        problems.append(
+            Problem(path=f"{where}.tool", reason=f"kind {stage.kind!r} has no built-in tool yet; name one of {sorted(TOOLS)}")
+        )
+    elif info is None:
+        problems.append(Problem(path=f"{where}.tool", reason=f"unknown tool {tool!r}; known tools: {sorted(TOOLS)}"))
+    elif stage.kind not in info.kinds:
+        problems.append(
+            Problem(path=f"{where}.tool", reason=f"tool {tool!r} does not run in a {stage.kind!r} stage (it is for {sorted(info.kinds)})")
+        )
+    if info is not None:
+        try:
+            info.options.model_validate(stage.tool_options())
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, prefix=f"{where}.options"))
+        if info.target_kinds and not (info.target_kinds & target_kinds):
+            problems.append(
+                Problem(path=f"{where}.tool", reason=f"tool {tool!r} needs a {'/'.join(sorted(info.target_kinds))} target and the spec has none")
+            )
+        if info.retry_class is RetryClass.SANDBOX and stage.retry and (stage.retry.max_attempts or 1) > 1:
+            problems.append(Problem(path=f"{where}.retry.max_attempts", reason="sandbox launches are never retried"))
+    tfp = stage.options.get("tolerated_failure_percent")
+    if tfp is not None and (isinstance(tfp, bool) or not isinstance(tfp, (int, float)) or not 0 <= tfp <= 100):
+        problems.append(Problem(path=f"{where}.options.tolerated_failure_percent", reason="must be a number from 0 to 100"))
+    if stage.on_failure == "fallback":
+        if not stage.fallback_tool:
+            problems.append(Problem(path=f"{where}.fallback_tool", reason="on_failure: fallback needs a fallback_tool"))
+        else:
+            fb = TOOLS.get(stage.fallback_tool)
+            if fb is None:
+                problems.append(Problem(path=f"{where}.fallback_tool", reason=f"unknown tool {stage.fallback_tool!r}; known tools: {sorted(TOOLS)}"))
+            elif stage.kind not in fb.kinds:
+                problems.append(Problem(path=f"{where}.fallback_tool", reason=f"tool {stage.fallback_tool!r} does not run in a {stage.kind!r} stage"))
+    elif stage.fallback_tool:
+        problems.append(Problem(path=f"{where}.fallback_tool", reason="only used with on_failure: fallback"))
+    if stage.on_wait_timeout == "approve" and not stage.requires_approval:
+        problems.append(
+            Problem(path=f"{where}.on_wait_timeout", reason="approve only answers an approval gate (requires_approval: true); a failure wait ends with skip or fail")
+        )
+    if stage.always and stage.requires_approval:
+        problems.append(Problem(path=f"{where}.requires_approval", reason="an always stage runs unconditionally and cannot be gated"))
+    return problems
+
+
+def _dag_problems(raw_stages: Any) -> list[Problem]:
+    """Duplicate ids, dangling depends_on and cycles, read from the raw stages so that a
+    stage with an unrelated mistake (a bad timeout, say) still has its edges checked."""
+    if not isinstance(raw_stages, list):
+        return []
+    problems: list[Problem] = []
+    graph: dict[str, list[str]] = {}
+    index: dict[str, int] = {}
+    for i, raw in enumerate(raw_stages):
+        sid = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(sid, str):
+            continue
+        if sid in graph:
+            problems.append(Problem(path=f"stages[{i}].id", reason=f"duplicate stage id {sid!r}"))
+            continue
+        deps = raw.get("depends_on") or []
+        graph[sid] = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+        index[sid] = i
+    for sid, deps in graph.items():
+        for j, dep in enumerate(deps):
+            if dep == sid:
+                problems.append(Problem(path=f"stages[{index[sid]}].depends_on[{j}]", reason="a stage cannot depend on itself"))
+            elif dep not in graph:
+                problems.append(Problem(path=f"stages[{index[sid]}].depends_on[{j}]", reason=f"no stage has id {dep!r}"))
+
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in graph.get(node, []):
+            if dep not in graph or dep == node:
+                continue
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep]
+                problems.append(
+                    Problem(path=f"stages[{index[dep]}].depends_on", reason="dependency cycle: " + " -> ".join(cycle))
+                )
+            elif state.get(dep) is None:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for sid in graph:
+        if sid not in state:
+            visit(sid, [sid])
+    return problems
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        key = (p.path, p.reason)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out

@@ -1,0 +1,928 @@
+"""The findings store: findings, their links to assessments, scan locks and the error ledger.
+
+Who writes here: Temporal activities, which may run more than once, in several worker
+processes at once, and be killed at any moment; and the starter CLI, from yet another
+process. So every write is
+
+* keyed by a deterministic id (finding fingerprint, (assessment, fingerprint) link,
+  lock target, error event id) and written as an upsert or insert-or-ignore, so a retry
+  changes nothing it should not;
+* one transaction, so a process killed half-way leaves either all of it or none of it.
+
+SQLite is the default backend (one file, WAL journal, a busy timeout so concurrent
+writers queue instead of failing). The SQL is kept behind a small seam
+(:class:`Dialect` for placeholders/upsert spelling, :class:`_Backend` for connections and
+one-time database setup) so a PostgreSQL backend can be added later with the same schema
+and migrations. Until then a ``postgresql://`` URL is refused with a clear error.
+
+The API is synchronous and thread-safe; activities call it through ``asyncio.to_thread``.
+Each call borrows a connection from a small per-store pool, so threads never share a
+connection mid-transaction.
+
+SQLite errors are not wrapped: a writer that waited longer than the busy timeout gets
+``sqlite3.OperationalError("database is locked")``, which SecFlow's error taxonomy
+classifies as *transient* (retry with backoff).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from secflow.errors import Category
+from secflow.findings import SEVERITY_ORDER, Confidence, Finding, Severity
+from secflow.models import FindingCounts
+
+__all__ = [
+    "DB_URL_ENV",
+    "DATA_DIR_ENV",
+    "BUSY_TIMEOUT_ENV",
+    "DEFAULT_BUSY_TIMEOUT",
+    "DbLocation",
+    "Dialect",
+    "ErrorEvent",
+    "FindingCounts",
+    "FindingsStore",
+    "LockInfo",
+    "LockResult",
+    "MIGRATIONS",
+    "Migration",
+    "UpsertResult",
+    "default_db_url",
+    "open_store",
+    "parse_db_url",
+]
+
+DB_URL_ENV = "SECFLOW_DB_URL"
+DATA_DIR_ENV = "SECFLOW_DATA_DIR"
+BUSY_TIMEOUT_ENV = "SECFLOW_DB_BUSY_TIMEOUT"
+DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer before "database is locked"
+
+_POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
+_URL_HINT = "expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+
+
+# --- result and record models ------------------------------------------------------------
+
+
+class UpsertResult(BaseModel):
+    """What one `upsert_findings` call did, counted per assessment.
+
+    `inserted`: fingerprints new to this assessment; `updated`: those it already had.
+    A retried activity therefore reports inserted=0.
+    """
+
+    inserted: int = 0
+    updated: int = 0
+
+
+class LockResult(BaseModel):
+    """Outcome of `acquire_lock`: whether the caller holds the lock, and who does."""
+
+    acquired: bool
+    holder: str
+    acquired_at: datetime
+
+
+class LockInfo(BaseModel):
+    target: str
+    holder: str
+    acquired_at: datetime
+
+
+class ErrorEvent(BaseModel):
+    """One error SecFlow met, recorded even when a retry later recovered from it.
+
+    `event_id` is deterministic (built by the caller from workflow id, activity id and
+    attempt, say), so recording the same event twice stores it once. `message` must
+    already be redacted. `outcome` is None until known, then 'recovered', 'failed',
+    'skipped', ...
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1)
+    assessment_id: str = Field(min_length=1)
+    stage_id: str
+    target: str
+    tool: str
+    attempt: int = Field(ge=0)
+    category: str
+    message: str
+    retryable: bool
+    occurred_at: datetime
+    outcome: str | None = None
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        known = {c.value for c in Category}
+        if value not in known:
+            raise ValueError(f"unknown error category {value!r}; expected one of {sorted(known)}")
+        return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware_utc(cls, value: datetime) -> datetime:
+        # A naive time would sort wrongly against the others; refuse rather than guess.
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("occurred_at must be timezone-aware")
+        return value.astimezone(timezone.utc)
+
+
+# --- database URL ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DbLocation:
+    """A parsed database URL. Only SQLite exists today: `path` is absolute."""
+
+    backend: str
+    path: Path
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+
+def default_db_url() -> str:
+    """`SECFLOW_DB_URL` if set, else a SQLite file in `SECFLOW_DATA_DIR` (default ./.secflow).
+
+    The data directory is made absolute and created, so every process started from the
+    same place agrees on one file.
+    """
+    url = os.environ.get(DB_URL_ENV, "").strip()
+    if url:
+        return url
+    data_dir = Path(os.environ.get(DATA_DIR_ENV, "").strip() or ".secflow").expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'secflow.db'}"
+
+
+def parse_db_url(url: str) -> DbLocation:
+    """Parse a database URL, or raise ValueError saying what is wrong.
+
+    ``sqlite:///rel/path.db`` is relative to the current directory and
+    ``sqlite:////abs/path.db`` absolute (the SQLAlchemy convention, and what
+    `default_db_url` produces). The URL itself is never echoed in errors: a PostgreSQL
+    URL carries a password.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"{DB_URL_ENV} is empty ({_URL_HINT})")
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise ValueError(f"{DB_URL_ENV} is not a URL: no '<scheme>://' prefix ({_URL_HINT})")
+    base_scheme = scheme.lower().split("+", 1)[0]
+    if base_scheme in _POSTGRES_SCHEMES:
+        raise ValueError(
+            f"{DB_URL_ENV} points at PostgreSQL, but PostgreSQL support is not available yet "
+            "in the SecFlow findings store; use a sqlite:/// URL"
+        )
+    if base_scheme != "sqlite":
+        shown = scheme if _SCHEME_RE.fullmatch(scheme) else "?"
+        raise ValueError(f"{DB_URL_ENV} has an unsupported scheme {shown!r} ({_URL_HINT})")
+    if scheme.lower() != "sqlite":
+        raise ValueError(f"{DB_URL_ENV}: SQLite driver suffixes are not supported ({_URL_HINT})")
+    if not rest.startswith("/"):
+        raise ValueError(f"{DB_URL_ENV}: a SQLite URL has no host; use three slashes ({_URL_HINT})")
+    path_text, _, query = rest[1:].partition("?")
+    if query:
+        raise ValueError(f"{DB_URL_ENV}: query parameters are not supported in SQLite URLs ({_URL_HINT})")
+    if not path_text:
+        raise ValueError(f"{DB_URL_ENV}: the SQLite URL has no file path ({_URL_HINT})")
+    if path_text == ":memory:" or path_text.startswith("file:"):
+        raise ValueError(
+            f"{DB_URL_ENV}: in-memory SQLite is not supported (workers and the CLI must share one file)"
+        )
+    path = Path(path_text).expanduser()
+    if path_text.endswith("/") or path.name in {"", ".", ".."}:
+        raise ValueError(f"{DB_URL_ENV}: the SQLite path names a directory, not a file ({_URL_HINT})")
+    return DbLocation(backend="sqlite", path=path.resolve())
+
+
+def _busy_timeout_from_env() -> float:
+    raw = os.environ.get(BUSY_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{BUSY_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{BUSY_TIMEOUT_ENV} must be a finite number of seconds >= 0, got {raw!r}")
+    return value
+
+
+# --- dialect / backend seam --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few places where SQL spelling differs between SQLite and PostgreSQL.
+
+    Statements are written with ``?`` placeholders and standard
+    ``INSERT ... ON CONFLICT (...) DO UPDATE/NOTHING`` (both engines accept it);
+    `sql()` rewrites placeholders for the backend.
+    """
+
+    name: str
+    placeholder: str  # "?" (sqlite3) or "%s" (psycopg)
+    begin_write: str  # start a transaction that takes the write lock up front
+    greatest: str  # two-argument max(): MAX in SQLite, GREATEST in PostgreSQL
+    # Run inside the migration transaction to serialise concurrent migrators; SQLite's
+    # BEGIN IMMEDIATE already does (PostgreSQL would use pg_advisory_xact_lock).
+    migration_lock: str | None = None
+
+    def sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+
+SQLITE_DIALECT = Dialect(name="sqlite", placeholder="?", begin_write="BEGIN IMMEDIATE", greatest="MAX")
+
+
+class _Backend(Protocol):
+    dialect: Dialect
+
+    def connect(self) -> Any:
+        """A new DB-API connection in autocommit mode (transactions are explicit)."""
+
+    def prepare(self, conn: Any) -> None:
+        """One-time per-open setup of the database itself (journal mode, ...)."""
+
+    def has_table(self, conn: Any, name: str) -> bool:
+        """Whether `name` exists (catalog lookup differs: sqlite_master vs to_regclass)."""
+
+    def describe(self) -> str:
+        """Where the database is, for logs and errors; never includes credentials."""
+
+
+class _SQLiteBackend:
+    dialect = SQLITE_DIALECT
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+
+    def connect(self) -> sqlite3.Connection:
+        # isolation_level=None: the sqlite3 module does not open transactions behind our
+        # back; we issue BEGIN IMMEDIATE / COMMIT ourselves. `timeout` installs SQLite's
+        # busy handler, so a writer waits for the lock instead of failing at once.
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,  # pooled: used by one thread at a time, not always the same
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        # WAL: readers (the CLI, reports) never block writers and vice versa. The mode is
+        # persistent in the file; switching it needs a brief exclusive lock, so two
+        # processes opening a brand-new file at once may see "locked": retry until the
+        # busy timeout runs out.
+        deadline = time.monotonic() + max(self.busy_timeout, 0.05)
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+
+    def has_table(self, conn: sqlite3.Connection, name: str) -> bool:
+        row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+# --- schema and migrations ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step. Statements must be portable SQL (SQLite and PostgreSQL)."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+# Append only: never edit or reorder a migration that has shipped.
+# Timestamps are ISO-8601 UTC text with microseconds and a fixed '+00:00' suffix, so
+# they compare correctly as strings (MAX, ORDER BY).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "findings and assessment links",
+        (
+            """
+            CREATE TABLE findings (
+                fingerprint TEXT PRIMARY KEY,
+                tool        TEXT NOT NULL,
+                rule_id     TEXT NOT NULL,
+                title       TEXT NOT NULL,
+                severity    TEXT NOT NULL,
+                confidence  TEXT NOT NULL,
+                target      TEXT NOT NULL,
+                location    TEXT NOT NULL,
+                cwe         TEXT NOT NULL,
+                cve         TEXT NOT NULL,
+                evidence    TEXT NOT NULL,
+                first_seen  TEXT NOT NULL,
+                last_seen   TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE assessment_findings (
+                assessment_id            TEXT NOT NULL,
+                fingerprint              TEXT NOT NULL REFERENCES findings (fingerprint),
+                stage_id                 TEXT NOT NULL,
+                first_seen_in_assessment TEXT NOT NULL,
+                PRIMARY KEY (assessment_id, fingerprint)
+            )
+            """,
+            "CREATE INDEX assessment_findings_by_stage ON assessment_findings (assessment_id, stage_id)",
+            "CREATE INDEX assessment_findings_by_fingerprint ON assessment_findings (fingerprint)",
+        ),
+    ),
+    Migration(
+        2,
+        "scan locks",
+        (
+            """
+            CREATE TABLE scan_locks (
+                target      TEXT PRIMARY KEY,
+                holder      TEXT NOT NULL,
+                acquired_at TEXT NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
+        3,
+        "error events",
+        (
+            """
+            CREATE TABLE error_events (
+                event_id      TEXT PRIMARY KEY,
+                assessment_id TEXT NOT NULL,
+                stage_id      TEXT NOT NULL,
+                target        TEXT NOT NULL,
+                tool          TEXT NOT NULL,
+                attempt       INTEGER NOT NULL,
+                category      TEXT NOT NULL,
+                message       TEXT NOT NULL,
+                retryable     INTEGER NOT NULL,
+                occurred_at   TEXT NOT NULL,
+                outcome       TEXT,
+                resolved_at   TEXT
+            )
+            """,
+            "CREATE INDEX error_events_by_assessment ON error_events (assessment_id, occurred_at)",
+            "CREATE INDEX error_events_by_stage ON error_events (assessment_id, stage_id, target)",
+        ),
+    ),
+)
+
+
+def _check_migrations(migrations: tuple[Migration, ...]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(migrations) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n in order, got {versions}")
+
+
+_check_migrations(MIGRATIONS)
+
+_SCHEMA_VERSION_DDL = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)
+"""
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts(value: datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _parse_ts(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:  # never written that way, but do not hand out naive times
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _require(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+
+
+_SEVERITY_RANK_SQL = (
+    "CASE f.severity "
+    + " ".join(f"WHEN '{s.value}' THEN {i}" for i, s in enumerate(SEVERITY_ORDER))
+    + f" ELSE {len(SEVERITY_ORDER)} END"
+)
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+class FindingsStore:
+    """Findings, assessment links, scan locks and error events in one database.
+
+    Use `open_store()` rather than constructing directly; it caches one store per URL
+    per process. Thread-safe: each call borrows its own pooled connection.
+    """
+
+    def __init__(self, url: str, *, busy_timeout: float | None = None) -> None:
+        location = parse_db_url(url)
+        timeout = _busy_timeout_from_env() if busy_timeout is None else float(busy_timeout)
+        if not timeout >= 0 or timeout == float("inf"):
+            raise ValueError(f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}")
+        self.location = location
+        self.url = location.url
+        self.busy_timeout = timeout
+        self._backend: _Backend = _SQLiteBackend(location.path, timeout)
+        self._dialect = self._backend.dialect
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self._closed = False
+        self._pid = os.getpid()
+        #: Versions of the migrations this open applied (empty when the schema was current).
+        self.applied_migrations: list[int] = []
+
+        location.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._backend.connect()
+        try:
+            self._backend.prepare(conn)
+            self.applied_migrations = self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._idle.append(conn)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close pooled connections; connections in use close when they are returned."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+        _forget(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "FindingsStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FindingsStore({self._backend.describe()!r})"
+
+    # -- connections and transactions -----------------------------------------------------
+
+    def _borrow(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the findings store is closed")
+            if self._idle:
+                return self._idle.pop()
+        return self._backend.connect()
+
+    def _give_back(self, conn: Any, *, healthy: bool) -> None:
+        with self._lock:
+            if healthy and not self._closed:
+                self._idle.append(conn)
+                return
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection for reads (each statement is its own snapshot)."""
+        conn = self._borrow()
+        healthy = True
+        try:
+            yield conn
+        except BaseException:
+            healthy = not _in_transaction(conn)
+            raise
+        finally:
+            self._give_back(conn, healthy=healthy)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One write transaction, holding the write lock from its first statement.
+
+        Taking the lock up front (BEGIN IMMEDIATE) matters in WAL mode: a transaction
+        that reads first and upgrades later fails with SQLITE_BUSY_SNAPSHOT without
+        waiting when another writer got in between.
+        """
+        with self._connection() as conn:
+            conn.execute(self._dialect.begin_write)
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    if _in_transaction(conn):
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _x(self, conn: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return conn.execute(self._dialect.sql(sql), params)
+
+    # -- migrations -----------------------------------------------------------------------
+
+    def _applied_versions(self, conn: Any) -> set[int] | None:
+        """Applied migration versions, or None on a database SecFlow never touched."""
+        if not self._backend.has_table(conn, "schema_version"):
+            return None
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
+        return {int(r[0]) for r in rows}
+
+    def _migrate(self, conn: Any) -> list[int]:
+        """Apply missing migrations, in order, each recorded in schema_version.
+
+        Fast path: a read that finds everything applied takes no write lock. Otherwise
+        all missing migrations run in one write transaction that re-reads the applied
+        set under the lock, so two processes opening a new file at once apply each
+        migration exactly once (the second waits, then finds nothing to do).
+        """
+        latest = MIGRATIONS[-1].version
+        applied = self._applied_versions(conn)
+        if applied is not None and self._check_known(applied) and len(applied) == latest:
+            return []
+        done: list[int] = []
+        conn.execute(self._dialect.begin_write)
+        try:
+            if self._dialect.migration_lock:
+                conn.execute(self._dialect.migration_lock)
+            conn.execute(_SCHEMA_VERSION_DDL)
+            applied = self._applied_versions(conn) or set()
+            self._check_known(applied)
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements:
+                    conn.execute(statement)
+                self._x(
+                    conn,
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, _ts(_utcnow())),
+                )
+                done.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if _in_transaction(conn):
+                    conn.execute("ROLLBACK")
+            raise
+        return done
+
+    def _check_known(self, applied: set[int]) -> bool:
+        latest = MIGRATIONS[-1].version
+        newer = sorted(v for v in applied if v > latest)
+        if newer:
+            raise RuntimeError(
+                f"the findings database at {self._backend.describe()} has schema version "
+                f"{max(newer)}, newer than this SecFlow knows ({latest}); upgrade SecFlow"
+            )
+        return True
+
+    def schema_versions(self) -> list[tuple[int, str, datetime]]:
+        """(version, name, applied_at) of every applied migration, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT version, name, applied_at FROM schema_version ORDER BY version").fetchall()
+        return [(int(v), n, _parse_ts(a)) for v, n, a in rows]
+
+    # -- findings -------------------------------------------------------------------------
+
+    def upsert_findings(self, assessment_id: str, stage_id: str, findings: Iterable[Finding]) -> UpsertResult:
+        """Insert or refresh findings and link them to the assessment, in one transaction.
+
+        A fingerprint new to the store is inserted with first_seen = last_seen = now; a
+        known one keeps first_seen and gets last_seen = now (never moved backwards by a
+        worker with a lagging clock) and the latest title, severity, evidence, etc.
+        The (assessment, fingerprint) link records the stage that first reported it.
+        Duplicate fingerprints within one call count once (the last one wins).
+        """
+        _require("assessment_id", assessment_id)
+        _require("stage_id", stage_id)
+        batch: dict[str, Finding] = {}
+        for finding in findings:
+            if not isinstance(finding, Finding):
+                raise TypeError(f"upsert_findings takes Finding objects, got {type(finding).__name__}")
+            _require("finding.fingerprint", finding.fingerprint)
+            batch.pop(finding.fingerprint, None)  # keep the latest, in the latest position
+            batch[finding.fingerprint] = finding
+        if not batch:
+            return UpsertResult()
+
+        g = self._dialect.greatest
+        upsert_finding = f"""
+            INSERT INTO findings (fingerprint, tool, rule_id, title, severity, confidence, target,
+                                  location, cwe, cve, evidence, first_seen, last_seen)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (fingerprint) DO UPDATE SET
+                tool = excluded.tool, rule_id = excluded.rule_id, title = excluded.title,
+                severity = excluded.severity, confidence = excluded.confidence,
+                target = excluded.target, location = excluded.location, cwe = excluded.cwe,
+                cve = excluded.cve, evidence = excluded.evidence,
+                last_seen = {g}(findings.last_seen, excluded.last_seen)
+        """
+        link = """
+            INSERT INTO assessment_findings (assessment_id, fingerprint, stage_id, first_seen_in_assessment)
+            VALUES (?, ?, ?, ?)
+            ON CONFLICT (assessment_id, fingerprint) DO NOTHING
+        """
+        inserted = updated = 0
+        with self._write() as conn:
+            now = _ts(_utcnow())
+            for fp, f in batch.items():
+                self._x(
+                    conn,
+                    upsert_finding,
+                    (
+                        fp,
+                        f.tool,
+                        f.rule_id,
+                        f.title,
+                        Severity(f.severity).value,
+                        Confidence(f.confidence).value,
+                        f.target,
+                        f.location,
+                        json.dumps(list(f.cwe)),
+                        json.dumps(list(f.cve)),
+                        f.evidence,
+                        now,
+                        now,
+                    ),
+                )
+                # DO NOTHING reports rowcount 0 when the link existed: that is a retry
+                # (or a re-report) within this assessment.
+                if self._x(conn, link, (assessment_id, fp, stage_id, now)).rowcount == 1:
+                    inserted += 1
+                else:
+                    updated += 1
+        return UpsertResult(inserted=inserted, updated=updated)
+
+    def list_findings(self, assessment_id: str) -> list[Finding]:
+        """The assessment's findings, critical first, then by location."""
+        _require("assessment_id", assessment_id)
+        sql = f"""
+            SELECT f.fingerprint, f.tool, f.rule_id, f.title, f.severity, f.confidence, f.target,
+                   f.location, f.cwe, f.cve, f.evidence, f.first_seen, f.last_seen
+            FROM assessment_findings a JOIN findings f ON f.fingerprint = a.fingerprint
+            WHERE a.assessment_id = ?
+            ORDER BY {_SEVERITY_RANK_SQL}, f.location, f.target, f.tool, f.rule_id, f.fingerprint
+        """
+        with self._connection() as conn:
+            rows = self._x(conn, sql, (assessment_id,)).fetchall()
+        return [
+            Finding(
+                fingerprint=r[0],
+                tool=r[1],
+                rule_id=r[2],
+                title=r[3],
+                severity=Severity(r[4]),
+                confidence=Confidence(r[5]),
+                target=r[6],
+                location=r[7],
+                cwe=json.loads(r[8]),
+                cve=json.loads(r[9]),
+                evidence=r[10],
+                first_seen=_parse_ts(r[11]),
+                last_seen=_parse_ts(r[12]),
+                assessment_id=assessment_id,
+            )
+            for r in rows
+        ]
+
+    def count_findings(self, assessment_id: str, stage_id: str | None = None) -> FindingCounts:
+        """Findings linked to the assessment (to one stage, if given), by severity.
+
+        All five severities are present in `by_severity`, zero included.
+        """
+        _require("assessment_id", assessment_id)
+        sql = """
+            SELECT f.severity, COUNT(*)
+            FROM assessment_findings a JOIN findings f ON f.fingerprint = a.fingerprint
+            WHERE a.assessment_id = ?
+        """
+        params: tuple[Any, ...] = (assessment_id,)
+        if stage_id is not None:
+            sql += " AND a.stage_id = ?"
+            params += (stage_id,)
+        sql += " GROUP BY f.severity"
+        with self._connection() as conn:
+            rows = self._x(conn, sql, params).fetchall()
+        by_severity = {s.value: 0 for s in SEVERITY_ORDER}
+        for severity, count in rows:
+            by_severity[severity] = by_severity.get(severity, 0) + int(count)
+        return FindingCounts(total=sum(by_severity.values()), by_severity=by_severity)
+
+    # -- scan locks -----------------------------------------------------------------------
+
+    def acquire_lock(self, target: str, holder: str) -> LockResult:
+        """Take the scan lock on `target` for `holder`, or report who has it.
+
+        Atomic across processes (primary key + one write transaction). Idempotent: the
+        current holder asking again gets acquired=True and the original acquired_at.
+        """
+        _require("target", target)
+        _require("holder", holder)
+        with self._write() as conn:
+            self._x(
+                conn,
+                "INSERT INTO scan_locks (target, holder, acquired_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (target) DO NOTHING",
+                (target, holder, _ts(_utcnow())),
+            )
+            row = self._x(conn, "SELECT holder, acquired_at FROM scan_locks WHERE target = ?", (target,)).fetchone()
+        current, acquired_at = row
+        return LockResult(acquired=current == holder, holder=current, acquired_at=_parse_ts(acquired_at))
+
+    def release_lock(self, target: str, holder: str) -> bool:
+        """Release `target` if `holder` holds it. Returns whether a lock was released.
+
+        Releasing a lock held by someone else, or one already released, changes nothing.
+        """
+        _require("target", target)
+        _require("holder", holder)
+        with self._write() as conn:
+            cursor = self._x(conn, "DELETE FROM scan_locks WHERE target = ? AND holder = ?", (target, holder))
+            return cursor.rowcount > 0
+
+    def list_locks(self) -> list[LockInfo]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT target, holder, acquired_at FROM scan_locks ORDER BY target").fetchall()
+        return [LockInfo(target=t, holder=h, acquired_at=_parse_ts(a)) for t, h, a in rows]
+
+    # -- error events ---------------------------------------------------------------------
+
+    def record_error(self, event: ErrorEvent) -> bool:
+        """Store the event unless its event_id is already there. True when newly stored."""
+        if not isinstance(event, ErrorEvent):
+            raise TypeError(f"record_error takes an ErrorEvent, got {type(event).__name__}")
+        with self._write() as conn:
+            cursor = self._x(
+                conn,
+                """
+                INSERT INTO error_events (event_id, assessment_id, stage_id, target, tool, attempt,
+                                          category, message, retryable, occurred_at, outcome, resolved_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (event_id) DO NOTHING
+                """,
+                (
+                    event.event_id,
+                    event.assessment_id,
+                    event.stage_id,
+                    event.target,
+                    event.tool,
+                    event.attempt,
+                    event.category,
+                    event.message,
+                    1 if event.retryable else 0,
+                    _ts(event.occurred_at),
+                    event.outcome,
+                    _ts(_utcnow()) if event.outcome is not None else None,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def list_errors(self, assessment_id: str) -> list[ErrorEvent]:
+        """Every error recorded for the assessment, oldest first."""
+        _require("assessment_id", assessment_id)
+        with self._connection() as conn:
+            rows = self._x(
+                conn,
+                """
+                SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message,
+                       retryable, occurred_at, outcome
+                FROM error_events WHERE assessment_id = ?
+                ORDER BY occurred_at, event_id
+                """,
+                (assessment_id,),
+            ).fetchall()
+        return [
+            ErrorEvent.model_construct(
+                event_id=r[0],
+                assessment_id=r[1],
+                stage_id=r[2],
+                target=r[3],
+                tool=r[4],
+                attempt=int(r[5]),
+                category=r[6],
+                message=r[7],
+                retryable=bool(r[8]),
+                occurred_at=_parse_ts(r[9]),
+                outcome=r[10],
+            )
+            for r in rows
+        ]
+
+    def resolve_errors(self, assessment_id: str, stage_id: str, target: str | None, outcome: str) -> int:
+        """Set `outcome` on the stage's (and target's) still-unresolved events; returns how many.
+
+        Events that already have an outcome keep it, so calling this again, or after a
+        more specific resolution, is harmless.
+        """
+        _require("assessment_id", assessment_id)
+        _require("stage_id", stage_id)
+        _require("outcome", outcome)
+        sql = """
+            UPDATE error_events SET outcome = ?, resolved_at = ?
+            WHERE assessment_id = ? AND stage_id = ? AND outcome IS NULL
+        """
+        params: tuple[Any, ...] = (outcome, _ts(_utcnow()), assessment_id, stage_id)
+        if target is not None:
+            sql += " AND target = ?"
+            params += (target,)
+        with self._write() as conn:
+            return self._x(conn, sql, params).rowcount
+
+
+def _in_transaction(conn: Any) -> bool:
+    return bool(getattr(conn, "in_transaction", True))
+
+
+# --- per-process cache -------------------------------------------------------------------
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[int, str, float], FindingsStore] = {}
+
+
+def open_store(url: str | None = None, *, busy_timeout: float | None = None) -> FindingsStore:
+    """The store at `url` (default: `default_db_url()`), opened and migrated once per process.
+
+    `busy_timeout` is how many seconds a writer waits for another writer before
+    "database is locked" (default `SECFLOW_DB_BUSY_TIMEOUT` or 10 s).
+    """
+    if url is None:
+        url = default_db_url()
+    location = parse_db_url(url)
+    timeout = _busy_timeout_from_env() if busy_timeout is None else float(busy_timeout)
+    key = (os.getpid(), location.url, timeout)
+    with _cache_lock:
+        store = _cache.get(key)
+        if store is not None and not store.closed:
+            return store
+        # Opening under the cache lock: two threads asking at once get one store (and
+        # the migration runs once). Opening is quick unless another process holds the
+        # write lock, in which case every opener would wait anyway.
+        store = FindingsStore(location.url, busy_timeout=timeout)
+        _cache[key] = store
+        return store
+
+
+def _forget(store: FindingsStore) -> None:
+    with _cache_lock:
+        for key, cached in list(_cache.items()):
+            if cached is store:
+                del _cache[key]

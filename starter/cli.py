@@ -1,0 +1,309 @@
+"""python -m starter: start, watch and steer assessments.
+
+Exit status: 0 ok (or `completed`), 1 failed / refused / not found, 2 bad input (nothing
+started), 3 `completed_with_errors`, 4 `cancelled`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import re
+import sys
+import uuid
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError, RPCStatusCode
+
+from secflow.findings import SEVERITY_ORDER
+from secflow.models import AssessmentInput, AssessmentStatus, Decision
+from secflow.settings import Settings, SettingsError, load_settings
+from secflow.spec import SpecError, load_spec
+from secflow.temporal_client import connect
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WITH_ERRORS, EXIT_CANCELLED = 0, 1, 2, 3, 4
+OUTCOME_EXIT = {"completed": EXIT_OK, "completed_with_errors": EXIT_WITH_ERRORS, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# starter command -> workflow update/signal name
+INTERVENTIONS = {
+    "approve": "approve",
+    "reject": "reject",
+    "retry": "retry_stage",
+    "skip": "skip_stage",
+    "abort": "abort",
+    "pause": "pause",
+    "resume": "resume",
+}
+NEEDS_STAGE = {"approve", "reject", "retry", "skip"}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _workflow_id(value: str) -> str:
+    if not _ID.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a valid assessment id (letters, digits, '.', '_', '-'; at most 128; no '/')"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m starter", description="Run and steer SecFlow assessments.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="validate a spec and start its assessment")
+    p.add_argument("spec", help="assessment spec (YAML or JSON)")
+    p.add_argument("--id", type=_workflow_id, help="workflow id (default: <spec name>-<random>)")
+    p.add_argument("--wait", action="store_true", help="wait for the end and print the result")
+    p.add_argument("--json", action="store_true", help="with --wait: print the result as JSON")
+
+    p = sub.add_parser("validate", help="check a spec; exit 0 if valid, 2 with every problem otherwise")
+    p.add_argument("spec")
+
+    p = sub.add_parser("status", help="what an assessment is doing or waiting for")
+    p.add_argument("id", type=_workflow_id)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("result", help="wait for an assessment's end and print its result")
+    p.add_argument("id", type=_workflow_id)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("findings", help="an assessment's findings, from the findings store")
+    p.add_argument("id", type=_workflow_id)
+    p.add_argument("--json", action="store_true")
+
+    for command, update in INTERVENTIONS.items():
+        p = sub.add_parser(command, help=f"send '{update}' (a validated Temporal update)")
+        p.add_argument("id", type=_workflow_id)
+        if command in NEEDS_STAGE:
+            p.add_argument("stage", help="stage id")
+        p.add_argument("--by", default=None, help="who decides (default: your user name)")
+        p.add_argument("--reason", default="", help="why, for the record")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return cmd_validate(args)
+        return asyncio.run(_dispatch(args))
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    if args.command == "run":
+        spec = _load_spec_or_exit(args.spec)
+        client = await _connect(settings)
+        return await cmd_run(client, settings, spec, args)
+    if args.command == "findings":
+        return cmd_findings(args)
+    client = await _connect(settings)
+    handle = client.get_workflow_handle(args.id)
+    if args.command == "status":
+        return await cmd_status(handle, args)
+    if args.command == "result":
+        return await _print_result(handle, args.json)
+    return await cmd_intervene(handle, args)
+
+
+async def _connect(settings: Settings) -> Client:
+    try:
+        return await connect(settings)
+    except Exception as exc:  # connection problems are the user's to fix: say where we tried
+        raise CliError(f"cannot connect to Temporal at {settings.temporal_address}: {exc}") from None
+
+
+def _load_spec_or_exit(path: str):
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        print(f"{path}: invalid spec ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise CliError("nothing was started", EXIT_BAD_INPUT) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load_spec_or_exit(args.spec)
+    print(f"{args.spec}: valid ({len(spec.targets)} targets, {len(spec.stages)} stages)")
+    return EXIT_OK
+
+
+async def cmd_run(client: Client, settings: Settings, spec, args: argparse.Namespace) -> int:
+    workflow_id = args.id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        handle = await client.start_workflow(
+            "AssessmentWorkflow",
+            AssessmentInput(spec=spec, requested_by=getpass.getuser()),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.ALREADY_EXISTS:
+            raise CliError(f"an assessment with id {workflow_id!r} already exists; choose another --id") from None
+        raise CliError(f"could not start the assessment: {err.message}") from None
+    except Exception as exc:
+        if type(exc).__name__ == "WorkflowAlreadyStartedError":
+            raise CliError(f"an assessment with id {workflow_id!r} already exists; choose another --id") from None
+        raise
+    print(workflow_id)
+    sys.stdout.flush()
+    if not args.wait:
+        return EXIT_OK
+    return await _print_result(handle, args.json)
+
+
+async def _print_result(handle: WorkflowHandle, as_json: bool) -> int:
+    try:
+        status = await handle.result(result_type=AssessmentStatus)
+    except WorkflowFailureError as err:
+        status = _status_from_failure(err)
+        if status is None:
+            raise CliError(f"assessment {handle.id} failed: {_failure_message(err)}") from None
+    except RPCError as err:
+        raise _rpc_error(err, handle.id) from None
+    if as_json:
+        print(status.model_dump_json(indent=2))
+    else:
+        print(render_status(status))
+    return OUTCOME_EXIT.get(status.outcome or "", EXIT_FAILED)
+
+
+def _status_from_failure(err: WorkflowFailureError) -> AssessmentStatus | None:
+    cause = err.cause
+    if isinstance(cause, (ApplicationError, CancelledError)) and cause.details:
+        detail = cause.details[0]
+        try:
+            status = AssessmentStatus.model_validate(detail)
+        except ValueError:
+            return None
+        if isinstance(cause, ApplicationError) and status.outcome is None:
+            status.outcome = "failed"
+        return status
+    return None
+
+
+def _failure_message(err: WorkflowFailureError) -> str:
+    cause = err.cause
+    return getattr(cause, "message", None) or str(cause or err)
+
+
+def _rpc_error(err: RPCError, workflow_id: str) -> CliError:
+    if err.status == RPCStatusCode.NOT_FOUND:
+        return CliError(f"no assessment with id {workflow_id!r}")
+    return CliError(err.message)
+
+
+async def fetch_status(handle: WorkflowHandle) -> AssessmentStatus:
+    try:
+        return await handle.query("status", result_type=AssessmentStatus)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise _rpc_error(err, handle.id) from None
+        raise CliError(f"status query failed (is a worker running?): {err.message}") from None
+
+
+async def cmd_status(handle: WorkflowHandle, args: argparse.Namespace) -> int:
+    status = await fetch_status(handle)
+    await _merge_live_progress(handle, status)
+    if args.json:
+        print(status.model_dump_json(indent=2))
+    else:
+        print(render_status(status))
+    return EXIT_OK
+
+
+async def _merge_live_progress(handle: WorkflowHandle, status: AssessmentStatus) -> None:
+    """Stage progress counts targets; a running scan heartbeats item progress too. Show it."""
+    try:
+        desc = await handle.describe()
+    except RPCError:
+        return
+    converter = handle._client.data_converter  # the same pydantic converter the worker uses
+    for pending in desc.raw_description.pending_activities:
+        if not pending.heartbeat_details.payloads:
+            continue
+        try:
+            [details] = await converter.decode(pending.heartbeat_details.payloads[:1])
+        except Exception:  # progress is a nicety: an undecodable heartbeat just isn't shown
+            continue
+        progress = details.get("progress") if isinstance(details, dict) else None
+        if not isinstance(progress, dict):
+            continue
+        for st in status.stages.values():
+            if st.state == "running" and st.tool == pending.activity_type.name and st.progress.total == 1:
+                st.progress.done = int(progress.get("done", 0))
+                st.progress.total = int(progress.get("total", 0)) or 1
+
+
+async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
+    name = INTERVENTIONS[args.command]
+    decision = Decision(stage=getattr(args, "stage", None), by=args.by or getpass.getuser(), reason=args.reason)
+    try:
+        message = await handle.execute_update(name, decision, result_type=str)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        reason = getattr(cause, "message", None) or str(cause or err)
+        raise CliError(f"{args.command} refused: {reason}") from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no running assessment with id {handle.id!r}") from None
+        raise CliError(f"{args.command} failed: {err.message}") from None
+    print(message)
+    return EXIT_OK
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    from secflow.store import open_store
+
+    findings = open_store().list_findings(args.id)
+    if args.json:
+        print(json.dumps([f.model_dump(mode="json") for f in findings], indent=2))
+        return EXIT_OK
+    if not findings:
+        print(f"no findings for {args.id}")
+        return EXIT_OK
+    for f in findings:
+        print(f"{f.severity.value:<8} {f.location:<40} {f.title}  [{f.tool}/{f.rule_id}]")
+    counts = {s.value: sum(1 for f in findings if f.severity == s) for s in SEVERITY_ORDER}
+    print(f"\n{len(findings)} findings: " + ", ".join(f"{n} {sev}" for sev, n in counts.items() if n))
+    return EXIT_OK
+
+
+def render_status(status: AssessmentStatus) -> str:
+    lines = [f"{status.workflow_id} ({status.name}): {status.status}"]
+    if status.reason:
+        lines.append(f"  reason: {status.reason}")
+    for sid, st in status.stages.items():
+        extra = f" - {st.reason}" if st.reason else (f" - {st.error.category}: {st.error.message}" if st.error else "")
+        lines.append(
+            f"  {sid:<16} {st.state:<22} {st.progress.done}/{st.progress.total} attempts={st.attempts} findings={st.findings}{extra}"
+        )
+    if status.awaiting:
+        lines.append(f"  awaiting a human: {', '.join(status.awaiting)}")
+    for c in status.compensations:
+        err = f" ({c.error.category}: {c.error.message})" if c.error else ""
+        lines.append(f"  compensation {c.name}: {c.state}{err}")
+    by = ", ".join(f"{n} {sev}" for sev, n in status.findings.by_severity.items() if n)
+    lines.append(f"  findings: {status.findings.total}" + (f" ({by})" if by else ""))
+    return "\n".join(lines)

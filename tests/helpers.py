@@ -1,0 +1,73 @@
+"""Small helpers for workflow tests: build specs, start assessments, wait for states."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+
+from secflow.models import AssessmentInput, AssessmentStatus
+from secflow.spec import Spec, validate_spec_data
+
+
+def make_spec(targets: list[dict[str, str]], stages: list[dict[str, Any]], **extra: Any) -> Spec:
+    data = {
+        "name": "test",
+        "scope": {"allow": ["127.0.0.1", "localhost"]},
+        "targets": targets,
+        "stages": stages,
+        **extra,
+    }
+    return validate_spec_data(json.loads(json.dumps(data)))
+
+
+async def start(client: Client, spec: Spec, task_queue: str, workflow_id: str | None = None) -> WorkflowHandle:
+    return await client.start_workflow(
+        "AssessmentWorkflow",
+        AssessmentInput(spec=spec, requested_by="tests"),
+        id=workflow_id or f"t-{uuid.uuid4().hex[:10]}",
+        task_queue=task_queue,
+    )
+
+
+async def status_of(handle: WorkflowHandle) -> AssessmentStatus:
+    return await handle.query("status", result_type=AssessmentStatus)
+
+
+async def wait_for(
+    handle: WorkflowHandle, predicate: Callable[[AssessmentStatus], bool], timeout: float = 60.0
+) -> AssessmentStatus:
+    deadline = time.monotonic() + timeout
+    last: AssessmentStatus | None = None
+    while time.monotonic() < deadline:
+        last = await status_of(handle)
+        if predicate(last):
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"condition not reached in {timeout}s; last status: {last.model_dump_json(indent=1) if last else None}")
+
+
+async def final_status(handle: WorkflowHandle, timeout: float = 120.0) -> AssessmentStatus:
+    """The result, whether the workflow returned it or failed with it as details."""
+    try:
+        return await asyncio.wait_for(handle.result(result_type=AssessmentStatus), timeout)
+    except WorkflowFailureError as err:
+        cause = err.cause
+        details = getattr(cause, "details", None)
+        assert details, f"workflow failed without a status: {err}"
+        return AssessmentStatus.model_validate(details[0])
+
+
+async def activity_order(handle: WorkflowHandle) -> list[str]:
+    """Activity types in the order they were scheduled, read from the real history."""
+    order = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            order.append(event.activity_task_scheduled_event_attributes.activity_type.name)
+    return order

@@ -1,0 +1,53 @@
+"""python worker.py: connect to Temporal and run SecFlow's workflows and activities.
+
+Environment: TEMPORAL_ADDRESS (localhost:7233), TEMPORAL_NAMESPACE (default),
+SECFLOW_TASK_QUEUE (secflow), SECFLOW_DATA_DIR (.secflow), SECFLOW_DB_URL,
+SECFLOW_SHUTDOWN_GRACE (10s), SECFLOW_MAX_CONCURRENT_ACTIVITIES (50), SECFLOW_LOG_LEVEL.
+SIGTERM or Ctrl-C: stop polling, let running activities finish or hand them back, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from secflow.logging import configure_logging, get_logger
+from secflow.settings import SettingsError, load_settings
+from secflow.temporal_client import connect, ensure_search_attributes
+from secflow.worker_setup import build_worker
+
+
+async def main() -> int:
+    configure_logging()
+    log = get_logger(component="worker")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"worker: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        client = await connect(settings)
+    except Exception as exc:  # reported with the address, the usual cause
+        print(f"worker: cannot connect to Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
+        return 1
+    added = await ensure_search_attributes(client, settings.namespace)
+    if added:
+        log.info("registered search attributes", names=added)
+
+    worker = build_worker(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    log.info("worker started", task_queue=settings.task_queue, address=settings.temporal_address)
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping: finishing or handing back running activities")
+    log.info("worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

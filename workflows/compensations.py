@@ -1,0 +1,80 @@
+"""The saga: what an assessment acquired, and how to give it back, in LIFO order.
+
+A step registers its compensation BEFORE it acquires (so a crash between acquiring and
+registering cannot leak), every compensation activity is idempotent, runs on its own
+retry policy, and is shielded from workflow cancellation: a cancelled assessment still
+releases its locks. A compensation that fails after its retries is recorded and the
+unwind goes on with the others; the caller raises it for a human.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from secflow.models import CompensationRecord
+    from secflow.retries import COMPENSATION_PLAN, to_retry_policy
+    from workflows.failures import error_from_activity
+
+COMPENSATION_TIMEOUT = timedelta(minutes=2)
+
+
+@dataclass
+class _Step:
+    record: CompensationRecord
+    activity: str
+    arg: BaseModel
+
+
+class Compensations:
+    def __init__(self, records: list[CompensationRecord]) -> None:
+        # `records` is the list shown in status/result; we append to it in place.
+        self._records = records
+        self._steps: list[_Step] = []
+
+    def register(self, name: str, activity: str, arg: BaseModel) -> None:
+        record = CompensationRecord(name=name)
+        self._records.append(record)
+        self._steps.append(_Step(record, activity, arg))
+
+    @property
+    def failed(self) -> list[CompensationRecord]:
+        return [r for r in self._records if r.state == "failed"]
+
+    async def unwind(self) -> None:
+        """Run every registered compensation, newest first, even if we get cancelled."""
+        task = asyncio.ensure_future(self._unwind_all())
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # The workflow was cancelled while compensating: keep compensating.
+                continue
+        task.result()
+
+    async def _unwind_all(self) -> None:
+        while self._steps:
+            step = self._steps.pop()
+            step.record.state = "running"
+            try:
+                await workflow.execute_activity(
+                    step.activity,
+                    step.arg,
+                    start_to_close_timeout=COMPENSATION_TIMEOUT,
+                    retry_policy=to_retry_policy(COMPENSATION_PLAN),
+                )
+            except ActivityError as err:
+                step.record.state = "failed"
+                step.record.error = error_from_activity(err, COMPENSATION_PLAN.max_attempts)
+                step.record.attempts = step.record.error.attempts
+                workflow.logger.error(
+                    "compensation failed", extra={"compensation": step.record.name, "error": step.record.error.message}
+                )
+            else:
+                step.record.state = "done"
