@@ -12,6 +12,7 @@ import asyncio
 import signal
 import sys
 
+from secflow.exit import exit_now
 from secflow.logging import configure_logging, get_logger
 from secflow.settings import SettingsError, load_settings
 from secflow.temporal_client import connect, ensure_search_attributes
@@ -50,4 +51,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    exit_now(asyncio.run(main()))

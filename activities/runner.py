@@ -103,8 +103,10 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
             # worker resumes from the last checkpoint right away.
             activity.heartbeat(ctx.heartbeat_payload)
             log.warning("worker shutting down; handing the attempt back")
+            message = "worker shut down during the attempt; resuming elsewhere from the last checkpoint"
+            await _record(ctx.store, _event(inp, info, Category.TRANSIENT, message, retryable=True), log)
             raise ApplicationError(
-                "worker shut down during the attempt; resuming elsewhere from the last checkpoint",
+                message,
                 {"attempt": info.attempt},
                 type=Category.TRANSIENT.value,
                 next_retry_delay=timedelta(milliseconds=100),
@@ -149,43 +151,41 @@ async def _fail(exc: BaseException, ctx: ToolContext, info: activity.Info) -> Ap
         log.critical("tool attempt failed", error=error.message, reason=classification.reason, exc_info=exc)
     else:
         log.warning("tool attempt failed", error=error.message, reason=classification.reason)
-    await _record(
-        ctx.store,
-        ErrorEvent(
-            event_id=f"{info.workflow_run_id}/{info.activity_id}/{info.attempt}",
-            assessment_id=inp.assessment_id,
-            stage_id=inp.stage_id,
-            target=inp.target,
-            tool=inp.tool,
-            attempt=info.attempt,
-            category=classification.category.value,
-            message=error.message,
-            retryable=classification.retryable,
-            occurred_at=datetime.now(timezone.utc),
-            outcome=None,
-        ),
-        log,
-    )
+    await _record(ctx.store, _event(inp, info, classification.category, error.message, classification.retryable), log)
     return error
+
+
+def _event(
+    inp: StageTaskInput, info: activity.Info, category: Category, message: str, retryable: bool, *, attempt: int | None = None
+) -> ErrorEvent:
+    """One ledger entry per attempt: the id is the attempt's, so recording twice is harmless."""
+    attempt = info.attempt if attempt is None else attempt
+    return ErrorEvent(
+        event_id=f"{info.workflow_run_id}/{info.activity_id}/{attempt}",
+        assessment_id=inp.assessment_id,
+        stage_id=inp.stage_id,
+        target=inp.target,
+        tool=inp.tool,
+        attempt=attempt,
+        category=category.value,
+        message=message,
+        retryable=retryable,
+        occurred_at=datetime.now(timezone.utc),
+        outcome=None,
+    )
 
 
 async def _account_for_lost_attempt(store: FindingsStore, inp: StageTaskInput, info: activity.Info) -> None:
     """A previous attempt killed with its worker never recorded its own error: do it now."""
     if info.attempt <= 1:
         return
-    previous = f"{info.workflow_run_id}/{info.activity_id}/{info.attempt - 1}"
-    event = ErrorEvent(
-        event_id=previous,
-        assessment_id=inp.assessment_id,
-        stage_id=inp.stage_id,
-        target=inp.target,
-        tool=inp.tool,
+    event = _event(
+        inp,
+        info,
+        Category.TRANSIENT,
+        "attempt ended without reporting back (worker lost, timed out or shut down)",
+        True,
         attempt=info.attempt - 1,
-        category=Category.TRANSIENT.value,
-        message="attempt ended without reporting back (worker lost, timed out or shut down)",
-        retryable=True,
-        occurred_at=datetime.now(timezone.utc),
-        outcome=None,
     )
     # insert-or-ignore: if that attempt did record its error, this changes nothing
     await _record(store, event, get_logger(stage=inp.stage_id, target=inp.target))

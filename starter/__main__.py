@@ -1,5 +1,4 @@
-import sys
-
+from secflow.exit import exit_now
 from starter.cli import main
 
-sys.exit(main())
+exit_now(main())

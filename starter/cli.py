@@ -117,7 +117,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "findings":
         return cmd_findings(args)
     client = await _connect(settings)
-    handle = client.get_workflow_handle(args.id)
+    handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     if args.command == "status":
         return await cmd_status(handle, args)
     if args.command == "result":
@@ -157,6 +157,7 @@ async def cmd_run(client: Client, settings: Settings, spec, args: argparse.Names
             id=workflow_id,
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            result_type=AssessmentStatus,
         )
     except RPCError as err:
         if err.status == RPCStatusCode.ALREADY_EXISTS:
@@ -175,7 +176,7 @@ async def cmd_run(client: Client, settings: Settings, spec, args: argparse.Names
 
 async def _print_result(handle: WorkflowHandle, as_json: bool) -> int:
     try:
-        status = await handle.result(result_type=AssessmentStatus)
+        status = await handle.result()
     except WorkflowFailureError as err:
         status = _status_from_failure(err)
         if status is None:

@@ -33,6 +33,7 @@ async def start(client: Client, spec: Spec, task_queue: str, workflow_id: str | 
         AssessmentInput(spec=spec, requested_by="tests"),
         id=workflow_id or f"t-{uuid.uuid4().hex[:10]}",
         task_queue=task_queue,
+        result_type=AssessmentStatus,
     )
 
 
@@ -56,7 +57,8 @@ async def wait_for(
 async def final_status(handle: WorkflowHandle, timeout: float = 120.0) -> AssessmentStatus:
     """The result, whether the workflow returned it or failed with it as details."""
     try:
-        return await asyncio.wait_for(handle.result(result_type=AssessmentStatus), timeout)
+        result = await asyncio.wait_for(handle.result(), timeout)
+        return result if isinstance(result, AssessmentStatus) else AssessmentStatus.model_validate(result)
     except WorkflowFailureError as err:
         cause = err.cause
         details = getattr(cause, "details", None)

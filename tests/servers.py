@@ -77,11 +77,12 @@ def closed_port() -> int:
 class Listeners:
     """Plain TCP listeners that accept and close: open ports for a port scan to find."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int = 0, ports: list[int] | None = None) -> None:
         self.socks = []
-        for _ in range(count):
+        for port in ports if ports is not None else [0] * count:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
             s.listen(64)
             self.socks.append(s)
         self.ports = sorted(s.getsockname()[1] for s in self.socks)
@@ -103,3 +104,21 @@ class Listeners:
         self._stop = True
         for s in self.socks:
             s.close()
+
+
+def listeners_in_window(width: int, offsets: list[int]) -> tuple[int, Listeners]:
+    """Listeners at base+offset for a base where all of them are free; returns (base, listeners).
+
+    Lets a test scan a known, contiguous range (slow enough to interrupt) that contains
+    its own open ports, below the ephemeral range so nothing else is likely to be there.
+    """
+    import random
+
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20000, 30000 - width)
+        try:
+            return base, Listeners(ports=[base + o for o in offsets])
+        except OSError:
+            continue
+    raise RuntimeError("no free window of ports found")

@@ -85,8 +85,6 @@ class AssessmentWorkflow:
             status="running",
             stages={s.id: StageStatus(kind=s.kind, tool=s.tool_name) for s in inp.spec.stages},
         )
-        for stage in inp.spec.stages:
-            self._reset_targets(stage, stage.tool_name)
         self._saga = Compensations(self._status.compensations)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waits: dict[str, str] = {}  # stage id -> "approval" | "failure"
@@ -100,6 +98,8 @@ class AssessmentWorkflow:
         self._version = 0
         self._published: tuple[str, tuple[str, ...]] | None = None
         self._running = False  # nothing is published to the UI before run() starts
+        for stage in inp.spec.stages:
+            self._reset_targets(stage, stage.tool_name)
 
     # ------------------------------------------------------------------ main process
 
@@ -267,6 +267,7 @@ class AssessmentWorkflow:
 
     async def _execute_stage(self, stage: Stage) -> None:
         st = self._status.stages[stage.id]
+        started = False
         try:
             if stage.requires_approval:
                 answer = await self._wait_for_human(stage, "approval")
@@ -279,9 +280,13 @@ class AssessmentWorkflow:
                 if answer == "abort":
                     self._finish(st, "skipped", f"not started: {self._stop_reason}")
                     return
+            started = True
             await self._run_with_failure_policy(stage)
         except asyncio.CancelledError:
-            self._finish(st, "cancelled", self._stop_reason or "cancelled")
+            if started:
+                self._finish(st, "cancelled", self._stop_reason or "cancelled")
+            else:
+                self._finish(st, "skipped", f"not started: {self._stop_reason or 'cancelled'}")
             raise
 
     async def _run_with_failure_policy(self, stage: Stage) -> None:
@@ -431,9 +436,12 @@ class AssessmentWorkflow:
                     via="timeout",
                 )
             )
-        finally:
+        except asyncio.CancelledError:
+            # Stopping (or the worker evicting this run): whoever cancelled publishes.
             self._waits.pop(stage.id, None)
-            self._changed()
+            raise
+        self._waits.pop(stage.id, None)
+        self._changed()
         return answer
 
     def _answer_note(self, stage_id: str, answer: str) -> str:
@@ -536,8 +544,14 @@ class AssessmentWorkflow:
                     frontier.append(s.id)
         return found
 
+    def _problem(self, action: str, d: Decision) -> str | None:
+        extra = sorted((d.model_extra or {}).keys())
+        if extra:
+            return f"unknown field(s) {', '.join(extra)}; allowed: stage, by, reason"
+        return self._check(action, d)
+
     def _handle_signal(self, action: str, d: Decision) -> None:
-        problem = self._check(action, d)
+        problem = self._problem(action, d)
         if problem:
             workflow.logger.warning("intervention ignored", extra={"action": action, "stage": d.stage, "reason": problem})
             self._status.interventions.append(
@@ -548,10 +562,7 @@ class AssessmentWorkflow:
         self._apply(action, d, "signal")
 
     def _validate_update(self, action: str, d: Decision) -> None:
-        extra = sorted((d.model_extra or {}).keys())
-        if extra:
-            raise ValueError(f"unknown field(s) {', '.join(extra)}; allowed: stage, by, reason")
-        problem = self._check(action, d)
+        problem = self._problem(action, d)
         if problem:
             raise ValueError(problem)
 
