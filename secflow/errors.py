@@ -10,7 +10,8 @@ and the report all read that one classification. This module holds:
   status, an exit code) into a `Classification`;
 - `parse_retry_after()` for servers that say when to come back;
 - `to_application_error()`, the one way an activity hands a failure to Temporal, with
-  the message redacted (rule 7: nothing leaks, and Temporal history is durable).
+  the message and any cause chain redacted (rule 7: nothing leaks, and Temporal
+  history is durable).
 
 How `classify()` decides, most authoritative first:
 
@@ -29,9 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno as _errno
 import functools
 import importlib
-import errno as _errno
 import json
 import re
 import smtplib

@@ -255,3 +255,36 @@ async def test_temporal_cancel_compensates_and_ends_cancelled(client: Client, wo
     order = await activity_order(handle)
     assert order[-2:] == ["release_scan_lock", "remove_workspace"]
     assert all(lock.holder != handle.id for lock in open_store().list_locks())
+
+
+async def test_failed_compensation_is_recorded_and_raised_for_a_human(client: Client, worker: str, server: DevServer) -> None:
+    """Someone replaced the workspace directory with a file: removing it fails for real."""
+    target = ScriptedServer([Reply(200, GOOD_HEADERS)])
+    try:
+        handle = await start(client, gated_spec(target.url), worker)
+        waiting = await wait_for(handle, lambda s: s.awaiting == ["headers"])
+        workspace = waiting.workspace
+        os.rmdir(workspace)
+        with open(workspace, "w") as sabotage:
+            sabotage.write("not a directory")
+        signal(server, handle.id, "abort", {"by": "ivan"})
+        status = await final_status(handle)
+        desc = await handle.describe()
+    finally:
+        target.close()
+        if os.path.isfile(workspace):
+            os.remove(workspace)
+    records = {c.name: c for c in status.compensations}
+    assert records["remove workspace"].state == "failed"
+    assert records["remove workspace"].error.category == "permanent"
+    # the other compensation still ran: one failure does not stop the unwind
+    assert records["release scan lock 127.0.0.1"].state == "done"
+    assert desc.status.name == "FAILED", "a failed compensation is raised, not swallowed"
+    from temporalio.client import WorkflowFailureError
+
+    try:
+        await handle.result()
+    except WorkflowFailureError as err:
+        assert "needs manual cleanup" in str(err.cause)
+    else:
+        raise AssertionError("the workflow must fail")

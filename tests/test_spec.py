@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def test_run_with_invalid_spec_starts_nothing(tmp_path: Path, server) -> None:
     assert out.returncode == 2
     assert "outside scope.allow" in out.stderr
     listed = server.cli("workflow", "list", "--query", "WorkflowId='never-started-1'", "-o", "json")
-    assert listed.stdout.strip() in ("", "[]"), listed.stdout
+    assert json.loads(listed.stdout or "[]") == [], listed.stdout
 
 
 def test_bad_cli_arguments_exit_2() -> None:

@@ -1,0 +1,31 @@
+"""Determinism: recorded production-like histories still replay against today's workflow code.
+
+If this fails after a change to workflows/, the change alters running histories: put it
+behind `workflow.patched("<change-id>")` (old branch for old runs) rather than
+re-recording these files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from secflow.worker_setup import WORKFLOWS
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_recorded_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+
+
+def test_there_are_histories_to_replay() -> None:
+    assert len(HISTORIES) >= 2
