@@ -217,11 +217,27 @@ def _rpc_error(err: RPCError, workflow_id: str) -> CliError:
 
 async def fetch_status(handle: WorkflowHandle) -> AssessmentStatus:
     try:
+        desc = await handle.describe()
+    except RPCError as err:
+        raise _rpc_error(err, handle.id) from None
+    if desc.status is not None and desc.status.name != "RUNNING":
+        # A finished assessment answers from its stored result: no worker needed.
+        stored = await _stored_result(handle)
+        if stored is not None:
+            return stored
+    try:
         return await handle.query("status", result_type=AssessmentStatus)
     except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise _rpc_error(err, handle.id) from None
-        raise CliError(f"status query failed (is a worker running?): {err.message}") from None
+        raise CliError(f"status query failed (is a worker running on this task queue?): {err.message}") from None
+
+
+async def _stored_result(handle: WorkflowHandle) -> AssessmentStatus | None:
+    try:
+        return await handle.result(follow_runs=False)
+    except WorkflowFailureError as err:
+        return _status_from_failure(err)
+    except RPCError:
+        return None
 
 
 async def cmd_status(handle: WorkflowHandle, args: argparse.Namespace) -> int:

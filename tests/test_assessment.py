@@ -240,3 +240,27 @@ async def test_fallback_policy_runs_the_fallback_tool_and_marks_the_stage_degrad
     assert "fell back to http_headers" in stage.reason
     assert stage.attempts == 3
     assert status.outcome == "completed_with_errors"
+
+
+async def test_lock_left_by_a_terminated_assessment_is_taken_over(client: Client, worker: str) -> None:
+    """`temporal workflow terminate` skips compensations; its scan lock must not block forever."""
+    gate = make_spec(
+        [{"host": "127.0.0.1"}],
+        [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}, "requires_approval": True}],
+    )
+    first = await start(client, gate, worker)
+    from tests.helpers import wait_for
+
+    await wait_for(first, lambda s: s.awaiting == ["ports"])
+    await first.terminate("operator terminated it")
+    assert any(lock.holder == first.id for lock in open_store().list_locks()), "terminate leaves the lock behind"
+
+    spec = make_spec(
+        [{"host": "127.0.0.1"}],
+        [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}}],
+        locks={"on_conflict": "refuse"},
+    )
+    second = await start(client, spec, worker)
+    status = await final_status(second)
+    assert status.outcome == "completed"
+    assert all(lock.holder != first.id for lock in open_store().list_locks())

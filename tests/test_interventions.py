@@ -288,3 +288,23 @@ async def test_failed_compensation_is_recorded_and_raised_for_a_human(client: Cl
         assert "needs manual cleanup" in str(err.cause)
     else:
         raise AssertionError("the workflow must fail")
+
+
+async def test_status_of_a_finished_assessment_needs_no_worker(client: Client, task_queue: str) -> None:
+    """After the demo the worker is gone; `status` still answers, from the stored result."""
+    from secflow.settings import load_settings
+    from secflow.worker_setup import build_worker
+
+    target = ScriptedServer([Reply(200, GOOD_HEADERS)])
+    try:
+        settings = load_settings({**os.environ, "SECFLOW_TASK_QUEUE": task_queue})
+        async with build_worker(client, settings):
+            handle = await start(client, make_spec([{"url": target.url}], [{"id": "headers", "kind": "dast"}]), task_queue)
+            await final_status(handle)
+    finally:
+        target.close()
+    out = await starter("status", handle.id, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "completed"
+    missing = await starter("status", "no-such-assessment")
+    assert missing.returncode == 1 and "no assessment with id" in missing.stderr

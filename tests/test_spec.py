@@ -139,3 +139,10 @@ def test_bad_cli_arguments_exit_2() -> None:
     assert out.returncode == 2
     out = run_cli("status", "x", env={"SECFLOW_MAX_CONCURRENT_ACTIVITIES": "lots"})
     assert out.returncode == 2 and "SECFLOW_MAX_CONCURRENT_ACTIVITIES" in out.stderr
+
+
+def test_worker_refuses_bad_configuration() -> None:
+    out = subprocess.run([sys.executable, "worker.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SECFLOW_SHUTDOWN_GRACE": "soon"})
+    assert out.returncode == 2
+    assert "SECFLOW_SHUTDOWN_GRACE" in out.stderr and "unparsable duration" in out.stderr
