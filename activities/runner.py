@@ -59,12 +59,14 @@ class ToolContext:
         self.heartbeat_payload: dict[str, Any] = resume or {}
         self.inserted = 0
 
-    def require_in_scope(self, *, url: str | None = None, host: str | None = None) -> None:
+    def require_in_scope(self, *, url: str | None = None, host: str | None = None, path: str | None = None) -> None:
         """Defence in depth: the spec was validated, but check again right before touching."""
         if url is not None and not self.scope.permits_url(url):
             raise ScopeViolation(f"{url} is outside scope.allow")
         if host is not None and not self.scope.permits_host(host):
             raise ScopeViolation(f"host {host} is outside scope.allow")
+        if path is not None and not self.scope.permits_path(path):
+            raise ScopeViolation(f"path {path} is outside scope.allow")
 
     async def save_findings(self, findings: list[Finding]) -> None:
         if not findings:
