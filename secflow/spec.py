@@ -201,7 +201,29 @@ def load_spec(path: str | Path) -> Spec:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError([Problem(path="", reason=f"cannot read {p}: {exc.strerror or exc}")])
-    return validate_spec_data(parse_spec_text(text, source=p.name))
+    data = parse_spec_text(text, source=p.name)
+    return validate_spec_data(resolve_paths(data, p.resolve().parent))
+
+
+def resolve_paths(data: Any, base: Path) -> Any:
+    """Make relative `path:` targets and path-prefix scope entries absolute, relative to
+    the spec file. The starter and every worker then agree on what a path means,
+    whatever directory each runs in."""
+    if not isinstance(data, dict):
+        return data
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(("./", "../")) or value == ".":
+            return str((base / value).resolve())
+        return value
+
+    scope = data.get("scope")
+    if isinstance(scope, dict) and isinstance(scope.get("allow"), list):
+        scope["allow"] = [absolute(e) for e in scope["allow"]]
+    for target in data.get("targets") or []:
+        if isinstance(target, dict) and isinstance(target.get("path"), str) and not target["path"].startswith("/"):
+            target["path"] = str((base / target["path"]).resolve())
+    return data
 
 
 def validate_spec_data(data: Any) -> Spec:

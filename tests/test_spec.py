@@ -146,3 +146,24 @@ def test_worker_refuses_bad_configuration() -> None:
                          env={**os.environ, "SECFLOW_SHUTDOWN_GRACE": "soon"})
     assert out.returncode == 2
     assert "SECFLOW_SHUTDOWN_GRACE" in out.stderr and "unparsable duration" in out.stderr
+
+
+def test_relative_paths_are_resolved_against_the_spec_file(tmp_path: Path) -> None:
+    repo = tmp_path / "specs" / "repo"
+    repo.mkdir(parents=True)
+    spec_file = tmp_path / "specs" / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "paths", "scope": {"allow": ["./repo/"]}, "targets": [{"path": "repo"}],
+        "stages": [{"id": "r", "kind": "report"}],
+    }))
+    spec = load_spec(spec_file)
+    assert spec.targets[0].path == str(repo)
+    assert spec.scope.allow == [str(repo)]
+    outside = tmp_path / "specs" / "o.yaml"
+    outside.write_text(yaml.safe_dump({
+        "name": "paths", "scope": {"allow": ["./repo/"]}, "targets": [{"path": "../elsewhere"}],
+        "stages": [{"id": "r", "kind": "report"}],
+    }))
+    with pytest.raises(SpecError) as info:
+        load_spec(outside)
+    assert "outside scope.allow" in str(info.value)

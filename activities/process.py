@@ -1,0 +1,170 @@
+"""Running a scanner binary safely: argument lists only, own process group, timeout,
+kill on cancel, bounded output, and failures classified by how the process ended.
+
+Every external scanner adapter calls `run_process`; none spawns processes by itself.
+Liveness heartbeats come from the activity wrapper (activities/runner.py), so a
+scanner that runs for an hour keeps its activity alive without doing anything here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from secflow.errors import Category, ExternalToolError, PermanentError, TransientError, classify
+from secflow.redaction import redact
+
+TAIL_BYTES = 4000
+# Scanners can be chatty; past this much output we stop reading and fail the run
+# rather than let one tool exhaust the worker's memory.
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL on cancellation
+
+
+@dataclass
+class ProcessResult:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    duration: float
+
+    @property
+    def stdout_tail(self) -> str:
+        return tail(self.stdout)
+
+    @property
+    def stderr_tail(self) -> str:
+        return tail(self.stderr)
+
+
+class ToolProcessError(ExternalToolError):
+    """A scanner process that ended badly; its category follows how it ended
+    (exit 127 -> permanent, 137/SIGKILL -> resource, SIGSEGV -> external_tool, ...)."""
+
+    def __init__(self, message: str, *, category: Category, exit_code: int | None, stdout_tail: str, stderr_tail: str) -> None:
+        super().__init__(message, exit_code=exit_code, stdout_tail=stdout_tail, stderr_tail=stderr_tail)
+        self.category = category
+
+
+def tail(data: bytes, limit: int = TAIL_BYTES) -> str:
+    text = data[-limit:].decode("utf-8", errors="replace")
+    return redact(text)
+
+
+def find_binary(name: str, tool: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise PermanentError(f"{tool}: the {name!r} binary is not installed (not found on PATH)")
+    return path
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    tool: str,
+    cwd: str | None = None,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    ok_codes: Sequence[int] = (0,),
+    max_output: int = MAX_OUTPUT_BYTES,
+) -> ProcessResult:
+    """Run `argv` (a list, never a shell string) and return its output.
+
+    Raises ToolProcessError for an exit code outside `ok_codes` or a death by signal,
+    TransientError when it exceeds `timeout` (its whole process group is killed), and
+    re-raises cancellation after killing the process group.
+    """
+    argv = [str(a) for a in argv]
+    argv[0] = find_binary(argv[0], tool) if os.sep not in argv[0] else argv[0]
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group, so we can kill its children too
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(_read_all(proc, max_output), timeout=timeout)
+    except asyncio.TimeoutError:
+        await _kill_group(proc, grace=0)
+        raise TransientError(f"{tool} exceeded its timeout of {timeout:g}s; its process group was killed") from None
+    except asyncio.CancelledError:
+        await _kill_group(proc, grace=KILL_GRACE)
+        raise
+    except _TooMuchOutput:
+        await _kill_group(proc, grace=0)
+        raise ToolProcessError(
+            f"{tool} produced more than {max_output} bytes of output; stopped",
+            category=Category.EXTERNAL_TOOL, exit_code=None, stdout_tail="", stderr_tail="",
+        ) from None
+    result = ProcessResult(argv, proc.returncode if proc.returncode is not None else -1, stdout, stderr, time.monotonic() - started)
+    if result.returncode not in ok_codes:
+        how = _describe_exit(result.returncode)
+        classification = classify(f"{tool} {how}: {result.stderr_tail[-500:]}", exit_code=result.returncode, tool=tool)
+        raise ToolProcessError(
+            f"{tool} {how}; stderr: {result.stderr_tail[-1000:].strip() or '(empty)'}",
+            category=classification.category,
+            exit_code=result.returncode,
+            stdout_tail=result.stdout_tail,
+            stderr_tail=result.stderr_tail,
+        )
+    return result
+
+
+class _TooMuchOutput(Exception):
+    pass
+
+
+async def _read_all(proc: asyncio.subprocess.Process, max_output: int) -> tuple[bytes, bytes]:
+    assert proc.stdout is not None and proc.stderr is not None
+
+    async def drain(stream: asyncio.StreamReader) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await stream.read(65536):
+            size += len(chunk)
+            if size > max_output:
+                raise _TooMuchOutput()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    stdout, stderr = await asyncio.gather(drain(proc.stdout), drain(proc.stderr))
+    await proc.wait()
+    return stdout, stderr
+
+
+async def _kill_group(proc: asyncio.subprocess.Process, *, grace: float) -> None:
+    """SIGTERM (if grace) then SIGKILL to the whole group; reap the child."""
+    if proc.returncode is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if sig == signal.SIGTERM and grace <= 0:
+            continue
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=wait)
+            return
+        except asyncio.TimeoutError:
+            continue
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with status {code}"
