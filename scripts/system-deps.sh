@@ -1,9 +1,17 @@
 #!/bin/sh
 # Installs the Debian packages the test suite needs, when they are missing.
 # Safe to run repeatedly; does nothing when everything is present.
+#   docker-compose  the compose tests
+#   postgresql      the findings-store tests start their own throwaway PostgreSQL server
+#                   (Debian keeps initdb/pg_ctl under /usr/lib/postgresql/<version>/bin)
 set -eu
 missing=""
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing="$missing docker-compose"
+have_initdb=""
+for f in /usr/lib/postgresql/*/bin/initdb; do
+  [ -x "$f" ] && have_initdb="yes"
+done
+[ -n "$have_initdb" ] || missing="$missing postgresql"
 [ -z "$missing" ] && exit 0
 echo "system-deps: installing$missing"
 if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else

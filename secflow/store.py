@@ -10,18 +10,24 @@ process. So every write is
 * one transaction, so a process killed half-way leaves either all of it or none of it.
 
 SQLite is the default backend (one file, WAL journal, a busy timeout so concurrent
-writers queue instead of failing). The SQL is kept behind a small seam
+writers queue instead of failing). PostgreSQL is used when ``SECFLOW_DB_URL`` is a
+``postgresql://user:pass@host:port/dbname`` URL (driver: psycopg 3), for deployments
+where workers run on several machines. The SQL is kept behind a small seam
 (:class:`Dialect` for placeholders/upsert spelling, :class:`_Backend` for connections and
-one-time database setup) so a PostgreSQL backend can be added later with the same schema
-and migrations. Until then a ``postgresql://`` URL is refused with a clear error.
+one-time database setup), so both backends share one schema, one migration list and one
+implementation of every operation.
 
 The API is synchronous and thread-safe; activities call it through ``asyncio.to_thread``.
 Each call borrows a connection from a small per-store pool, so threads never share a
 connection mid-transaction.
 
-SQLite errors are not wrapped: a writer that waited longer than the busy timeout gets
-``sqlite3.OperationalError("database is locked")``, which SecFlow's error taxonomy
-classifies as *transient* (retry with backoff).
+Driver errors are not wrapped: a writer that waited longer than the busy timeout gets
+``sqlite3.OperationalError("database is locked")`` (SQLite) or
+``psycopg.errors.LockNotAvailable`` (PostgreSQL, ``lock_timeout``); an unreachable
+PostgreSQL server gives ``psycopg.OperationalError``. SecFlow's error taxonomy classifies
+those real types. The PostgreSQL password is handed to the driver as a separate
+parameter, never as part of a connection string, so no error, log line or ``repr``
+carries it.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +80,10 @@ DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer before 
 _POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
 _URL_HINT = "expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+_PG_URL_HINT = "expected postgresql://user:password@host:port/dbname"
+# Driver suffixes accepted on a PostgreSQL URL (SQLAlchemy spelling): only the driver we use.
+_PG_DRIVER_SUFFIXES = frozenset({"", "psycopg"})
+DEFAULT_CONNECT_TIMEOUT = 10  # seconds to reach a PostgreSQL server before OperationalError
 
 
 # --- result and record models ------------------------------------------------------------
@@ -148,14 +159,44 @@ class ErrorEvent(BaseModel):
 
 @dataclass(frozen=True)
 class DbLocation:
-    """A parsed database URL. Only SQLite exists today: `path` is absolute."""
+    """A parsed database URL.
+
+    SQLite: `path` is absolute. PostgreSQL: `host`, `port`, `dbname`, `user`, `password`
+    and extra libpq `options` (from the URL's query). `url` and `repr()` never show the
+    password or the options (which could carry one); equality and hashing do include
+    them, so `open_store()` never hands a store opened with other credentials.
+    """
 
     backend: str
-    path: Path
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def url(self) -> str:
-        return f"sqlite:///{self.path}"
+        """The URL without credentials: safe for logs, errors and reports."""
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.path}"
+        host = self.host or ""
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host}]"
+        user = f"{urllib.parse.quote(self.user, safe='')}@" if self.user else ""
+        port = f":{self.port}" if self.port is not None else ""
+        return f"postgresql://{user}{host}{port}/{urllib.parse.quote(self.dbname or '', safe='')}"
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """psycopg.connect() keyword arguments (PostgreSQL only); contains the password."""
+        kwargs: dict[str, Any] = dict(self.options)
+        for name in ("host", "port", "dbname", "user", "password"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        return kwargs
 
 
 def default_db_url() -> str:
@@ -177,8 +218,10 @@ def parse_db_url(url: str) -> DbLocation:
 
     ``sqlite:///rel/path.db`` is relative to the current directory and
     ``sqlite:////abs/path.db`` absolute (the SQLAlchemy convention, and what
-    `default_db_url` produces). The URL itself is never echoed in errors: a PostgreSQL
-    URL carries a password.
+    `default_db_url` produces). ``postgresql://user:password@host:port/dbname`` (or
+    ``postgres://``, ``postgresql+psycopg://``) selects PostgreSQL; user and password may
+    be percent-encoded, and query parameters are passed to libpq (``?sslmode=require``).
+    The URL itself is never echoed in errors: a PostgreSQL URL carries a password.
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"{DB_URL_ENV} is empty ({_URL_HINT})")
@@ -188,10 +231,7 @@ def parse_db_url(url: str) -> DbLocation:
         raise ValueError(f"{DB_URL_ENV} is not a URL: no '<scheme>://' prefix ({_URL_HINT})")
     base_scheme = scheme.lower().split("+", 1)[0]
     if base_scheme in _POSTGRES_SCHEMES:
-        raise ValueError(
-            f"{DB_URL_ENV} points at PostgreSQL, but PostgreSQL support is not available yet "
-            "in the SecFlow findings store; use a sqlite:/// URL"
-        )
+        return _parse_postgres_url(scheme, rest)
     if base_scheme != "sqlite":
         shown = scheme if _SCHEME_RE.fullmatch(scheme) else "?"
         raise ValueError(f"{DB_URL_ENV} has an unsupported scheme {shown!r} ({_URL_HINT})")
@@ -212,6 +252,56 @@ def parse_db_url(url: str) -> DbLocation:
     if path_text.endswith("/") or path.name in {"", ".", ".."}:
         raise ValueError(f"{DB_URL_ENV}: the SQLite path names a directory, not a file ({_URL_HINT})")
     return DbLocation(backend="sqlite", path=path.resolve())
+
+
+def _parse_postgres_url(scheme: str, rest: str) -> DbLocation:
+    """The PostgreSQL half of `parse_db_url`. Messages never include the URL's userinfo."""
+    driver = scheme.lower().partition("+")[2]
+    if driver not in _PG_DRIVER_SUFFIXES:
+        shown = driver if _SCHEME_RE.fullmatch(driver) else "?"
+        raise ValueError(f"{DB_URL_ENV}: PostgreSQL driver {shown!r} is not supported; SecFlow uses psycopg ({_PG_URL_HINT})")
+    parts = urllib.parse.urlsplit("postgresql://" + rest)
+    if parts.fragment:
+        raise ValueError(f"{DB_URL_ENV}: a PostgreSQL URL has no #fragment ({_PG_URL_HINT})")
+    options: dict[str, str] = {}
+    try:
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(f"{DB_URL_ENV}: the PostgreSQL URL's query string is malformed ({_PG_URL_HINT})") from None
+    for key, value in pairs:
+        if not re.fullmatch(r"[a-z_]{1,40}", key):
+            raise ValueError(f"{DB_URL_ENV}: the PostgreSQL URL has a malformed query parameter name ({_PG_URL_HINT})")
+        if key in {"host", "hostaddr", "port", "dbname", "user", "password"}:
+            raise ValueError(
+                f"{DB_URL_ENV}: give {key} in the URL itself, not as a query parameter ({_PG_URL_HINT})"
+            )
+        options[key] = value
+    netloc = parts.netloc.rpartition("@")[2]
+    if "," in netloc:
+        raise ValueError(f"{DB_URL_ENV}: multi-host PostgreSQL URLs are not supported ({_PG_URL_HINT})")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{DB_URL_ENV}: the PostgreSQL port must be a number from 1 to 65535 ({_PG_URL_HINT})") from None
+    if port == 0:
+        raise ValueError(f"{DB_URL_ENV}: the PostgreSQL port must be a number from 1 to 65535 ({_PG_URL_HINT})")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{DB_URL_ENV}: the PostgreSQL URL has no host ({_PG_URL_HINT})")
+    dbname = urllib.parse.unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+    if not dbname or "/" in dbname:
+        raise ValueError(f"{DB_URL_ENV}: the PostgreSQL URL must name one database after the host ({_PG_URL_HINT})")
+    user = urllib.parse.unquote(parts.username) if parts.username else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    return DbLocation(
+        backend="postgresql",
+        host=host,
+        port=port,
+        dbname=dbname,
+        user=user or None,
+        password=password,
+        options=tuple(sorted(options.items())),
+    )
 
 
 def _busy_timeout_from_env() -> float:
@@ -244,14 +334,40 @@ class Dialect:
     begin_write: str  # start a transaction that takes the write lock up front
     greatest: str  # two-argument max(): MAX in SQLite, GREATEST in PostgreSQL
     # Run inside the migration transaction to serialise concurrent migrators; SQLite's
-    # BEGIN IMMEDIATE already does (PostgreSQL would use pg_advisory_xact_lock).
+    # BEGIN IMMEDIATE already does, PostgreSQL takes a transaction-scoped advisory lock.
     migration_lock: str | None = None
+    # Collation given to every TEXT column the migrations create. SQLite compares text
+    # bytewise; PostgreSQL would use the database's locale, under which ORDER BY and the
+    # MAX of ISO timestamps stored as text could differ from SQLite. "C" is bytewise.
+    text_collation: str | None = None
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
+    def ddl(self, text: str) -> str:
+        """A portable CREATE statement, spelled for this backend."""
+        if self.text_collation is None:
+            return text
+        return re.sub(r"\bTEXT\b", f'TEXT COLLATE "{self.text_collation}"', text)
+
 
 SQLITE_DIALECT = Dialect(name="sqlite", placeholder="?", begin_write="BEGIN IMMEDIATE", greatest="MAX")
+
+# Key of the advisory lock that serialises migrations of one PostgreSQL database
+# (an arbitrary constant; "SecFlow store migrate" in spirit). Transaction-scoped, so a
+# migrator killed half-way releases it with its rolled-back transaction.
+PG_MIGRATION_LOCK_KEY = 0x5EC_F10E_0001
+POSTGRES_DIALECT = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    # READ COMMITTED: every statement sees the latest committed rows, and
+    # INSERT ... ON CONFLICT waits for a concurrent inserter of the same key, then
+    # updates (or skips) its row, so upserts and lock races need no table lock.
+    begin_write="BEGIN",
+    greatest="GREATEST",
+    migration_lock=f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK_KEY})",
+    text_collation="C",
+)
 
 
 class _Backend(Protocol):
@@ -265,6 +381,12 @@ class _Backend(Protocol):
 
     def has_table(self, conn: Any, name: str) -> bool:
         """Whether `name` exists (catalog lookup differs: sqlite_master vs to_regclass)."""
+
+    def in_transaction(self, conn: Any) -> bool:
+        """Whether `conn` is inside a transaction (or in a state we cannot tell)."""
+
+    def reusable(self, conn: Any) -> bool:
+        """Whether an idle pooled connection may be handed out again."""
 
     def describe(self) -> str:
         """Where the database is, for logs and errors; never includes credentials."""
@@ -314,8 +436,61 @@ class _SQLiteBackend:
         row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
         return row is not None
 
+    def in_transaction(self, conn: sqlite3.Connection) -> bool:
+        return conn.in_transaction
+
+    def reusable(self, conn: sqlite3.Connection) -> bool:
+        return True
+
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
+
+
+class _PostgresBackend:
+    """PostgreSQL through psycopg 3: one server connection per pooled connection.
+
+    `busy_timeout` becomes the session's ``lock_timeout``: a writer that waits longer
+    than that for a row or table another transaction holds fails with
+    ``psycopg.errors.LockNotAvailable`` (an OperationalError), like SQLite's
+    "database is locked".
+    """
+
+    dialect = POSTGRES_DIALECT
+
+    def __init__(self, location: DbLocation, busy_timeout: float) -> None:
+        import psycopg  # imported here: SQLite-only installs and tests never need it
+
+        self._psycopg = psycopg
+        self._location = location
+        # lock_timeout = 0 would mean "wait forever"; SQLite's 0 means "do not wait".
+        self._lock_timeout_ms = max(1, int(round(busy_timeout * 1000)))
+
+    def connect(self) -> Any:
+        # Keyword arguments, not a conninfo string: libpq never echoes a password it
+        # was given this way, and psycopg has no string to quote in its errors.
+        conn = self._psycopg.connect(autocommit=True, **self._location.connect_kwargs())
+        try:
+            conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def prepare(self, conn: Any) -> None:
+        pass  # nothing per database: the server owns durability and concurrency settings
+
+    def has_table(self, conn: Any, name: str) -> bool:
+        row = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+        return row is not None and row[0] is not None
+
+    def in_transaction(self, conn: Any) -> bool:
+        return conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
+
+    def reusable(self, conn: Any) -> bool:
+        return not conn.closed and not self.in_transaction(conn)
+
+    def describe(self) -> str:
+        return self._location.url
 
 
 def _is_locked(exc: BaseException) -> bool:
@@ -480,7 +655,12 @@ class FindingsStore:
         self.location = location
         self.url = location.url
         self.busy_timeout = timeout
-        self._backend: _Backend = _SQLiteBackend(location.path, timeout)
+        self._backend: _Backend
+        if location.backend == "postgresql":
+            self._backend = _PostgresBackend(location, timeout)
+        else:
+            assert location.path is not None
+            self._backend = _SQLiteBackend(location.path, timeout)
         self._dialect = self._backend.dialect
         self._lock = threading.Lock()
         self._idle: list[Any] = []
@@ -489,7 +669,8 @@ class FindingsStore:
         #: Versions of the migrations this open applied (empty when the schema was current).
         self.applied_migrations: list[int] = []
 
-        location.path.parent.mkdir(parents=True, exist_ok=True)
+        if location.path is not None:
+            location.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._backend.connect()
         try:
             self._backend.prepare(conn)
@@ -527,11 +708,20 @@ class FindingsStore:
     # -- connections and transactions -----------------------------------------------------
 
     def _borrow(self) -> Any:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the findings store is closed")
-            if self._idle:
-                return self._idle.pop()
+        stale: list[Any] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the findings store is closed")
+                while self._idle:
+                    conn = self._idle.pop()
+                    if self._backend.reusable(conn):
+                        return conn
+                    stale.append(conn)
+        finally:
+            for conn in stale:
+                with contextlib.suppress(Exception):
+                    conn.close()
         return self._backend.connect()
 
     def _give_back(self, conn: Any, *, healthy: bool) -> None:
@@ -550,7 +740,7 @@ class FindingsStore:
         try:
             yield conn
         except BaseException:
-            healthy = not _in_transaction(conn)
+            healthy = self._backend.reusable(conn) and not self._backend.in_transaction(conn)
             raise
         finally:
             self._give_back(conn, healthy=healthy)
@@ -569,7 +759,7 @@ class FindingsStore:
                 yield conn
             except BaseException:
                 with contextlib.suppress(Exception):
-                    if _in_transaction(conn):
+                    if self._backend.in_transaction(conn):
                         conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
@@ -603,14 +793,14 @@ class FindingsStore:
         try:
             if self._dialect.migration_lock:
                 conn.execute(self._dialect.migration_lock)
-            conn.execute(_SCHEMA_VERSION_DDL)
+            conn.execute(self._dialect.ddl(_SCHEMA_VERSION_DDL))
             applied = self._applied_versions(conn) or set()
             self._check_known(applied)
             for migration in MIGRATIONS:
                 if migration.version in applied:
                     continue
                 for statement in migration.statements:
-                    conn.execute(statement)
+                    conn.execute(self._dialect.ddl(statement))
                 self._x(
                     conn,
                     "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
@@ -620,7 +810,7 @@ class FindingsStore:
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
-                if _in_transaction(conn):
+                if self._backend.in_transaction(conn):
                     conn.execute("ROLLBACK")
             raise
         return done
@@ -684,7 +874,10 @@ class FindingsStore:
         inserted = updated = 0
         with self._write() as conn:
             now = _ts(_utcnow())
-            for fp, f in batch.items():
+            # Fingerprint order, whatever order the caller gave: PostgreSQL locks rows one
+            # by one, so two writers that meet on the same rows in opposite orders would
+            # deadlock; in one global order they simply queue. (SQLite locks the file.)
+            for fp, f in sorted(batch.items()):
                 self._x(
                     conn,
                     upsert_finding,
@@ -888,14 +1081,10 @@ class FindingsStore:
             return self._x(conn, sql, params).rowcount
 
 
-def _in_transaction(conn: Any) -> bool:
-    return bool(getattr(conn, "in_transaction", True))
-
-
 # --- per-process cache -------------------------------------------------------------------
 
 _cache_lock = threading.Lock()
-_cache: dict[tuple[int, str, float], FindingsStore] = {}
+_cache: dict[tuple[int, DbLocation, float], FindingsStore] = {}
 
 
 def open_store(url: str | None = None, *, busy_timeout: float | None = None) -> FindingsStore:
@@ -908,7 +1097,7 @@ def open_store(url: str | None = None, *, busy_timeout: float | None = None) -> 
         url = default_db_url()
     location = parse_db_url(url)
     timeout = _busy_timeout_from_env() if busy_timeout is None else float(busy_timeout)
-    key = (os.getpid(), location.url, timeout)
+    key = (os.getpid(), location, timeout)
     with _cache_lock:
         store = _cache.get(key)
         if store is not None and not store.closed:
@@ -916,7 +1105,7 @@ def open_store(url: str | None = None, *, busy_timeout: float | None = None) -> 
         # Opening under the cache lock: two threads asking at once get one store (and
         # the migration runs once). Opening is quick unless another process holds the
         # write lock, in which case every opener would wait anyway.
-        store = FindingsStore(location.url, busy_timeout=timeout)
+        store = FindingsStore(url, busy_timeout=timeout)
         _cache[key] = store
         return store
 

@@ -1,4 +1,11 @@
-"""The findings store, exercised for real: real SQLite files, real OS processes, real locks."""
+"""The findings store, exercised for real: real SQLite files, a real PostgreSQL server,
+real OS processes, real locks.
+
+Every behaviour test runs against both backends (`db` is parametrized); tests of one
+backend's own failure modes (a garbage SQLite file, SQLite's "database is locked", a
+refused PostgreSQL connection) run against that backend only. PostgreSQL is a throwaway
+server this session starts itself (tests/pg.py); each test gets a fresh database on it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,10 @@ import asyncio
 import multiprocessing
 import sqlite3
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +29,7 @@ from secflow.store import (
     open_store,
     parse_db_url,
 )
+from tests.pg import PgServer, free_port, pg_server, running_server  # noqa: F401  (pg_server: fixture)
 
 SEVERITIES = [s.value for s in Severity]
 SEVERITIES_CYCLE = list(Severity)
@@ -32,14 +42,50 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@dataclass
+class Db:
+    """A fresh, empty database of one backend, and a side door into it for assertions."""
+
+    backend: str
+    url: str
+
+    def _connect(self) -> Any:
+        location = parse_db_url(self.url)
+        if self.backend == "sqlite":
+            return sqlite3.connect(location.path, isolation_level=None)
+        import psycopg
+
+        return psycopg.connect(autocommit=True, **location.connect_kwargs())
+
+    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement (``?`` placeholders) on a connection of its own."""
+        conn = self._connect()
+        try:
+            if self.backend != "sqlite":
+                sql = sql.replace("?", "%s")
+            cursor = conn.execute(sql, params)
+            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+        finally:
+            conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    if request.param == "sqlite":
+        return Db("sqlite", f"sqlite:///{tmp_path / 'findings.db'}")
+    server: PgServer = request.getfixturevalue("pg_server")
+    return Db("postgresql", server.create_database())
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
+    """SQLite-only tests."""
     return tmp_path / "findings.db"
 
 
 @pytest.fixture
-def store(db_path: Path):
-    s = FindingsStore(f"sqlite:///{db_path}")
+def store(db: Db):
+    s = FindingsStore(db.url)
     yield s
     s.close()
 
@@ -65,10 +111,22 @@ def _rows(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+def _run_processes(target, args_per_process: list[tuple], results) -> list[Any]:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for args in args_per_process]
+    for p in procs:
+        p.start()
+    reports = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    return reports
+
+
 # --- findings ----------------------------------------------------------------------------
 
 
-def test_retried_upsert_inserts_then_updates_one_row_each(store: FindingsStore, db_path: Path) -> None:
+def test_retried_upsert_inserts_then_updates_one_row_each(store: FindingsStore, db: Db) -> None:
     findings = [_finding(i) for i in range(5)]
 
     first = store.upsert_findings("a1", "scan", findings)
@@ -80,8 +138,8 @@ def test_retried_upsert_inserts_then_updates_one_row_each(store: FindingsStore, 
     second = store.upsert_findings("a1", "scan", findings)
     assert (second.inserted, second.updated) == (0, 5)
 
-    assert _rows(db_path, "SELECT COUNT(*) FROM findings") == [(5,)]
-    assert _rows(db_path, "SELECT COUNT(*) FROM assessment_findings") == [(5,)]
+    assert db.rows("SELECT COUNT(*) FROM findings") == [(5,)]
+    assert db.rows("SELECT COUNT(*) FROM assessment_findings") == [(5,)]
     after = store.list_findings("a1")
     assert len(after) == 5
     for f in after:
@@ -103,14 +161,14 @@ def test_duplicates_within_one_batch_count_once(store: FindingsStore) -> None:
     assert store.upsert_findings("a1", "scan", []).model_dump() == {"inserted": 0, "updated": 0}
 
 
-def test_same_fingerprint_in_two_assessments_is_one_row_two_links(store: FindingsStore, db_path: Path) -> None:
+def test_same_fingerprint_in_two_assessments_is_one_row_two_links(store: FindingsStore, db: Db) -> None:
     shared = _finding(1, severity=Severity.HIGH)
     assert store.upsert_findings("a1", "scan", [shared, _finding(2, severity=Severity.LOW)]).inserted == 2
     assert store.upsert_findings("a2", "web", [shared]).model_dump() == {"inserted": 1, "updated": 0}
 
-    assert _rows(db_path, "SELECT COUNT(*) FROM findings") == [(2,)]
-    assert _rows(
-        db_path, "SELECT assessment_id, stage_id FROM assessment_findings WHERE fingerprint = ? ORDER BY 1",
+    assert db.rows("SELECT COUNT(*) FROM findings") == [(2,)]
+    assert db.rows(
+        "SELECT assessment_id, stage_id FROM assessment_findings WHERE fingerprint = ? ORDER BY 1",
         (shared.fingerprint,),
     ) == [("a1", "scan"), ("a2", "web")]
 
@@ -144,8 +202,8 @@ def _upsert_worker(url: str, index: int, numbers: list[int], barrier, results) -
         results.put((index, 0, 0, traceback.format_exc()))
 
 
-def test_four_processes_upserting_overlapping_sets_give_exactly_the_union(db_path: Path) -> None:
-    url = f"sqlite:///{db_path}"
+def test_four_processes_upserting_overlapping_sets_give_exactly_the_union(db: Db) -> None:
+    url = db.url
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
     results = ctx.Queue()
@@ -178,8 +236,9 @@ def test_four_processes_upserting_overlapping_sets_give_exactly_the_union(db_pat
         assert [v for v, _, _ in store.schema_versions()] == [m.version for m in MIGRATIONS]
     finally:
         store.close()
-    assert _rows(db_path, "SELECT COUNT(*), COUNT(DISTINCT fingerprint) FROM findings") == [(len(union), len(union))]
-    assert _rows(db_path, "PRAGMA journal_mode") == [("wal",)]
+    assert db.rows("SELECT COUNT(*), COUNT(DISTINCT fingerprint) FROM findings") == [(len(union), len(union))]
+    if db.backend == "sqlite":
+        assert db.rows("PRAGMA journal_mode") == [("wal",)]
 
 
 async def test_threads_share_one_store_safely(store: FindingsStore) -> None:
@@ -204,8 +263,8 @@ def _lock_worker(url: str, name: str, targets: list[str], barrier, results) -> N
         results.put((name, [], traceback.format_exc()))
 
 
-def test_two_processes_racing_for_a_lock_exactly_one_wins(db_path: Path) -> None:
-    url = f"sqlite:///{db_path}"
+def test_two_processes_racing_for_a_lock_exactly_one_wins(db: Db) -> None:
+    url = db.url
     FindingsStore(url).close()  # schema in place; the race is about the locks
     targets = [f"host-{i}.example.test" for i in range(30)]
     ctx = multiprocessing.get_context("spawn")
@@ -278,8 +337,8 @@ def test_write_blocked_by_exclusive_transaction_raises_database_is_locked(db_pat
         store.close()
 
 
-def test_reopening_runs_no_migration_twice(db_path: Path) -> None:
-    url = f"sqlite:///{db_path}"
+def test_reopening_runs_no_migration_twice(db: Db) -> None:
+    url = db.url
     first = FindingsStore(url)
     assert first.applied_migrations == [m.version for m in MIGRATIONS]
     versions = first.schema_versions()
@@ -297,17 +356,50 @@ def test_reopening_runs_no_migration_twice(db_path: Path) -> None:
         assert again.count_findings("a1").total == 1
     finally:
         again.close()
-    assert _rows(db_path, "SELECT COUNT(*) FROM schema_version") == [(len(MIGRATIONS),)]
+    assert db.rows("SELECT COUNT(*) FROM schema_version") == [(len(MIGRATIONS),)]
 
 
-def test_database_newer_than_the_code_is_refused(db_path: Path) -> None:
-    FindingsStore(f"sqlite:///{db_path}").close()
-    conn = sqlite3.connect(db_path)
-    conn.execute("INSERT INTO schema_version VALUES (999, 'from the future', '2100-01-01T00:00:00.000000+00:00')")
-    conn.commit()
-    conn.close()
-    with pytest.raises(RuntimeError, match="newer than this SecFlow"):
-        FindingsStore(f"sqlite:///{db_path}")
+def _open_worker(url: str, index: int, barrier, results) -> None:
+    try:
+        barrier.wait(timeout=60)
+        store = FindingsStore(url)
+        applied = store.applied_migrations
+        store.close()
+        results.put((index, applied, None))
+    except BaseException:
+        results.put((index, None, traceback.format_exc()))
+
+
+def test_processes_opening_a_fresh_database_at_once_apply_migrations_once(db: Db) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    results = ctx.Queue()
+    reports = _run_processes(_open_worker, [(db.url, i, barrier, results) for i in range(4)], results)
+    assert not [err for _, _, err in reports if err], reports
+    applied = sorted((a for _, a, _ in reports), key=len)
+    assert applied == [[], [], [], [m.version for m in MIGRATIONS]]  # one migrator; the rest waited, found it done
+    assert db.rows("SELECT version FROM schema_version ORDER BY version") == [(m.version,) for m in MIGRATIONS]
+
+
+def test_database_newer_than_the_code_is_refused(db: Db) -> None:
+    FindingsStore(db.url).close()
+    db.rows("INSERT INTO schema_version VALUES (999, 'from the future', '2100-01-01T00:00:00.000000+00:00')")
+    with pytest.raises(RuntimeError, match="newer than this SecFlow") as caught:
+        FindingsStore(db.url)
+    assert "pw-" not in str(caught.value)  # the test server's password
+
+
+def test_open_store_is_one_store_per_database_per_process(db: Db) -> None:
+    s = open_store(db.url)
+    try:
+        assert open_store(db.url) is s
+        assert open_store(db.url, busy_timeout=1.5) is not s  # a different timeout is another store
+        open_store(db.url, busy_timeout=1.5).close()
+    finally:
+        s.close()
+    again = open_store(db.url)  # closed stores are not handed out
+    assert again is not s
+    again.close()
 
 
 def test_a_file_that_is_not_sqlite_raises_database_error(db_path: Path) -> None:
@@ -318,6 +410,99 @@ def test_a_file_that_is_not_sqlite_raises_database_error(db_path: Path) -> None:
         open_store(f"sqlite:///{db_path}")  # and a failed open is not cached
     with pytest.raises(sqlite3.DatabaseError):
         open_store(f"sqlite:///{db_path}")
+
+
+# --- PostgreSQL's own failure modes -----------------------------------------------------
+
+
+def _pg_db(request: pytest.FixtureRequest) -> Db:
+    server: PgServer = request.getfixturevalue("pg_server")
+    return Db("postgresql", server.create_database())
+
+
+def test_postgresql_write_blocked_by_a_table_lock_raises_lock_not_available(request: pytest.FixtureRequest) -> None:
+    import psycopg
+    from psycopg import errors
+
+    db = _pg_db(request)
+    store = FindingsStore(db.url, busy_timeout=0.2)
+    other = psycopg.connect(autocommit=True, **parse_db_url(db.url).connect_kwargs())
+    try:
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE findings IN EXCLUSIVE MODE")
+        with pytest.raises(errors.LockNotAvailable) as caught:  # lock_timeout = busy_timeout
+            store.upsert_findings("a1", "scan", [_finding(1)])
+        assert isinstance(caught.value, psycopg.OperationalError)
+        other.execute("ROLLBACK")
+        # The store is not poisoned: once the other writer is gone, the retry succeeds.
+        assert store.upsert_findings("a1", "scan", [_finding(1)]).inserted == 1
+    finally:
+        other.close()
+        store.close()
+
+
+def test_postgresql_columns_compare_bytewise_like_sqlite(request: pytest.FixtureRequest) -> None:
+    db = _pg_db(request)
+    FindingsStore(db.url).close()
+    collations = db.rows(
+        "SELECT DISTINCT collation_name FROM information_schema.columns "
+        "WHERE table_schema = 'public' AND data_type = 'text'"
+    )
+    assert collations == [("C",)]
+
+
+def test_postgresql_refused_connection_raises_operational_error_without_the_password() -> None:
+    import psycopg
+
+    url = f"postgresql://secflow:hunter2-secret@127.0.0.1:{free_port()}/secflow"  # nothing listens there
+    for attempt in range(2):  # and a failed open is not cached
+        with pytest.raises(psycopg.OperationalError) as caught:
+            open_store(url, busy_timeout=1)
+        assert "hunter2" not in str(caught.value) and "hunter2" not in repr(caught.value)
+        assert "127.0.0.1" in str(caught.value)  # the driver's own message, saying where
+    with pytest.raises(psycopg.OperationalError):
+        FindingsStore(url)
+
+
+def test_postgresql_wrong_password_raises_operational_error_without_it(request: pytest.FixtureRequest) -> None:
+    import psycopg
+
+    server: PgServer = request.getfixturevalue("pg_server")
+    url = f"postgresql://secflow:wrong-hunter2@127.0.0.1:{server.port}/postgres"
+    with pytest.raises(psycopg.OperationalError) as caught:
+        FindingsStore(url)
+    assert "password authentication failed" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "hunter2" not in repr(caught.value)
+
+
+@pytest.mark.slow
+def test_postgresql_server_stopped_then_restarted() -> None:
+    import psycopg
+
+    with running_server() as server:  # a server of its own: this test stops it
+        url = server.create_database()
+        store = FindingsStore(url)
+        try:
+            assert store.upsert_findings("a1", "scan", [_finding(1)]).inserted == 1
+            server.stop()
+            with pytest.raises(psycopg.OperationalError) as caught:  # the pooled connection died
+                store.upsert_findings("a1", "scan", [_finding(2)])
+            assert server.password not in str(caught.value)
+            with pytest.raises(psycopg.OperationalError) as caught:  # and no new one can be made
+                store.count_findings("a1")
+            assert server.password not in str(caught.value)
+            with pytest.raises(psycopg.OperationalError):
+                FindingsStore(url)
+
+            server.start()  # same port, same data
+            # Dead connections were dropped, not pooled: the store recovers by itself.
+            assert store.upsert_findings("a1", "scan", [_finding(1), _finding(2)]).model_dump() == {
+                "inserted": 1,
+                "updated": 1,
+            }
+            assert store.count_findings("a1").total == 2
+        finally:
+            store.close()
 
 
 # --- URLs --------------------------------------------------------------------------------
@@ -358,22 +543,34 @@ def test_default_db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.parametrize(
-    "url",
-    ["postgresql://secflow:hunter2@db:5432/secflow", "postgres://u:hunter2@h/d", "postgresql+psycopg://u:hunter2@h/d"],
+    ("url", "expected"),
+    [
+        ("postgresql://secflow:hunter2@db:5432/secflow", ("db", 5432, "secflow", "secflow", "hunter2", ())),
+        ("postgres://u:hunter2@h/d", ("h", None, "d", "u", "hunter2", ())),
+        ("postgresql+psycopg://u:hunter2@h/d", ("h", None, "d", "u", "hunter2", ())),
+        ("postgresql://u%40corp:hunter2%2F%3A@[::1]:6543/my%20db?sslmode=require",
+         ("::1", 6543, "my db", "u@corp", "hunter2/:", (("sslmode", "require"),))),
+    ],
 )
-def test_postgresql_url_is_refused_clearly(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="PostgreSQL support is not available yet") as caught:
-        parse_db_url(url)
-    assert "hunter2" not in str(caught.value)  # never echo credentials
-    monkeypatch.setenv("SECFLOW_DB_URL", url)
-    with pytest.raises(ValueError, match="PostgreSQL"):
-        open_store()
+def test_postgresql_urls_parse_and_never_show_the_password(url: str, expected: tuple) -> None:
+    location = parse_db_url(url)
+    assert location.backend == "postgresql" and location.path is None
+    got = (location.host, location.port, location.dbname, location.user, location.password, location.options)
+    assert got == expected
+    kwargs = location.connect_kwargs()
+    assert kwargs["password"] == expected[4] and kwargs["connect_timeout"] == 10
+    assert "hunter2" not in location.url and "hunter2" not in repr(location)
+    assert location.url.startswith("postgresql://")
+    assert parse_db_url(location.url).url == location.url  # the shown URL is itself a valid URL, sans password
 
 
 @pytest.mark.parametrize(
     "url",
     ["", "   ", "findings.db", "mysql://u:hunter2@h/d", "sqlite://host/x.db", "sqlite:///", "sqlite:///:memory:",
-     "sqlite+pysqlite:///x.db", "sqlite:///x.db?mode=ro", "://nothing", "sqlite:///dir/"],
+     "sqlite+pysqlite:///x.db", "sqlite:///x.db?mode=ro", "://nothing", "sqlite:///dir/",
+     "postgresql://u:hunter2@h:notaport/d", "postgresql://u:hunter2@h:0/d", "postgresql://u:hunter2@h/",
+     "postgresql://u:hunter2@/d", "postgresql+asyncpg://u:hunter2@h/d", "postgresql://u:hunter2@h/d?password=x",
+     "postgresql://u:hunter2@h1,h2/d", "postgresql://u:hunter2@h/d/e", "postgresql://u:hunter2@h/d?=x"],
 )
 def test_garbage_url_names_the_variable(url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
@@ -383,8 +580,8 @@ def test_garbage_url_names_the_variable(url: str, monkeypatch: pytest.MonkeyPatc
     assert list(tmp_path.iterdir()) == []  # bad input changes nothing
 
 
-def test_busy_timeout_is_configurable(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite:///{db_path}"
+def test_busy_timeout_is_configurable(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = db.url
     with FindingsStore(url) as s:
         assert s.busy_timeout == 10.0
     monkeypatch.setenv("SECFLOW_DB_BUSY_TIMEOUT", "2.5")
