@@ -14,10 +14,18 @@ from activities.resources import (
     remove_workspace,
 )
 from activities.scanning import http_headers, portscan
+from activities.scanners.bandit import bandit
+from activities.scanners.nmap import nmap
+from activities.scanners.sca import sca
+from activities.scanners.tls import tls
 
 ALL_ACTIVITIES: list[Callable[..., Any]] = [
     portscan,
     http_headers,
+    sca,
+    tls,
+    nmap,
+    bandit,
     report,
     create_workspace,
     remove_workspace,

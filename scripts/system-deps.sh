@@ -4,6 +4,7 @@
 #   docker-compose  the compose tests
 #   postgresql      the findings-store tests start their own throwaway PostgreSQL server
 #                   (Debian keeps initdb/pg_ctl under /usr/lib/postgresql/<version>/bin)
+#   nmap            the nmap scanner adapter's tests (connect scans of 127.0.0.1 only)
 set -eu
 missing=""
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing="$missing docker-compose"
@@ -12,6 +13,7 @@ for f in /usr/lib/postgresql/*/bin/initdb; do
   [ -x "$f" ] && have_initdb="yes"
 done
 [ -n "$have_initdb" ] || missing="$missing postgresql"
+command -v nmap >/dev/null 2>&1 || missing="$missing nmap"
 [ -z "$missing" ] && exit 0
 echo "system-deps: installing$missing"
 if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else

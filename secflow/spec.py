@@ -90,8 +90,14 @@ class Stage(_Strict):
     def tolerated_failure_percent(self) -> float:
         return float(self.options.get("tolerated_failure_percent", 0))
 
-    def tool_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items() if k not in STAGE_OPTIONS}
+    def tool_options(self, tool: str | None = None) -> dict[str, Any]:
+        """Options for `tool` (default: the stage's own). A fallback tool gets only the
+        options its model knows, so nmap's `timing` does not break portscan's run."""
+        options = {k: v for k, v in self.options.items() if k not in STAGE_OPTIONS}
+        if tool is None or tool == self.tool_name or tool not in TOOLS:
+            return options
+        known = TOOLS[tool].options.model_fields
+        return {k: v for k, v in options.items() if k in known}
 
     def retry_plan(self, tool: str | None = None) -> RetryPlan:
         """The kind's row of the retry table with this stage's overrides (sandbox tools stay at 1)."""
@@ -353,6 +359,11 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
                 problems.append(Problem(path=f"{where}.fallback_tool", reason=f"unknown tool {stage.fallback_tool!r}; known tools: {sorted(TOOLS)}"))
             elif stage.kind not in fb.kinds:
                 problems.append(Problem(path=f"{where}.fallback_tool", reason=f"tool {stage.fallback_tool!r} does not run in a {stage.kind!r} stage"))
+            else:
+                try:
+                    fb.options.model_validate(stage.tool_options(stage.fallback_tool))
+                except ValidationError as exc:
+                    problems.extend(_pydantic_problems(exc, prefix=f"{where}.options (for fallback {stage.fallback_tool})"))
     elif stage.fallback_tool:
         problems.append(Problem(path=f"{where}.fallback_tool", reason="only used with on_failure: fallback"))
     if stage.on_wait_timeout == "approve" and not stage.requires_approval:

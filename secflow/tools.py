@@ -7,6 +7,7 @@ where a typo in a spec's `options:` becomes a clear validation error.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -50,7 +51,71 @@ class HttpHeadersOptions(_Options):
 
 
 class ReportOptions(_Options):
-    formats: list[Literal["json", "md"]] = Field(default_factory=lambda: ["json", "md"])
+    """`report`: SARIF 2.1.0 (code scanning), Markdown and HTML (people), JSON (machines)."""
+
+    formats: list[Literal["sarif", "md", "html", "json"]] = Field(
+        default_factory=lambda: ["sarif", "md", "html", "json"], min_length=1
+    )
+
+
+class ScaOptions(_Options):
+    """`sca`: pinned Python dependencies checked against OSV (base URL from SECFLOW_OSV_URL)."""
+
+    batch_size: int = Field(1000, ge=1, le=1000, description="queries per OSV querybatch request (OSV allows 1000)")
+    request_timeout: Duration = Field(default="30s", validate_default=True)
+    concurrency: int = Field(8, ge=1, le=64, description="advisory detail requests in flight")
+
+
+class TlsOptions(_Options):
+    """`tls`: protocol versions, certificate and weak cipher suites of an https URL."""
+
+    connect_timeout: Duration = Field(default="5s", validate_default=True)
+    ca_file: str | None = Field(None, description="PEM bundle trusted in addition to the system store")
+    expiry_warning_days: int = Field(30, ge=0, le=3650)
+
+
+class NmapOptions(_Options):
+    """`nmap`: connect scan with service/version detection (`-sT -sV`) of one host."""
+
+    ports: str = "1-1024"
+    timing: int = Field(3, ge=0, le=5, description="nmap timing template -T0..-T5")
+    host_timeout: Duration = Field(default="15m", validate_default=True, description="nmap --host-timeout")
+    timeout: Duration = Field(default="20m", validate_default=True, description="kill nmap after this long")
+    version_intensity: int = Field(7, ge=0, le=9, description="nmap --version-intensity")
+    max_rate: float | None = Field(None, gt=0, le=100000, description="nmap --max-rate, probes per second")
+    skip_host_discovery: bool = Field(True, description="-Pn: scan the listed host even if it ignores pings")
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_parse(cls, value: str) -> str:
+        parse_port_spec(value)
+        return value
+
+
+class BanditOptions(_Options):
+    """`bandit`: Python static analysis of a `path:` target (a directory or one file)."""
+
+    timeout: Duration = Field(default="15m", validate_default=True, description="kill bandit after this long")
+    min_severity: Literal["low", "medium", "high"] = "low"
+    min_confidence: Literal["low", "medium", "high"] = "low"
+    skip: list[str] = Field(default_factory=list, description="bandit test ids not to run, e.g. B101")
+    exclude: list[str] = Field(default_factory=list, description="paths (globs) bandit does not scan")
+
+    @field_validator("skip")
+    @classmethod
+    def _test_ids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"B\d{3}", item):
+                raise ValueError(f"{item!r} is not a bandit test id like B101")
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _excludes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item or item.startswith("-") or "," in item or any(c in item for c in "\n\r\x00"):
+                raise ValueError(f"{item!r} is not a usable exclude path (empty, option-like or has a comma)")
+        return value
 
 
 @dataclass(frozen=True)
@@ -83,18 +148,50 @@ TOOLS: dict[str, ToolInfo] = {
             "missing/weak security headers, version disclosure, weak cookies",
         ),
         ToolInfo(
+            "sca",
+            frozenset({"sca"}),
+            frozenset({"path"}),
+            RetryClass.HTTP_API,
+            ScaOptions,
+            "pinned Python dependencies (requirements*.txt, poetry.lock, Pipfile.lock) checked against OSV",
+        ),
+        ToolInfo(
+            "tls",
+            frozenset({"dast"}),
+            frozenset({"url"}),
+            RetryClass.SCANNER,
+            TlsOptions,
+            "TLS protocol versions, certificate problems and weak cipher suites of https URLs",
+        ),
+        ToolInfo(
+            "nmap",
+            frozenset({"discovery"}),
+            frozenset({"host"}),
+            RetryClass.SCANNER,
+            NmapOptions,
+            "nmap connect scan with service/version detection; one finding per open port",
+        ),
+        ToolInfo(
+            "bandit",
+            frozenset({"sast"}),
+            frozenset({"path"}),
+            RetryClass.SCANNER,
+            BanditOptions,
+            "bandit static analysis of Python code; one finding per issue at file:line",
+        ),
+        ToolInfo(
             "report",
             frozenset({"report"}),
             frozenset(),
             RetryClass.FILESYSTEM,
             ReportOptions,
-            "JSON and Markdown report of the assessment into the output directory",
+            "SARIF 2.1.0, Markdown, HTML and JSON reports into the reports directory",
         ),
     )
 }
 
 # The tool a stage gets when its spec names none.
-DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report"}
+DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report", "sca": "sca", "sast": "bandit"}
 
 # Options every stage accepts whatever its tool; the workflow reads them, not the tool.
 STAGE_OPTIONS = {"tolerated_failure_percent"}

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=_workflow_id)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("report", help="render an assessment's report (SARIF, Markdown, HTML or JSON)")
+    p.add_argument("id", type=_workflow_id)
+    p.add_argument("--format", required=True, choices=["sarif", "md", "html", "json"], help="report format")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+
     for command, update in INTERVENTIONS.items():
         p = sub.add_parser(command, help=f"send '{update}' (a validated Temporal update)")
         p.add_argument("id", type=_workflow_id)
@@ -116,6 +121,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await cmd_run(client, settings, spec, args)
     if args.command == "findings":
         return cmd_findings(args)
+    if args.command == "report":
+        return await cmd_report(settings, args)
     client = await _connect(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     if args.command == "status":
@@ -304,6 +311,40 @@ def cmd_findings(args: argparse.Namespace) -> int:
         print(f"{f.severity.value:<8} {f.location:<40} {f.title}  [{f.tool}/{f.rule_id}]")
     counts = {s.value: sum(1 for f in findings if f.severity == s) for s in SEVERITY_ORDER}
     print(f"\n{len(findings)} findings: " + ", ".join(f"{n} {sev}" for sev, n in counts.items() if n))
+    return EXIT_OK
+
+
+async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    """Render from the store plus the assessment's status (stored result once it has ended)."""
+    import os
+    from pathlib import Path
+
+    from secflow.reports import RENDERERS
+    from secflow.store import open_store
+
+    out = Path(args.output) if args.output else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise CliError(f"-o {args.output}: not a file in an existing directory", EXIT_BAD_INPUT)
+    client = await _connect(settings)
+    handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
+    status = await fetch_status(handle)
+    store = open_store()
+    findings, errors = await asyncio.to_thread(lambda: (store.list_findings(handle.id), store.list_errors(handle.id)))
+    render, _ = RENDERERS[args.format]
+    text = render(status, findings, errors)
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return EXIT_OK
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{args.format} report of {handle.id} written to {out}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -376,7 +376,7 @@ class AssessmentWorkflow:
             tool=tool,
             target=key,
             target_kind=target.kind if target else "",
-            options=stage.tool_options(),
+            options=stage.tool_options(tool),
             scope=list(self._spec.scope.allow),
             workspace=self._status.workspace,
             retry=plan,

@@ -1,0 +1,1 @@
+"""Adapters that turn real scanners and vulnerability APIs into SecFlow tools."""

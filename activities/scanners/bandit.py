@@ -1,0 +1,175 @@
+"""bandit: static analysis of Python code in a `path:` target, as a SecFlow tool.
+
+What runs: ``bandit -r -f json -q --exit-zero --ini /dev/null -x <excludes> -- <path>``
+from the assessment's workspace. ``--exit-zero`` keeps "issues found" (normally exit 1)
+apart from bandit failing, so any non-zero exit is a real failure. ``--ini /dev/null``:
+the code under assessment does not get to configure its own scanner (a planted
+``.bandit`` file could otherwise skip tests or exclude the vulnerable files). The
+default excludes are written with slashes (``/.git/``) because bandit matches excludes
+as substrings of the whole path: a bare ``.git`` would also drop ``/srv/.github-x/repo``.
+
+Before anything runs: the path must be in `scope.allow` (by its given and its real,
+symlink-resolved form; outside is a `ScopeViolation`, category security) and must exist.
+
+Findings: one per issue; ``rule_id`` is bandit's test id (B602), ``title`` its issue text,
+severity and confidence from bandit's, CWE from ``issue_cwe.id``, location
+``relative/path.py:LINE`` relative to the target directory, and evidence the code snippet
+bandit quotes. Title and evidence go through `redact`: bandit quotes hardcoded passwords
+verbatim (B105 "Possible hardcoded password: 'hunter2'").
+
+Failures: bandit missing -> permanent; crash, garbage or truncated JSON -> external_tool
+(output tails kept); past ``timeout`` -> transient. Files bandit could not parse are not a
+failure of the run: they are logged and counted in the stage outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+from temporalio import activity
+
+from activities.process import run_process, tail
+from activities.runner import ToolContext, ToolOutput, run_tool
+from secflow.errors import ExternalToolError, PermanentError
+from secflow.findings import Confidence, Finding, Severity
+from secflow.models import StageTaskInput, StageTaskResult
+from secflow.redaction import redact
+from secflow.tools import BanditOptions
+
+TOOL = "bandit"
+BINARY_ENV = "SECFLOW_BANDIT"  # a name (looked up on PATH) or a path; overrides the search below
+DEFAULT_EXCLUDES = (
+    "/.svn/", "/CVS/", "/.bzr/", "/.hg/", "/.git/", "/__pycache__/", "/.tox/", "/.nox/", "/.eggs/",
+    "/.venv/", "/venv/", "/node_modules/", "/site-packages/",
+)  # fmt: skip
+_EVIDENCE_MAX = 2000
+_LEVELS = {"low": 1, "medium": 2, "high": 3}
+_SEVERITY = {"HIGH": Severity.HIGH, "MEDIUM": Severity.MEDIUM, "LOW": Severity.LOW}
+_CONFIDENCE = {"HIGH": Confidence.HIGH, "MEDIUM": Confidence.MEDIUM, "LOW": Confidence.LOW}
+
+
+def bandit_binary() -> str:
+    """Which bandit to run: $SECFLOW_BANDIT, else `bandit` on PATH, else the one installed
+    next to this interpreter (bandit is a dependency of secflow, and a worker started as
+    ``.venv/bin/python worker.py`` has no venv on its PATH). A name that is not found
+    ends in run_process's PermanentError ("not installed")."""
+    override = os.environ.get(BINARY_ENV, "").strip()
+    if override:
+        return override
+    found = shutil.which("bandit")
+    if found:
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), "bandit")
+    return beside if os.access(beside, os.X_OK) else "bandit"
+
+
+def build_argv(path: str, opts: BanditOptions) -> list[str]:
+    argv = [bandit_binary(), "-r", "-f", "json", "-q", "--exit-zero", "--ini", os.devnull]
+    argv += ["--exclude", ",".join([*DEFAULT_EXCLUDES, *opts.exclude])]
+    if opts.skip:
+        argv += ["--skip", ",".join(opts.skip)]
+    argv += ["--", path]
+    return argv
+
+
+def parse_bandit_json(stdout: bytes, *, root: str, target: str, opts: BanditOptions, stderr: bytes = b"") -> tuple[list[Finding], list[str]]:
+    """(findings, files bandit could not scan) from ``-f json`` output.
+
+    `root` is the directory locations are made relative to. Output that is not bandit's
+    JSON (garbage, truncated, wrong shape) raises ExternalToolError with the tails.
+    """
+
+    def broken(why: str) -> ExternalToolError:
+        return ExternalToolError(f"bandit output unusable: {why}", stdout_tail=tail(stdout), stderr_tail=tail(stderr))
+
+    try:
+        doc = json.loads(stdout)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise broken(f"not JSON or truncated ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise broken("no 'results' list in the report")
+    errors = [
+        f"{_relative(str(e.get('filename', '?')), root)}: {e.get('reason', '?')}"
+        for e in doc.get("errors") or []
+        if isinstance(e, dict)
+    ]
+    findings: dict[str, Finding] = {}
+    for item in doc["results"]:
+        try:
+            finding = _finding(item, root=root, target=target)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise broken(f"unreadable result entry ({type(exc).__name__}: {exc})") from None
+        severity = str(item.get("issue_severity", "")).lower()
+        confidence = str(item.get("issue_confidence", "")).lower()
+        # UNDEFINED (or a level this version does not know) counts as low: kept by default.
+        if _LEVELS.get(severity, 1) < _LEVELS[opts.min_severity] or _LEVELS.get(confidence, 1) < _LEVELS[opts.min_confidence]:
+            continue
+        # Same test on the same line twice (two calls on one line) is one problem to fix.
+        findings.setdefault(finding.fingerprint, finding)
+    return list(findings.values()), errors
+
+
+def _finding(item: dict[str, Any], *, root: str, target: str) -> Finding:
+    test_id = str(item["test_id"])
+    line = int(item["line_number"])
+    cwe_id = (item.get("issue_cwe") or {}).get("id")
+    evidence = redact(str(item.get("code") or "").rstrip("\n"))
+    if len(evidence) > _EVIDENCE_MAX:
+        evidence = evidence[:_EVIDENCE_MAX] + " ..."
+    return Finding.new(
+        tool=TOOL,
+        rule_id=test_id,
+        title=redact(str(item["issue_text"])),
+        severity=_SEVERITY.get(str(item.get("issue_severity", "")).upper(), Severity.INFO),
+        confidence=_CONFIDENCE.get(str(item.get("issue_confidence", "")).upper(), Confidence.LOW),
+        target=target,
+        location=f"{_relative(str(item['filename']), root)}:{line}",
+        cwe=[f"CWE-{int(cwe_id)}"] if cwe_id else [],
+        evidence=evidence,
+    )
+
+
+def _relative(filename: str, root: str) -> str:
+    absolute = os.path.normpath(os.path.join(root, filename))
+    rel = os.path.relpath(absolute, root)
+    if rel == "." or rel.startswith(".." + os.sep) or rel == "..":
+        return os.path.basename(absolute)
+    return rel.replace(os.sep, "/")
+
+
+async def bandit_tool(ctx: ToolContext) -> ToolOutput:
+    target = ctx.input.target
+    opts = BanditOptions.model_validate(ctx.options)
+    given = os.path.abspath(target)
+    real = os.path.realpath(given)
+    ctx.require_in_scope(path=given)
+    ctx.require_in_scope(path=real)  # a symlink in scope must not lead out of it
+    if not os.path.exists(real):
+        raise PermanentError(f"bandit target {target} does not exist")
+    root = real if os.path.isdir(real) else os.path.dirname(real)
+    workspace = ctx.input.workspace
+    result = await run_process(
+        build_argv(real, opts),
+        tool=TOOL,
+        cwd=workspace if workspace and os.path.isdir(workspace) else root,
+        timeout=opts.timeout.total_seconds(),
+    )
+    findings, errors = parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)
+    for error in errors[:20]:
+        ctx.log.info("bandit could not scan a file", error=redact(error))
+    ctx.log.info("bandit finished", findings=len(findings), unscanned=len(errors), seconds=round(result.duration, 1))
+    return ToolOutput(
+        findings=findings,
+        items_done=1,
+        items_total=1,
+        outputs={"issues": str(len(findings)), "files_not_scanned": str(len(errors))},
+    )
+
+
+@activity.defn(name="bandit")
+async def bandit(inp: StageTaskInput) -> StageTaskResult:
+    return await run_tool(bandit_tool, inp)

@@ -1,0 +1,266 @@
+"""nmap: service/version detection of one host, as a SecFlow tool.
+
+What runs: ``nmap -sT -sV -Pn -n --unprivileged -oX - -p <ports> -T<n> --host-timeout <s>
+[-6] -- <host>``. A TCP connect scan (no raw sockets, so no root needed and nothing odd on
+the wire), version probes on open ports, XML on stdout, no reverse DNS, and the target as
+ONE argv element after ``--``: it can never be read as an option. Before that, the host is
+checked to be an IP address or a hostname (letters, digits, dots, hyphens, no leading
+hyphen): a target such as ``-oN /tmp/x`` or ``127.0.0.1; rm -rf /`` is refused as an
+injection attempt (security) before any process starts. The port list is re-written in a
+canonical form from `parse_port_spec`, so only digits, commas and hyphens reach ``-p``.
+
+Findings: one per open port, rule ``open-port``, location ``host:port`` (``[v6]:port``),
+with the service name, product and version nmap identified in the title and evidence.
+The fingerprint includes the tool, so nmap's and portscan's findings of the same port are
+distinct rows (a fallback from nmap to portscan does not overwrite anything).
+
+Failures: nmap not installed -> `PermanentError` from `run_process` (a stage with
+``on_failure: fallback, fallback_tool: portscan`` degrades to the built-in scan); a crash or
+unusable XML (truncated, not nmap's, ``exit="error"``) -> `ExternalToolError` with the
+output tails; a hang past ``timeout`` -> transient (the process group is killed); a host
+that exceeds ``--host-timeout`` -> transient.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from temporalio import activity
+
+from activities.process import run_process, tail
+from activities.runner import ToolContext, ToolOutput, run_tool
+from secflow.errors import Category, ExternalToolError, InvalidInputError, PermanentError, SecFlowError, TransientError
+from secflow.findings import Confidence, Finding, Severity
+from secflow.models import StageTaskInput, StageTaskResult
+from secflow.tools import NmapOptions, parse_port_spec
+
+TOOL = "nmap"
+RULE_OPEN_PORT = "open-port"
+
+# What may never appear in a host handed to a scanner's command line.
+_SUSPICIOUS = re.compile(r"[\s;|&$`<>(){}\\'\"*?!#~=,]")
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class ArgumentInjection(SecFlowError):
+    """A value about to become a command-line argument looks like an option or a command."""
+
+    category = Category.SECURITY
+
+
+def validate_host(host: str) -> str:
+    """`host` if it is an IP address or a DNS hostname; raise otherwise.
+
+    Something that could be read as an option (leading ``-``) or carries shell/glob
+    metacharacters or whitespace is an injection attempt (security); anything else that
+    is not a hostname or IP is plain bad input (validation).
+    """
+    value = host.strip()
+    if value != host or not value:
+        raise InvalidInputError(f"nmap target {host!r} is not a hostname or IP address")
+    if value.startswith("-") or _SUSPICIOUS.search(value):
+        raise ArgumentInjection(
+            f"nmap target {host!r} looks like an argument injection attempt "
+            "(option prefix or shell metacharacters); refused before running anything"
+        )
+    if value.startswith("[") or value.endswith("]"):
+        try:  # a bracketed IPv6 literal, and nothing else
+            if value.startswith("[") and value.endswith("]"):
+                return str(ipaddress.IPv6Address(value[1:-1]))
+        except ValueError:
+            pass
+        raise InvalidInputError(f"nmap target {host!r} is not a hostname or IP address")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    name = value.rstrip(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        raise InvalidInputError(f"nmap target {host!r} is not a hostname or IP address")
+    if re.fullmatch(r"[0-9-]+", name.rsplit(".", 1)[-1]):
+        # Not a DNS name (no top-level label is numeric) but nmap's octet-range syntax,
+        # e.g. 127.0.0.1-254: it would widen one target into many.
+        raise ArgumentInjection(f"nmap target {host!r} is an address range, not one host; refused")
+    return name
+
+
+def port_argument(spec: str) -> str:
+    """The canonical ``-p`` value for a port spec: ``"22, 80-82"`` -> ``"22,80-82"``."""
+    ports = parse_port_spec(spec)
+    ranges: list[str] = []
+    start = prev = ports[0]
+    for port in ports[1:] + [None]:  # type: ignore[list-item]
+        if port is not None and port == prev + 1:
+            prev = port
+            continue
+        ranges.append(str(start) if start == prev else f"{start}-{prev}")
+        if port is not None:
+            start = prev = port
+    return ",".join(ranges)
+
+
+def build_argv(host: str, opts: NmapOptions) -> list[str]:
+    host = validate_host(host)
+    argv = [
+        "nmap",
+        "-sT",  # connect scan: unprivileged, a full handshake like any client
+        "-sV",
+        "--version-intensity",
+        str(opts.version_intensity),
+        "-n",  # no reverse DNS: nothing but the target is contacted
+        "--unprivileged",
+        "-oX",
+        "-",
+        "-p",
+        port_argument(opts.ports),
+        f"-T{opts.timing}",
+        "--host-timeout",
+        f"{max(1, int(opts.host_timeout.total_seconds()))}s",
+    ]
+    if opts.skip_host_discovery:
+        argv.append("-Pn")  # the spec named this host: scan it even if it ignores pings
+    if opts.max_rate is not None:
+        argv += ["--max-rate", f"{opts.max_rate:g}"]
+    if ":" in host:
+        argv.append("-6")
+    argv += ["--", host]
+    return argv
+
+
+@dataclass(frozen=True)
+class OpenPort:
+    host: str
+    port: int
+    protocol: str
+    service: str
+    product: str
+    version: str
+    extrainfo: str
+    method: str
+    confidence: int
+    reason: str
+
+
+def parse_nmap_xml(stdout: bytes, *, stderr: bytes = b"") -> list[OpenPort]:
+    """Open ports from nmap's ``-oX`` output. Anything unusable raises ExternalToolError."""
+
+    def broken(why: str) -> ExternalToolError:
+        return ExternalToolError(f"nmap output unusable: {why}", stdout_tail=tail(stdout), stderr_tail=tail(stderr))
+
+    if not stdout.strip():
+        raise broken("no XML on stdout")
+    try:
+        root = ET.fromstring(stdout)
+    except ET.ParseError as exc:
+        raise broken(f"malformed or truncated XML ({exc})") from None
+    if root.tag != "nmaprun":
+        raise broken(f"root element is <{root.tag}>, not <nmaprun>")
+    finished = root.find("runstats/finished")
+    if finished is None:
+        raise broken("no <runstats><finished>: the run did not complete")
+    if finished.get("exit") == "error":
+        raise broken(f"nmap reported an error: {finished.get('errormsg') or '(no message)'}")
+    hosts = root.findall("host")
+    if not hosts:
+        skipped = root.find("target")
+        if skipped is not None and skipped.get("status") == "skipped":
+            raise PermanentError(f"nmap skipped the target: {skipped.get('reason') or 'unknown reason'}")
+        raise PermanentError(
+            "nmap scanned no host: the target did not resolve; stderr: " + (tail(stderr, 500).strip() or "(empty)")
+        )
+    found: list[OpenPort] = []
+    for host in hosts:
+        address = host.find("address")
+        addr = address.get("addr", "") if address is not None else ""
+        if not addr:
+            raise broken("a <host> without an address")
+        if host.get("timedout") == "true":
+            raise TransientError(f"nmap gave up on {addr}: it exceeded --host-timeout")
+        for port in host.findall("ports/port"):
+            state = port.find("state")
+            if state is None or state.get("state") != "open":
+                continue
+            service = port.find("service")
+            svc = service.attrib if service is not None else {}
+            try:
+                number = int(port.get("portid", ""))
+                conf = int(svc.get("conf", "0"))
+            except ValueError:
+                raise broken(f"unreadable port entry {ET.tostring(port, encoding='unicode')[:200]}") from None
+            found.append(
+                OpenPort(
+                    host=addr,
+                    port=number,
+                    protocol=port.get("protocol", "tcp"),
+                    service=svc.get("name", ""),
+                    product=svc.get("product", ""),
+                    version=svc.get("version", ""),
+                    extrainfo=svc.get("extrainfo", ""),
+                    method=svc.get("method", ""),
+                    confidence=conf,
+                    reason=state.get("reason", ""),
+                )
+            )
+    return found
+
+
+def port_findings(target: str, ports: list[OpenPort]) -> list[Finding]:
+    findings: dict[str, Finding] = {}
+    for p in sorted(ports, key=lambda p: (p.host, p.protocol, p.port)):
+        shown = f"[{p.host}]" if ":" in p.host else p.host
+        software = " ".join(x for x in (p.product, p.version) if x)
+        what = p.service or "unknown service"
+        if software:
+            what += f" ({software}{', ' + p.extrainfo if p.extrainfo else ''})"
+        title = f"Open {p.protocol.upper()} port {p.port}: {what}"
+        identified = f"identified by {p.method} (confidence {p.confidence}/10)" if p.method else "not identified"
+        evidence = (
+            f"{p.port}/{p.protocol} open ({p.reason or 'no reason given'}); service={p.service or '?'}"
+            f" product={p.product or '?'} version={p.version or '?'}"
+            + (f" extrainfo={p.extrainfo}" if p.extrainfo else "")
+            + f"; {identified}"
+        )
+        finding = Finding.new(
+            tool=TOOL,
+            rule_id=RULE_OPEN_PORT,
+            title=title,
+            severity=Severity.INFO,
+            confidence=Confidence.HIGH,
+            target=target,
+            location=f"{shown}:{p.port}" if p.protocol == "tcp" else f"{shown}:{p.port}/{p.protocol}",
+            evidence=evidence,
+        )
+        findings[finding.fingerprint] = finding
+    return list(findings.values())
+
+
+async def nmap_tool(ctx: ToolContext) -> ToolOutput:
+    target = ctx.input.target
+    opts = NmapOptions.model_validate(ctx.options)
+    argv = build_argv(target, opts)  # validates the host first: nothing runs on a bad one
+    ctx.require_in_scope(host=target)
+    result = await run_process(
+        argv,
+        tool=TOOL,
+        cwd=ctx.input.workspace if ctx.input.workspace and os.path.isdir(ctx.input.workspace) else None,
+        timeout=opts.timeout.total_seconds(),
+    )
+    ports = parse_nmap_xml(result.stdout, stderr=result.stderr)
+    findings = port_findings(target, ports)
+    ctx.log.info("nmap finished", open_ports=len(findings), seconds=round(result.duration, 1))
+    scanned = len(parse_port_spec(opts.ports))
+    return ToolOutput(
+        findings=findings,
+        items_done=scanned,
+        items_total=scanned,
+        outputs={"open_ports": str(len(findings))},
+    )
+
+
+@activity.defn(name="nmap")
+async def nmap(inp: StageTaskInput) -> StageTaskResult:
+    return await run_tool(nmap_tool, inp)

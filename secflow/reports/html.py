@@ -1,0 +1,145 @@
+"""HTML for people: one self-contained page (inline CSS, no scripts, no external assets).
+
+Every piece of text from the assessment goes through `html.escape` (after `redact`):
+a finding title or a server banner is attacker-controlled input.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from secflow.findings import Finding
+from secflow.models import AssessmentStatus
+from secflow.reports._common import degraded_stages, outcome_of, prepare, refs, severity_counts, stage_note
+from secflow.store import ErrorEvent
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1b1f24;line-height:1.4}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa}code{font-family:ui-monospace,monospace;font-size:.85rem}
+.sev{font-weight:600;text-transform:uppercase;font-size:.8rem}
+.critical{color:#82071e}.high{color:#cf222e}.medium{color:#9a6700}.low{color:#0969da}.info{color:#57606a}
+.outcome-recovered{color:#1a7f37}.outcome-failed{color:#cf222e}.outcome-pending,.outcome-degraded,.outcome-skipped{color:#9a6700}
+.evidence{white-space:pre-wrap;word-break:break-all}
+""".strip()
+
+
+def _e(text: object) -> str:
+    return escape(str(text if text is not None else ""), quote=True)
+
+
+def _when(dt) -> str:
+    return dt.isoformat(timespec="seconds") if dt else "n/a"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """`rows` cells must already be escaped HTML."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[ErrorEvent]) -> str:
+    status, findings, errors = prepare(status, findings, errors)
+    counts = severity_counts(findings)
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # No scripts, no external anything: safe to open from an untrusted source.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>Assessment report: {_e(status.name)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>Assessment report: {_e(status.name)}</h1>",
+        "<ul>",
+        f"<li>Assessment: <code>{_e(status.workflow_id)}</code></li>",
+        f"<li>State when the report was written: <strong>{_e(status.status)}</strong>"
+        + (f" ({_e(status.reason)})" if status.reason else "")
+        + "</li>",
+        f"<li>Started: {_e(_when(status.started_at))}</li>",
+        f"<li>Finished: {_e(_when(status.finished_at))}</li>",
+        "</ul>",
+        "<h2>Summary by severity</h2>",
+        _table(
+            ["severity", "findings"],
+            [[f'<span class="sev {_e(sev)}">{_e(sev)}</span>', str(n)] for sev, n in counts.items()]
+            + [["<strong>total</strong>", f"<strong>{len(findings)}</strong>"]],
+        ),
+        "<h2>Stages</h2>",
+    ]
+    if status.stages:
+        parts.append(
+            _table(
+                ["stage", "kind", "tool", "state", "attempts", "findings", "notes"],
+                [
+                    [_e(sid), _e(st.kind), _e(st.tool), _e(st.state + (" (degraded)" if st.degraded else "")), str(st.attempts), str(st.findings), _e(stage_note(st))]
+                    for sid, st in status.stages.items()
+                ],
+            )
+        )
+    else:
+        parts.append("<p>No stages.</p>")
+    parts.append("<h2>Degraded or skipped</h2>")
+    degraded = degraded_stages(status)
+    if degraded:
+        parts.append("<ul>" + "".join(f"<li><strong>{_e(d.stage_id)}</strong> ({_e(d.state)}): {_e(d.reason)}</li>" for d in degraded) + "</ul>")
+    else:
+        parts.append("<p>Nothing was skipped or degraded.</p>")
+    parts.append("<h2>Errors met and how they were recovered</h2>")
+    if errors:
+        parts.append(
+            _table(
+                ["when", "stage", "tool", "target", "attempt", "category", "outcome", "message"],
+                [
+                    [_e(_when(e.occurred_at)), _e(e.stage_id), _e(e.tool), _e(e.target), str(e.attempt), _e(e.category),
+                     f'<span class="outcome-{_e(outcome_of(e))}">{_e(outcome_of(e))}</span>', _e(e.message)]
+                    for e in errors
+                ],
+            )
+        )
+    else:
+        parts.append("<p>No errors were met.</p>")
+    parts.append("<h2>Interventions</h2>")
+    if status.interventions:
+        parts.append(
+            _table(
+                ["when", "action", "stage", "by", "via", "reason", "accepted"],
+                [
+                    [_e(_when(i.at)), _e(i.action), _e(i.stage or ""), _e(i.by or "unknown"), _e(i.via), _e(i.reason),
+                     "yes" if i.accepted else f"no: {_e(i.note)}"]
+                    for i in status.interventions
+                ],
+            )
+        )
+    else:
+        parts.append("<p>No interventions.</p>")
+    if status.compensations:
+        parts.append("<h2>Compensations</h2>")
+        parts.append(
+            _table(
+                ["compensation", "state", "attempts", "error"],
+                [[_e(c.name), _e(c.state), str(c.attempts), _e(f"{c.error.category}: {c.error.message}" if c.error else "")] for c in status.compensations],
+            )
+        )
+    parts.append("<h2>Findings</h2>")
+    if findings:
+        parts.append(
+            _table(
+                ["severity", "title", "location", "CWE / CVE", "tool", "rule", "evidence"],
+                [
+                    [f'<span class="sev {_e(f.severity.value)}">{_e(f.severity.value)}</span>', _e(f.title), f"<code>{_e(f.location)}</code>",
+                     _e(refs(f)), _e(f.tool), _e(f.rule_id), f'<span class="evidence">{_e(f.evidence)}</span>']
+                    for f in findings
+                ],
+            )
+        )
+    else:
+        parts.append("<p>No findings.</p>")
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,90 @@
+"""Markdown for people: summary, what was degraded and why, errors and their recovery, findings."""
+
+from __future__ import annotations
+
+from secflow.findings import Finding
+from secflow.models import AssessmentStatus
+from secflow.reports._common import degraded_stages, outcome_of, prepare, refs, severity_counts, stage_note
+from secflow.store import ErrorEvent
+
+
+def _cell(text: object) -> str:
+    """Safe inside a table cell: no pipe, no newline, no raw HTML (GitHub renders it)."""
+    s = str(text if text is not None else "")
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\r", " ").replace("\n", " ")
+
+
+def _when(dt) -> str:
+    return dt.isoformat(timespec="seconds") if dt else "n/a"
+
+
+def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: list[ErrorEvent]) -> str:
+    status, findings, errors = prepare(status, findings, errors)
+    counts = severity_counts(findings)
+    lines = [
+        f"# Assessment report: {_cell(status.name)}",
+        "",
+        f"- Assessment: `{status.workflow_id}`",
+        f"- State when the report was written: **{_cell(status.status)}**" + (f" ({_cell(status.reason)})" if status.reason else ""),
+        f"- Started: {_when(status.started_at)}",
+        f"- Finished: {_when(status.finished_at)}",
+        "",
+        "## Summary by severity",
+        "",
+        "| severity | findings |",
+        "|---|---|",
+        *[f"| {sev} | {n} |" for sev, n in counts.items()],
+        f"| **total** | **{len(findings)}** |",
+        "",
+        "## Stages",
+        "",
+        "| stage | kind | tool | state | attempts | findings | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for sid, st in status.stages.items():
+        state = st.state + (" (degraded)" if st.degraded else "")
+        lines.append(f"| {_cell(sid)} | {st.kind} | {st.tool} | {state} | {st.attempts} | {st.findings} | {_cell(stage_note(st))} |")
+    lines += ["", "## Degraded or skipped", ""]
+    degraded = degraded_stages(status)
+    if degraded:
+        lines += [f"- **{_cell(d.stage_id)}** ({d.state}): {_cell(d.reason)}" for d in degraded]
+    else:
+        lines.append("Nothing was skipped or degraded.")
+    lines += ["", "## Errors met and how they were recovered", ""]
+    if errors:
+        lines += ["| when | stage | tool | target | attempt | category | outcome | message |", "|---|---|---|---|---|---|---|---|"]
+        for e in errors:
+            lines.append(
+                f"| {_when(e.occurred_at)} | {_cell(e.stage_id)} | {_cell(e.tool)} | {_cell(e.target)} | {e.attempt} | "
+                f"{e.category} | {outcome_of(e)} | {_cell(e.message)} |"
+            )
+    else:
+        lines.append("No errors were met.")
+    lines += ["", "## Interventions", ""]
+    if status.interventions:
+        for i in status.interventions:
+            verdict = "" if i.accepted else f" (ignored: {_cell(i.note)})"
+            why = f": {_cell(i.reason)}" if i.reason else ""
+            lines.append(f"- {_when(i.at)} {_cell(i.action)} {_cell(i.stage or '')} by {_cell(i.by or 'unknown')} via {i.via}{why}{verdict}")
+    else:
+        lines.append("No interventions.")
+    if status.compensations:
+        lines += ["", "## Compensations", ""]
+        for c in status.compensations:
+            err = f" ({c.error.category}: {_cell(c.error.message)})" if c.error else ""
+            lines.append(f"- {_cell(c.name)}: {c.state}{err}")
+    lines += ["", "## Findings", ""]
+    if findings:
+        lines += ["| severity | title | location | CWE / CVE | tool | rule |", "|---|---|---|---|---|---|"]
+        for f in findings:
+            lines.append(
+                f"| {f.severity.value} | {_cell(f.title)} | {_cell(f.location)} | {_cell(refs(f))} | {_cell(f.tool)} | {_cell(f.rule_id)} |"
+            )
+        evidenced = [f for f in findings if f.evidence]
+        if evidenced:
+            lines += ["", "### Evidence", ""]
+            for f in evidenced:
+                lines.append(f"- **{_cell(f.title)}** at `{f.location.replace('`', '')}`: {_cell(f.evidence)}")
+    else:
+        lines.append("No findings.")
+    return "\n".join(lines) + "\n"
