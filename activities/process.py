@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from temporalio import activity
+
 from secflow.errors import Category, ExternalToolError, PermanentError, TransientError, classify
 from secflow.redaction import redact
 
@@ -168,3 +170,16 @@ def _describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"exited with status {code}"
+
+
+def time_budget(configured: float) -> float:
+    """The tool's timeout, cut to end a little before the stage's own per-attempt timeout, so
+    a hung scanner is killed and classified here (transient) instead of dying with its activity."""
+    try:
+        stage = activity.info().start_to_close_timeout
+    except RuntimeError:  # called outside an activity (direct tests)
+        return configured
+    if not stage:
+        return configured
+    seconds = stage.total_seconds()
+    return max(0.5, min(configured, seconds - min(5.0, seconds * 0.1)))

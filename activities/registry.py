@@ -15,8 +15,10 @@ from activities.resources import (
 )
 from activities.scanning import http_headers, portscan
 from activities.scanners.bandit import bandit
+from activities.scanners.detect_secrets import detect_secrets
 from activities.scanners.nmap import nmap
 from activities.scanners.sca import sca
+from activities.scanners.semgrep import semgrep
 from activities.scanners.tls import tls
 
 ALL_ACTIVITIES: list[Callable[..., Any]] = [
@@ -26,6 +28,8 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     tls,
     nmap,
     bandit,
+    semgrep,
+    detect_secrets,
     report,
     create_workspace,
     remove_workspace,

@@ -109,8 +109,19 @@ def loopback_address(host: str) -> str:
 class DemoTarget:
     """Handle on a running demo target. `stop()` is idempotent; also a context manager."""
 
-    def __init__(self, host: str, port: int, extra_ports: Iterable[int] = (), *, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        extra_ports: Iterable[int] = (),
+        *,
+        verbose: bool = False,
+        https_port: int | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> None:
         self.host = loopback_address(host)
+        extra_ports = list(extra_ports)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         http_class, tcp_class = _server_classes(family)
         self._servers: list[socketserver.BaseServer] = []
@@ -121,11 +132,25 @@ class DemoTarget:
             self._servers.append(http_server)
             for extra in extra_ports:
                 self._servers.append(tcp_class((self.host, extra), _AcceptAndClose))
+            self.https_port: int | None = None
+            if https_port is not None:
+                if not (tls_cert and tls_key):
+                    raise ValueError("--https-port needs --tls-cert and --tls-key")
+                import ssl
+
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(tls_cert, tls_key)
+                https_server = http_class((self.host, https_port), _WeakHeadersHandler)
+                https_server.socket = context.wrap_socket(https_server.socket, server_side=True)
+                https_server.verbose = verbose
+                self._servers.append(https_server)
+                self.https_port = https_server.server_address[1]
         except BaseException:
             self._close_sockets()
             raise
         self.port: int = http_server.server_address[1]
-        self.extra_ports: list[int] = [s.server_address[1] for s in self._servers[1:]]  # type: ignore[attr-defined]
+        extra_servers = self._servers[1 : 1 + len(extra_ports)]
+        self.extra_ports: list[int] = [s.server_address[1] for s in extra_servers]  # type: ignore[attr-defined]
         for server in self._servers:
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
             thread.start()
@@ -158,10 +183,19 @@ class DemoTarget:
 
 
 def start_demo_target(
-    host: str = "127.0.0.1", port: int = 8089, extra_ports: Iterable[int] = (), *, verbose: bool = False
+    host: str = "127.0.0.1",
+    port: int = 8089,
+    extra_ports: Iterable[int] = (),
+    *,
+    verbose: bool = False,
+    https_port: int | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> DemoTarget:
     """Start the demo target in background threads; raises NotLoopbackError or OSError."""
-    return DemoTarget(host, port, extra_ports, verbose=verbose)
+    return DemoTarget(
+        host, port, list(extra_ports), verbose=verbose, https_port=https_port, tls_cert=tls_cert, tls_key=tls_key
+    )
 
 
 def _port(text: str) -> int:
@@ -183,13 +217,21 @@ def main(argv: list[str] | None = None) -> int:
         "--extra-ports", type=_port_list, default=[], help="comma-separated plain TCP ports, e.g. 8091,8093"
     )
     parser.add_argument("--verbose", action="store_true", help="log each HTTP request to stderr")
+    parser.add_argument("--https-port", type=_port, default=None, help="also serve the page over TLS on this port")
+    parser.add_argument("--tls-cert", help="PEM certificate for --https-port")
+    parser.add_argument("--tls-key", help="PEM private key for --https-port")
     args = parser.parse_args(argv)
+    if args.https_port is not None and not (args.tls_cert and args.tls_key):
+        parser.error("--https-port needs --tls-cert and --tls-key")
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        target = start_demo_target(args.host, args.port, args.extra_ports, verbose=args.verbose)
+        target = start_demo_target(
+            args.host, args.port, args.extra_ports, verbose=args.verbose,
+            https_port=args.https_port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        )
     except NotLoopbackError as exc:
         print(f"demo_target: {exc}", file=sys.stderr)
         return 2
@@ -197,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo_target: cannot listen on {args.host}: {exc}", file=sys.stderr)
         return 1
     extra = f" (extra TCP ports: {', '.join(map(str, target.extra_ports))})" if target.extra_ports else ""
+    if target.https_port:
+        extra += f" (https on port {target.https_port})"
     print(f"demo target ready on {target.url}{extra}", flush=True)
     try:
         while not stop.is_set():

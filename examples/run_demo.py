@@ -82,6 +82,18 @@ def stop_server() -> int:
     return 0
 
 
+def demo_certificate() -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for the demo's https listener (openssl CLI)."""
+    cert, key = DATA / "demo-tls-cert.pem", DATA / "demo-tls-key.pem"
+    if not (cert.exists() and key.exists()):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+             "-days", "30", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )
+    return cert, key
+
+
 def start_background(args: list[str], name: str, env: dict[str, str], ready: str | None = None) -> subprocess.Popen[str]:
     log_path = DATA / f"{name}.log"
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE if ready else open(log_path, "a"),
@@ -114,8 +126,10 @@ def main() -> int:
 
     env = {**os.environ, "TEMPORAL_ADDRESS": ADDRESS, "SECFLOW_DATA_DIR": str(DATA), "PYTHONUNBUFFERED": "1"}
     ensure_server()
-    say("starting the demo target on 127.0.0.1:8089 (open ports 8089, 8091, 8093)")
-    target = start_background([sys.executable, "examples/demo_target.py", "--port", "8089", "--extra-ports", "8091,8093"],
+    cert, key = demo_certificate()
+    say("starting the demo target on 127.0.0.1:8089 (open ports 8089, 8091, 8093; https with a self-signed certificate on 8443)")
+    target = start_background([sys.executable, "examples/demo_target.py", "--port", "8089", "--extra-ports", "8091,8093",
+                               "--https-port", "8443", "--tls-cert", str(cert), "--tls-key", str(key)],
                               "demo-target", env, ready="ready")
     say(f"starting a SecFlow worker (log: {DATA / 'worker.log'})")
     worker = start_background([sys.executable, "worker.py"], "worker", env)

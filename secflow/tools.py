@@ -118,6 +118,63 @@ class BanditOptions(_Options):
         return value
 
 
+class SemgrepOptions(_Options):
+    """`semgrep`: rule-based static analysis of a `path:` target with SecFlow's own offline
+    rules (rules/semgrep/), plus any extra LOCAL rule files. Registry configs (`p/...`,
+    `auto`) and URLs are refused: a scan never fetches rules from the network."""
+
+    timeout: Duration = Field(default="15m", validate_default=True, description="kill semgrep after this long")
+    rules: list[str] = Field(default_factory=list, description="extra local rule files (absolute paths to .yml/.yaml)")
+    exclude: list[str] = Field(default_factory=list, description="path globs semgrep does not scan (--exclude)")
+
+    @field_validator("rules")
+    @classmethod
+    def _local_rule_files(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if "://" in item or not item.startswith("/") or not item.endswith((".yml", ".yaml")):
+                raise ValueError(f"{item!r} is not a local rules file: give an absolute path to a .yml/.yaml file (registry ids and URLs are not allowed)")
+            if any(c in item for c in "\n\r\x00"):
+                raise ValueError(f"{item!r} contains control characters")
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _excludes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item or item.startswith("-") or any(c in item for c in "\n\r\x00"):
+                raise ValueError(f"{item!r} is not a usable exclude glob (empty, option-like or has control characters)")
+        return value
+
+
+class DetectSecretsOptions(_Options):
+    """`detect_secrets`: hard-coded secrets in a `path:` target (every file, not only git's).
+    Findings carry the secret's type, location and detect-secrets' hash, never its value."""
+
+    timeout: Duration = Field(default="10m", validate_default=True, description="kill detect-secrets after this long")
+    exclude_files: list[str] = Field(default_factory=list, description="regexes of relative paths not to scan")
+    disable_plugins: list[str] = Field(default_factory=list, description="detect-secrets plugin class names to turn off")
+
+    @field_validator("exclude_files")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item or item.startswith("-"):
+                raise ValueError(f"{item!r} is not a usable exclude regex (empty or option-like)")
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise ValueError(f"{item!r} is not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("disable_plugins")
+    @classmethod
+    def _plugin_names(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[A-Z][A-Za-z0-9]{1,80}", item):
+                raise ValueError(f"{item!r} is not a detect-secrets plugin class name like Base64HighEntropyString")
+        return value
+
+
 @dataclass(frozen=True)
 class ToolInfo:
     name: str
@@ -180,6 +237,22 @@ TOOLS: dict[str, ToolInfo] = {
             "bandit static analysis of Python code; one finding per issue at file:line",
         ),
         ToolInfo(
+            "semgrep",
+            frozenset({"sast"}),
+            frozenset({"path"}),
+            RetryClass.SCANNER,
+            SemgrepOptions,
+            "semgrep with SecFlow's offline rules (rules/semgrep/); one finding per match at file:line",
+        ),
+        ToolInfo(
+            "detect_secrets",
+            frozenset({"secrets"}),
+            frozenset({"path"}),
+            RetryClass.SCANNER,
+            DetectSecretsOptions,
+            "detect-secrets over every file; one finding per secret (type, file:line, hash; never the value)",
+        ),
+        ToolInfo(
             "report",
             frozenset({"report"}),
             frozenset(),
@@ -191,7 +264,7 @@ TOOLS: dict[str, ToolInfo] = {
 }
 
 # The tool a stage gets when its spec names none.
-DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report", "sca": "sca", "sast": "bandit"}
+DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report", "sca": "sca", "sast": "bandit", "secrets": "detect_secrets"}
 
 # Options every stage accepts whatever its tool; the workflow reads them, not the tool.
 STAGE_OPTIONS = {"tolerated_failure_percent"}

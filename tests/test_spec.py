@@ -31,7 +31,7 @@ def problems_of(data: dict) -> list[str]:
 
 def test_demo_spec_is_valid() -> None:
     spec = load_spec(DEMO)
-    assert [s.id for s in spec.stages] == ["ports", "headers", "report"]
+    assert [s.id for s in spec.stages] == ["ports", "headers", "tls", "bandit", "semgrep", "secrets", "sca", "report"]
     headers = spec.stage("headers")
     assert headers.effective_timeout == timedelta(minutes=10)
     plan = headers.retry_plan()
@@ -53,7 +53,7 @@ def test_every_problem_is_reported_with_its_path() -> None:
     assert "stages[1].colour: unknown field" in joined
     assert "stages[1].depends_on[0]: no stage has id 'nope'" in joined
     assert "stages[2].tool: unknown tool 'nmapp'" in joined
-    assert "targets[2].host: '10.1.2.3' is outside scope.allow" in joined
+    assert "targets[4].host: '10.1.2.3' is outside scope.allow" in joined
 
 
 def test_cycle_is_named() -> None:

@@ -1,0 +1,190 @@
+"""detect-secrets: hard-coded secrets in a `path:` target, as a SecFlow tool.
+
+What runs: ``detect-secrets scan --all-files --no-verify --exclude-files <regex>
+[--disable-plugin <name>...] .`` with the target directory as its working directory, so
+every reported filename is relative to the target. ``--all-files``: every file, not only
+what git tracks (an assessment scans a tree, tracked or not). ``--no-verify``: by default
+detect-secrets *verifies* candidates with network calls (AWS STS, Slack, Stripe, ...);
+an assessment must never send a found credential anywhere, and tests never leave loopback.
+
+Before anything runs: the path must be in `scope.allow` (given and symlink-resolved form;
+outside is a `ScopeViolation`, category security) and must exist. Symlinks inside the tree
+that resolve outside the scope are excluded from the scan: detect-secrets would otherwise
+follow them and read, say, ``~/.aws/credentials``.
+
+Findings: one per (secret type, file, line). ``rule_id`` is the type ("AWS Access Key"),
+``location`` ``relative/file:LINE``, severity high for keys, tokens, private keys and
+passwords, medium for high-entropy strings (a heuristic), low for public IPs. The
+evidence is ONLY the type, the location and the SHA-1 ``hashed_secret`` detect-secrets
+reports: the secret's value is never read by SecFlow, so it cannot reach the store,
+logs, Temporal history, reports or alerts (detect-secrets' JSON does not contain it).
+
+Failures: detect-secrets missing -> permanent; a crash, garbage or truncated JSON ->
+external_tool (output tails kept, redacted); past its timeout -> transient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from typing import Any
+
+from temporalio import activity
+
+from activities.process import run_process, tail, time_budget
+from activities.runner import ToolContext, ToolOutput, run_tool
+from secflow.errors import ExternalToolError, PermanentError
+from secflow.findings import Confidence, Finding, Severity
+from secflow.models import StageTaskInput, StageTaskResult
+from secflow.redaction import redact
+from secflow.tools import DetectSecretsOptions
+
+TOOL = "detect_secrets"
+BINARY = "detect-secrets"
+BINARY_ENV = "SECFLOW_DETECT_SECRETS"  # a name (looked up on PATH) or a path; overrides the search below
+# Relative paths never scanned: VCS internals, caches and installed third-party code
+# (full of test keys that are nobody's secret).
+DEFAULT_EXCLUDE = r"(^|/)(\.git|\.hg|\.svn|__pycache__|\.tox|\.nox|\.venv|venv|node_modules|site-packages|\.mypy_cache|\.pytest_cache)(/|$)"
+_HEURISTIC = {"Base64 High Entropy String", "Hex High Entropy String"}
+_INFORMATIONAL = {"Public IP (ipv4)"}
+_KEYWORDISH = {"Secret Keyword", "Basic Auth Credentials"}
+_HASH = re.compile(r"^[0-9a-f]{40}$")
+
+
+def detect_secrets_binary() -> str:
+    """$SECFLOW_DETECT_SECRETS, else `detect-secrets` on PATH, else the one installed next to
+    this interpreter. A name that is not found ends in run_process's PermanentError."""
+    override = os.environ.get(BINARY_ENV, "").strip()
+    if override:
+        return override
+    found = shutil.which(BINARY)
+    if found:
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), BINARY)
+    return beside if os.access(beside, os.X_OK) else BINARY
+
+
+def build_argv(scan: str, opts: DetectSecretsOptions, extra_excludes: list[str]) -> list[str]:
+    argv = [detect_secrets_binary(), "scan", "--all-files", "--no-verify"]
+    excludes = [DEFAULT_EXCLUDE, *opts.exclude_files, *extra_excludes]
+    argv += ["--exclude-files", "|".join(f"(?:{e})" for e in excludes)]
+    for plugin in opts.disable_plugins:
+        argv += ["--disable-plugin", plugin]
+    argv += ["--", scan]
+    return argv
+
+
+def escaping_links(root: str, permits_path: Any) -> list[str]:
+    """Relative paths of symlinks under `root` whose target is outside `root` or the scope."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                continue
+            real = os.path.realpath(path)
+            inside = os.path.commonpath([real, root]) == root
+            if not inside or not permits_path(real):
+                found.append(os.path.relpath(path, root).replace(os.sep, "/"))
+    return found
+
+
+def parse_detect_secrets_json(stdout: bytes, *, target: str, prefix: str = "", stderr: bytes = b"") -> list[Finding]:
+    """Findings from ``detect-secrets scan`` JSON. `prefix` is prepended to its (relative)
+    filenames. Output that is not its JSON raises ExternalToolError with redacted tails."""
+
+    def broken(why: str) -> ExternalToolError:
+        return ExternalToolError(f"detect-secrets output unusable: {why}", stdout_tail=tail(stdout), stderr_tail=tail(stderr))
+
+    try:
+        doc = json.loads(stdout)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise broken(f"not JSON or truncated ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
+        raise broken("no 'results' object in the report")
+    findings: dict[str, Finding] = {}
+    for filename, entries in doc["results"].items():
+        if not isinstance(entries, list):
+            raise broken(f"results for a file are not a list ({type(entries).__name__})")
+        for item in entries:
+            try:
+                finding = _finding(item, filename=str(filename), prefix=prefix, target=target)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise broken(f"unreadable result entry ({type(exc).__name__})") from None
+            findings.setdefault(finding.fingerprint, finding)
+    return list(findings.values())
+
+
+def _finding(item: dict[str, Any], *, filename: str, prefix: str, target: str) -> Finding:
+    kind = str(item["type"]).strip()
+    line = int(item["line_number"])
+    hashed = str(item.get("hashed_secret") or "")
+    if hashed and not _HASH.match(hashed):
+        # Not detect-secrets' SHA-1: refuse to store something that could be the value itself.
+        raise ValueError("hashed_secret is not a SHA-1 hex digest")
+    rel = os.path.normpath(os.path.join(prefix, str(item.get("filename") or filename))).replace(os.sep, "/")
+    if rel.startswith("../") or rel == "..":
+        raise ValueError("file outside the scanned tree")
+    location = f"{rel}:{line}"
+    if kind in _HEURISTIC:
+        severity, confidence = Severity.MEDIUM, Confidence.LOW
+    elif kind in _INFORMATIONAL:
+        severity, confidence = Severity.LOW, Confidence.LOW
+    elif kind in _KEYWORDISH:
+        severity, confidence = Severity.HIGH, Confidence.MEDIUM
+    else:  # a detector for one credential format: AWS, GitHub, private key, Slack, Stripe, ...
+        severity, confidence = Severity.HIGH, Confidence.HIGH
+    cwe = ["CWE-321"] if kind == "Private Key" else [] if kind in _INFORMATIONAL else ["CWE-798"]
+    evidence = f"{kind} at {location}; sha1 {hashed or '(none)'}"
+    return Finding.new(
+        tool=TOOL,
+        rule_id=kind,
+        title=redact(f"Hard-coded secret: {kind}" if kind not in _INFORMATIONAL else kind),
+        severity=severity,
+        confidence=confidence,
+        target=target,
+        location=redact(location),
+        cwe=cwe,
+        evidence=redact(evidence),
+    )
+
+
+async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
+    target = ctx.input.target
+    opts = DetectSecretsOptions.model_validate(ctx.options)
+    given = os.path.abspath(target)
+    real = os.path.realpath(given)
+    ctx.require_in_scope(path=given)
+    ctx.require_in_scope(path=real)  # a symlink in scope must not lead out of it
+    if not os.path.exists(real):
+        raise PermanentError(f"detect-secrets target {target} does not exist")
+    if os.path.isdir(real):
+        root, scan, prefix = real, ".", ""
+        skipped = escaping_links(root, ctx.scope.permits_path)
+    else:
+        root, scan, prefix = os.path.dirname(real), os.path.basename(real), ""
+        skipped = []
+    if skipped:
+        ctx.log.warning("not following symlinks that leave the scope", count=len(skipped), paths=skipped[:20])
+    result = await run_process(
+        build_argv(scan, opts, [f"^{re.escape(p)}(/|$)" for p in skipped]),
+        tool=TOOL,
+        cwd=root,  # filenames in the report come out relative to the target
+        timeout=time_budget(opts.timeout.total_seconds()),
+    )
+    findings = parse_detect_secrets_json(result.stdout, target=target, prefix=prefix, stderr=result.stderr)
+    ctx.log.info("detect-secrets finished", findings=len(findings), seconds=round(result.duration, 1))
+    return ToolOutput(
+        findings=findings,
+        items_done=1,
+        items_total=1,
+        outputs={"secrets": str(len(findings)), "symlinks_skipped": str(len(skipped))},
+    )
+
+
+@activity.defn(name="detect_secrets")
+async def detect_secrets(inp: StageTaskInput) -> StageTaskResult:
+    return await run_tool(detect_secrets_tool, inp)
