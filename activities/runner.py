@@ -17,6 +17,7 @@ The wrapper gives each tool run the same guarantees:
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -25,7 +26,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from secflow.errors import Category, Classification, ScopeViolation, classify, to_application_error
+from secflow.errors import Category, Classification, PermanentError, ScopeViolation, classify, to_application_error
 from secflow.findings import Finding
 from secflow.logging import get_logger
 from secflow.models import StageTaskInput, StageTaskResult
@@ -67,6 +68,26 @@ class ToolContext:
             raise ScopeViolation(f"host {host} is outside scope.allow")
         if path is not None and not self.scope.permits_path(path):
             raise ScopeViolation(f"path {path} is outside scope.allow")
+
+    def source_tree(self) -> tuple[str, str]:
+        """Resolve a `path:` target for a scanner: (real path, root directory).
+
+        Scope is checked on the path as given AND after following symlinks, so a link
+        inside scope cannot lead a scanner out of it; a path that does not exist is a
+        permanent error (retrying will not create it).
+        """
+        given = os.path.abspath(self.input.target)
+        real = os.path.realpath(given)
+        self.require_in_scope(path=given)
+        self.require_in_scope(path=real)
+        if not os.path.exists(real):
+            raise PermanentError(f"{self.input.tool} target {self.input.target} does not exist")
+        return real, real if os.path.isdir(real) else os.path.dirname(real)
+
+    def working_dir(self, fallback: str) -> str:
+        """Where a scanner process runs: the assessment's workspace when there is one."""
+        workspace = self.input.workspace
+        return workspace if workspace and os.path.isdir(workspace) else fallback
 
     async def save_findings(self, findings: list[Finding]) -> None:
         if not findings:

@@ -13,7 +13,6 @@ import json
 import re
 import sys
 import uuid
-from typing import Any
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy

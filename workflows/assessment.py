@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceInfo,
         WorkspaceRequest,
     )
-    from secflow.retries import RetryPlan, plan_for, to_retry_policy
+    from secflow.retries import plan_for, to_retry_policy
     from secflow.spec import Spec, Stage, Target
     from secflow.tools import TOOLS, RetryClass
     from workflows.compensations import Compensations

@@ -34,7 +34,7 @@ from temporalio import activity
 
 from activities.process import run_process, tail
 from activities.runner import ToolContext, ToolOutput, run_tool
-from secflow.errors import ExternalToolError, PermanentError
+from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.redaction import redact
@@ -144,18 +144,11 @@ def _relative(filename: str, root: str) -> str:
 async def bandit_tool(ctx: ToolContext) -> ToolOutput:
     target = ctx.input.target
     opts = BanditOptions.model_validate(ctx.options)
-    given = os.path.abspath(target)
-    real = os.path.realpath(given)
-    ctx.require_in_scope(path=given)
-    ctx.require_in_scope(path=real)  # a symlink in scope must not lead out of it
-    if not os.path.exists(real):
-        raise PermanentError(f"bandit target {target} does not exist")
-    root = real if os.path.isdir(real) else os.path.dirname(real)
-    workspace = ctx.input.workspace
+    real, root = ctx.source_tree()
     result = await run_process(
         build_argv(real, opts),
         tool=TOOL,
-        cwd=workspace if workspace and os.path.isdir(workspace) else root,
+        cwd=ctx.working_dir(root),
         timeout=opts.timeout.total_seconds(),
     )
     findings, errors = parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)

@@ -36,7 +36,7 @@ from temporalio import activity
 
 from activities.process import run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
-from secflow.errors import ExternalToolError, PermanentError
+from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.redaction import redact
@@ -155,12 +155,7 @@ def _finding(item: dict[str, Any], *, filename: str, prefix: str, target: str) -
 async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
     target = ctx.input.target
     opts = DetectSecretsOptions.model_validate(ctx.options)
-    given = os.path.abspath(target)
-    real = os.path.realpath(given)
-    ctx.require_in_scope(path=given)
-    ctx.require_in_scope(path=real)  # a symlink in scope must not lead out of it
-    if not os.path.exists(real):
-        raise PermanentError(f"detect-secrets target {target} does not exist")
+    real, root = ctx.source_tree()
     if os.path.isdir(real):
         root, scan, prefix = real, ".", ""
         skipped = escaping_links(root, ctx.scope.permits_path)

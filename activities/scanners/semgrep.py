@@ -237,21 +237,14 @@ def failure(returncode: int, stdout: bytes, stderr: bytes) -> Exception:
 async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
     target = ctx.input.target
     opts = SemgrepOptions.model_validate(ctx.options)
-    given = os.path.abspath(target)
-    real = os.path.realpath(given)
-    ctx.require_in_scope(path=given)
-    ctx.require_in_scope(path=real)  # a symlink in scope must not lead out of it
-    if not os.path.exists(real):
-        raise PermanentError(f"semgrep target {target} does not exist")
+    real, root = ctx.source_tree()
     for rules in (str(RULES_FILE), *opts.rules):
         if not os.path.isfile(rules):
             raise PermanentError(f"semgrep rules file {rules} does not exist")
-    root = real if os.path.isdir(real) else os.path.dirname(real)
-    workspace = ctx.input.workspace
     result = await run_process(
         build_argv(real, opts),
         tool=TOOL,
-        cwd=workspace if workspace and os.path.isdir(workspace) else root,
+        cwd=ctx.working_dir(root),
         env=semgrep_env(),
         timeout=time_budget(opts.timeout.total_seconds()),
         # 0: done; 1: findings with --error (not passed, accepted anyway). Other codes are
