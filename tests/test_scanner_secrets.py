@@ -201,9 +201,10 @@ async def test_workflow_finds_secrets_and_never_stores_their_values(
         "store.errors": "\n".join(repr(e) for e in store.list_errors(handle.id)),
         "logs": logs.getvalue(),
     }
-    reports = load_settings().reports_dir
+    # this assessment's reports only: other tests' reports share the same file names
+    reports = load_settings().reports_dir / handle.id
     report_files = [p for p in reports.rglob("*") if p.is_file()]
-    assert report_files, f"no reports under {reports}"
+    assert len(report_files) == 4, f"expected 4 reports under {reports}: {report_files}"
     for path in report_files:
         places[f"report {path.name}"] = path.read_text(errors="replace")
     history_json, history_raw = [], []
