@@ -40,6 +40,8 @@ COPY workflows/ ./workflows/
 COPY activities/ ./activities/
 COPY starter/ ./starter/
 COPY examples/ ./examples/
+# semgrep rules shipped with SecFlow (the adapter reads them next to the code)
+COPY rules/ ./rules/
 COPY worker.py ./
 
 RUN pip install --no-cache-dir . \
