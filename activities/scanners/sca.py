@@ -43,6 +43,7 @@ from temporalio import activity
 from activities.runner import ToolContext, ToolOutput, run_tool
 from secflow.errors import ExternalToolError, PermanentError
 from secflow.findings import Confidence, Finding, Severity
+from secflow.http import client_for
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.tools import ScaOptions
 
@@ -549,12 +550,12 @@ async def sca_tool(ctx: ToolContext) -> ToolOutput:
     records: dict[str, dict[str, Any]] = {}
     limit = asyncio.Semaphore(opts.concurrency)
 
-    async with httpx.AsyncClient(
-        # trust_env=False: dependency lists go to the configured OSV endpoint only, never
-        # through a proxy picked up from the environment.
+    # The shared resilience layer: OSV's rate limit and circuit breaker, no proxy from the
+    # environment (trust_env=False), no redirects followed.
+    async with client_for(
+        "osv",
+        base_url=base_url,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        follow_redirects=False,
-        trust_env=False,
         headers={"User-Agent": "secflow-sca"},
     ) as http:
         osv = OsvClient(http, base_url)

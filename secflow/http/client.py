@@ -1,0 +1,80 @@
+"""`client_for()`: the one way SecFlow builds an httpx client for an external API.
+
+The transport stack, outermost first:
+
+    chaos (only with SECFLOW_CHAOS=1) -> rate limiter -> circuit breaker -> retry -> httpx
+
+so a request waits for its dependency's rate, is refused at once while the dependency's
+breaker is open, gets a few jittered retries for transient outcomes within a total
+deadline, and only then reaches the network. Limiter and breaker are per dependency and
+shared by every client in the process: ten activities calling NVD share NVD's 5-per-30s.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from secflow.http.breaker import CircuitBreakerTransport, breaker_for, reset_breakers
+from secflow.http.chaos import ChaosTransport, chaos_enabled, load_chaos_config, reset_chaos
+from secflow.http.ratelimit import RateLimitTransport, limiter_for, reset_limiters
+from secflow.http.registry import settings_for
+from secflow.http.retry import RetryTransport
+
+__all__ = ["DEFAULT_TIMEOUT", "build_transport", "client_for", "reset_http_state"]
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+
+
+def build_transport(
+    dependency: str, *, timeout: httpx.Timeout, inner: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncBaseTransport:
+    """The resilience stack for `dependency` around `inner` (a real HTTP transport by default)."""
+    settings = settings_for(dependency)
+    faults = None
+    if chaos_enabled():
+        # Validate before anything is built: a typo in the config fails the client, loudly.
+        faults = load_chaos_config().get(dependency)
+    # Every attempt may use its full per-phase timeouts once; the deadline bounds them all.
+    per_attempt = sum(t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t)
+    deadline = max(settings.deadline, per_attempt)
+    transport: httpx.AsyncBaseTransport = inner or httpx.AsyncHTTPTransport(retries=0, trust_env=False)
+    transport = RetryTransport(transport, settings, dependency=dependency, deadline=deadline)
+    transport = CircuitBreakerTransport(transport, breaker_for(dependency, settings))
+    transport = RateLimitTransport(transport, limiter_for(dependency, settings))
+    if faults:
+        transport = ChaosTransport(transport, dependency, faults)
+    return transport
+
+
+def client_for(
+    dependency: str,
+    *,
+    base_url: str,
+    timeout: httpx.Timeout | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
+    """An AsyncClient for `dependency` at `base_url`, resilient by construction.
+
+    ``trust_env=False``: requests go to the configured endpoint only, never through a
+    proxy picked up from the environment; redirects are not followed (a redirect off the
+    API's host is not something to follow silently). Raises ValueError when chaos is on
+    and ``SECFLOW_CHAOS_CONFIG`` is invalid.
+    """
+    timeout = timeout or DEFAULT_TIMEOUT
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=timeout,
+        headers=headers,
+        trust_env=False,
+        follow_redirects=False,
+        transport=build_transport(dependency, timeout=timeout),
+    )
+
+
+def reset_http_state() -> None:
+    """Forget every breaker, limiter and chaos counter (tests; a worker never needs this)."""
+    reset_breakers()
+    reset_limiters()
+    reset_chaos()
+
+

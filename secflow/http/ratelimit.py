@@ -1,0 +1,135 @@
+"""Rate limiters per dependency, shared by every client in the worker process.
+
+Two shapes, because APIs publish two shapes of limit:
+- `TokenBucket`: a steady `rate` per second with bursts up to `burst` (most APIs);
+- `RollingWindowLimiter`: at most `limit` requests in any rolling `window` seconds
+  (NVD: "5 requests in a rolling 30 second window", 50 with an API key).
+
+Both work by *reservation*: `acquire()` computes, without awaiting, the moment its
+request may go and books it, then sleeps until then. With no await between reading and
+booking, concurrent coroutines can never both take the last token, and no asyncio.Lock
+is needed (one that would be bound to the first event loop that used it). A reservation
+whose caller is cancelled while waiting stays booked: the limiter errs on the slow side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import httpx
+
+from secflow.http.registry import DependencySettings
+
+__all__ = ["Limiter", "RateLimitTransport", "RollingWindowLimiter", "TokenBucket", "limiter_for", "reset_limiters"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Limiter(Protocol):
+    async def acquire(self) -> float:
+        """Wait for permission to send one request; returns the seconds waited."""
+        ...
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.sleep = sleep
+        self._tokens = float(burst)
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Book one token; the seconds until it may be used (0: now)."""
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= 1.0  # may go negative: a debt later callers queue behind
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    async def acquire(self) -> float:
+        wait = self.reserve()
+        if wait > 0:
+            await self.sleep(wait)
+        return wait
+
+
+class RollingWindowLimiter:
+    def __init__(self, limit: int, window: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("a rolling window needs limit >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.sleep = sleep
+        self._granted: deque[float] = deque()  # send times booked, non-decreasing
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Book the earliest send time keeping <= limit sends in any window; seconds until it."""
+        with self._lock:
+            now = self.clock()
+            while self._granted and self._granted[0] <= now - self.window:
+                self._granted.popleft()
+            at = now
+            if len(self._granted) >= self.limit:
+                at = max(now, self._granted[-self.limit] + self.window)
+            self._granted.append(at)
+            return at - now
+
+    async def acquire(self) -> float:
+        wait = self.reserve()
+        if wait > 0:
+            await self.sleep(wait)
+        return wait
+
+
+_LIMITERS: dict[str, Limiter] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def limiter_for(
+    dependency: str, settings: DependencySettings, *, clock: Clock | None = None, sleep: Sleep | None = None
+) -> Limiter:
+    """The process-wide limiter of `dependency` (created on first use with `settings`)."""
+    with _REGISTRY_LOCK:
+        limiter = _LIMITERS.get(dependency)
+        if limiter is None:
+            kw = {"clock": clock or time.monotonic, "sleep": sleep or asyncio.sleep}
+            if settings.window_limit is not None:
+                limiter = RollingWindowLimiter(settings.window_limit, settings.window_seconds, **kw)
+            else:
+                limiter = TokenBucket(settings.rate, settings.burst, **kw)
+            _LIMITERS[dependency] = limiter
+        return limiter
+
+
+def reset_limiters() -> None:
+    with _REGISTRY_LOCK:
+        _LIMITERS.clear()
+
+
+class RateLimitTransport(httpx.AsyncBaseTransport):
+    """Waits for the dependency's limiter before each request (one token per request)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limiter: Limiter) -> None:
+        self.inner = inner
+        self.limiter = limiter
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self.limiter.acquire()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
