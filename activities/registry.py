@@ -16,6 +16,7 @@ from activities.resources import (
 from activities.scanning import http_headers, portscan
 from activities.scanners.bandit import bandit
 from activities.scanners.detect_secrets import detect_secrets
+from activities.scanners.enrich import cve_enrich
 from activities.scanners.nmap import nmap
 from activities.scanners.sca import sca
 from activities.scanners.semgrep import semgrep
@@ -30,6 +31,7 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     bandit,
     semgrep,
     detect_secrets,
+    cve_enrich,
     report,
     create_workspace,
     remove_workspace,

@@ -45,6 +45,7 @@ class ToolOutput:
     items_done: int = 0
     items_total: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
+    degraded_reason: str = ""  # non-empty: the stage succeeded but is marked degraded
 
 
 class ToolContext:
@@ -155,6 +156,7 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
         items_done=output.items_done,
         items_total=output.items_total,
         outputs=output.outputs,
+        degraded_reason=output.degraded_reason,
     )
 
 

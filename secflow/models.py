@@ -161,6 +161,9 @@ class StageTaskResult(BaseModel):
     items_done: int = 0
     items_total: int = 0
     outputs: dict[str, str] = Field(default_factory=dict)
+    # Set when the tool finished but with less than it should have (e.g. an enrichment
+    # service stayed down): the stage is marked degraded with this reason.
+    degraded_reason: str = ""
 
 
 class WorkspaceRequest(BaseModel):

@@ -585,6 +585,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX error_events_by_stage ON error_events (assessment_id, stage_id, target)",
         ),
     ),
+    Migration(
+        4,
+        "cve enrichment cache and finding enrichment",
+        (
+            """
+            CREATE TABLE enrichment_cache (
+                cve_id     TEXT PRIMARY KEY,
+                payload    TEXT NOT NULL,
+                fetched_at TEXT NOT NULL
+            )
+            """,
+            "ALTER TABLE findings ADD COLUMN enrichment TEXT",
+        ),
+    ),
 )
 
 
@@ -959,6 +973,46 @@ class FindingsStore:
         for severity, count in rows:
             by_severity[severity] = by_severity.get(severity, 0) + int(count)
         return FindingCounts(total=sum(by_severity.values()), by_severity=by_severity)
+
+    # -- CVE enrichment -------------------------------------------------------------------
+
+    def put_enrichment(self, cve_id: str, payload_json: str, fetched_at: datetime) -> None:
+        """Cache what enrichment learned about `cve_id` (replacing an older entry)."""
+        _require("cve_id", cve_id)
+        _require("payload_json", payload_json)
+        with self._write() as conn:
+            self._x(
+                conn,
+                "INSERT INTO enrichment_cache (cve_id, payload, fetched_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (cve_id) DO UPDATE SET payload = excluded.payload, fetched_at = excluded.fetched_at",
+                (cve_id, payload_json, _ts(fetched_at)),
+            )
+
+    def get_enrichment(self, cve_id: str) -> tuple[str, datetime] | None:
+        """The cached payload for `cve_id` and when it was fetched, or None."""
+        _require("cve_id", cve_id)
+        with self._connection() as conn:
+            row = self._x(conn, "SELECT payload, fetched_at FROM enrichment_cache WHERE cve_id = ?", (cve_id,)).fetchone()
+        return None if row is None else (row[0], _parse_ts(row[1]))
+
+    def forget_enrichment(self, cve_id: str) -> bool:
+        """Drop the cached entry for `cve_id`. Returns whether there was one."""
+        _require("cve_id", cve_id)
+        with self._write() as conn:
+            return self._x(conn, "DELETE FROM enrichment_cache WHERE cve_id = ?", (cve_id,)).rowcount > 0
+
+    def set_finding_enrichment(self, fingerprint: str, enrichment_json: str | None) -> bool:
+        """Attach enrichment (JSON) to a finding. Returns whether the finding exists."""
+        _require("fingerprint", fingerprint)
+        with self._write() as conn:
+            cursor = self._x(conn, "UPDATE findings SET enrichment = ? WHERE fingerprint = ?", (enrichment_json, fingerprint))
+            return cursor.rowcount > 0
+
+    def get_finding_enrichment(self, fingerprint: str) -> str | None:
+        _require("fingerprint", fingerprint)
+        with self._connection() as conn:
+            row = self._x(conn, "SELECT enrichment FROM findings WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return None if row is None else row[0]
 
     # -- scan locks -----------------------------------------------------------------------
 

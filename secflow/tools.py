@@ -66,6 +66,14 @@ class ScaOptions(_Options):
     concurrency: int = Field(8, ge=1, le=64, description="advisory detail requests in flight")
 
 
+class CveEnrichOptions(_Options):
+    """`cve-enrich`: the assessment's CVEs enriched from NVD, FIRST EPSS and CISA KEV
+    (base URLs from SECFLOW_NVD_URL, SECFLOW_EPSS_URL, SECFLOW_KEV_URL)."""
+
+    max_age: Duration = Field(default="24h", validate_default=True, description="cached data younger than this is used as is")
+    request_timeout: Duration = Field(default="30s", validate_default=True)
+
+
 class TlsOptions(_Options):
     """`tls`: protocol versions, certificate and weak cipher suites of an https URL."""
 
@@ -260,11 +268,19 @@ TOOLS: dict[str, ToolInfo] = {
             ReportOptions,
             "SARIF 2.1.0, Markdown, HTML and JSON reports into the reports directory",
         ),
+        ToolInfo(
+            "cve-enrich",
+            frozenset({"enrich"}),
+            frozenset(),
+            RetryClass.ENRICHMENT,
+            CveEnrichOptions,
+            "CVSS (NVD), EPSS and CISA KEV data for the CVEs of the assessment's findings; cached",
+        ),
     )
 }
 
 # The tool a stage gets when its spec names none.
-DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report", "sca": "sca", "sast": "bandit", "secrets": "detect_secrets"}
+DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report", "sca": "sca", "sast": "bandit", "secrets": "detect_secrets", "enrich": "cve-enrich"}
 
 # Options every stage accepts whatever its tool; the workflow reads them, not the tool.
 STAGE_OPTIONS = {"tolerated_failure_percent"}

@@ -648,3 +648,22 @@ def test_error_event_validation() -> None:
     shifted = _event("x", occurred_at=datetime(2025, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))))
     assert shifted.occurred_at == datetime(2025, 5, 1, 12, 0, tzinfo=timezone.utc)
     assert shifted.occurred_at.tzinfo == timezone.utc
+
+
+def test_enrichment_cache_and_finding_enrichment(store: FindingsStore) -> None:
+    assert store.get_enrichment("CVE-2019-10906") is None
+    first = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    store.put_enrichment("CVE-2019-10906", '{"v": 1}', first)
+    assert store.get_enrichment("CVE-2019-10906") == ('{"v": 1}', first)
+    later = first + timedelta(hours=5)
+    store.put_enrichment("CVE-2019-10906", '{"v": 2}', later)  # upsert replaces
+    assert store.get_enrichment("CVE-2019-10906") == ('{"v": 2}', later)
+
+    f = _finding(1)
+    store.upsert_findings("a1", "s1", [f])
+    assert store.get_finding_enrichment(f.fingerprint) is None
+    assert store.set_finding_enrichment(f.fingerprint, '{"cve": "x"}') is True
+    assert store.get_finding_enrichment(f.fingerprint) == '{"cve": "x"}'
+    store.upsert_findings("a1", "s1", [f])  # a re-report keeps the enrichment
+    assert store.get_finding_enrichment(f.fingerprint) == '{"cve": "x"}'
+    assert store.set_finding_enrichment("0" * 64, "{}") is False

@@ -406,6 +406,9 @@ class AssessmentWorkflow:
         ts.findings = result.findings
         st.attempts += result.attempt
         st.outputs.update(result.outputs)
+        if result.degraded_reason:
+            st.degraded = True
+            st.reason = result.degraded_reason
         self._progress(st)
         return None
 
