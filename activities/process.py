@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,21 @@ class ToolProcessError(ExternalToolError):
 def tail(data: bytes, limit: int = TAIL_BYTES) -> str:
     text = data[-limit:].decode("utf-8", errors="replace")
     return redact(text)
+
+
+def locate_binary(name: str, env_var: str) -> str:
+    """Which `name` to run: `$env_var` if set (a name or a path), else `name` on PATH, else the
+    copy installed beside this interpreter (scanners from PyPI are secflow dependencies, and a
+    worker started as ``.venv/bin/python worker.py`` has no venv on its PATH). A name that is
+    not found ends in run_process's PermanentError ("not installed")."""
+    override = os.environ.get(env_var, "").strip()
+    if override:
+        return override
+    found = shutil.which(name)
+    if found:
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.access(beside, os.X_OK) else name
 
 
 def find_binary(name: str, tool: str) -> str:

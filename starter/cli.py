@@ -125,7 +125,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     client = await _connect(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     if args.command == "status":
-        return await cmd_status(handle, args)
+        return await cmd_status(client, handle, args)
     if args.command == "result":
         return await _print_result(handle, args.json)
     return await cmd_intervene(handle, args)
@@ -246,9 +246,9 @@ async def _stored_result(handle: WorkflowHandle) -> AssessmentStatus | None:
         return None
 
 
-async def cmd_status(handle: WorkflowHandle, args: argparse.Namespace) -> int:
+async def cmd_status(client: Client, handle: WorkflowHandle, args: argparse.Namespace) -> int:
     status = await fetch_status(handle)
-    await _merge_live_progress(handle, status)
+    await _merge_live_progress(client, handle, status)
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
@@ -256,13 +256,13 @@ async def cmd_status(handle: WorkflowHandle, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _merge_live_progress(handle: WorkflowHandle, status: AssessmentStatus) -> None:
+async def _merge_live_progress(client: Client, handle: WorkflowHandle, status: AssessmentStatus) -> None:
     """Stage progress counts targets; a running scan heartbeats item progress too. Show it."""
     try:
         desc = await handle.describe()
     except RPCError:
         return
-    converter = handle._client.data_converter  # the same pydantic converter the worker uses
+    converter = client.data_converter  # the same pydantic converter the worker uses
     for pending in desc.raw_description.pending_activities:
         if not pending.heartbeat_details.payloads:
             continue

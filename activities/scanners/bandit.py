@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 from typing import Any
 
 from temporalio import activity
 
-from activities.process import run_process, tail
+from activities.process import locate_binary, run_process, tail
 from activities.runner import ToolContext, ToolOutput, run_tool
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
@@ -53,18 +51,7 @@ _CONFIDENCE = {"HIGH": Confidence.HIGH, "MEDIUM": Confidence.MEDIUM, "LOW": Conf
 
 
 def bandit_binary() -> str:
-    """Which bandit to run: $SECFLOW_BANDIT, else `bandit` on PATH, else the one installed
-    next to this interpreter (bandit is a dependency of secflow, and a worker started as
-    ``.venv/bin/python worker.py`` has no venv on its PATH). A name that is not found
-    ends in run_process's PermanentError ("not installed")."""
-    override = os.environ.get(BINARY_ENV, "").strip()
-    if override:
-        return override
-    found = shutil.which("bandit")
-    if found:
-        return found
-    beside = os.path.join(os.path.dirname(sys.executable), "bandit")
-    return beside if os.access(beside, os.X_OK) else "bandit"
+    return locate_binary("bandit", BINARY_ENV)
 
 
 def build_argv(path: str, opts: BanditOptions) -> list[str]:

@@ -28,13 +28,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import sys
 from typing import Any
 
 from temporalio import activity
 
-from activities.process import run_process, tail, time_budget
+from activities.process import locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
@@ -55,16 +53,7 @@ _HASH = re.compile(r"^[0-9a-f]{40}$")
 
 
 def detect_secrets_binary() -> str:
-    """$SECFLOW_DETECT_SECRETS, else `detect-secrets` on PATH, else the one installed next to
-    this interpreter. A name that is not found ends in run_process's PermanentError."""
-    override = os.environ.get(BINARY_ENV, "").strip()
-    if override:
-        return override
-    found = shutil.which(BINARY)
-    if found:
-        return found
-    beside = os.path.join(os.path.dirname(sys.executable), BINARY)
-    return beside if os.access(beside, os.X_OK) else BINARY
+    return locate_binary(BINARY, BINARY_ENV)
 
 
 def build_argv(scan: str, opts: DetectSecretsOptions, extra_excludes: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ from temporalio import activity
 
 from activities.runner import ToolContext, ToolOutput, run_tool
 from secflow.enrichment import CVE_ID, EnrichedCve, EpssScore, KevEntry, NvdRecord, parse_epss, parse_kev, parse_nvd
-from secflow.errors import ExternalToolError, PermanentError, TransientError
+from secflow.errors import ExternalToolError, TransientError, classify
 from secflow.http import client_for
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.tools import CveEnrichOptions
@@ -48,10 +48,17 @@ async def _get_json(http: httpx.AsyncClient, service: str, url: str, params: dic
     except (httpx.TransportError, TransientError) as exc:
         raise Unavailable(f"{service} unreachable: {exc}") from None
     status = response.status_code
-    if status in (408, 425, 429) or status >= 500 or (service == "NVD" and status == 403):
-        raise Unavailable(f"{service} unavailable: HTTP {status}")
-    if status >= 300:
-        raise PermanentError(f"{service} answered GET {urlsplit(str(response.url)).path} with HTTP {status}")
+    if service == "NVD" and status == 403:
+        # NVD's documented answer when its rolling rate limit is exceeded: wait, not a bad key.
+        raise Unavailable(f"{service} unavailable: HTTP 403 (rate limited)")
+    if not response.is_success:
+        try:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            # The taxonomy decides: what a retry could fix degrades the stage, the rest fails it.
+            if classify(exc).retryable:
+                raise Unavailable(f"{service} unavailable: HTTP {status}") from None
+            raise
     try:
         return json.loads(response.content)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

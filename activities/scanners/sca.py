@@ -16,8 +16,8 @@ Findings: one per (package, version, advisory), located at the first line that p
 After each batch, the batch's findings are stored and a checkpoint is heartbeated, so a
 retried attempt starts at the first unfinished batch.
 
-Failures: 408/425/429/5xx leave as ``httpx.HTTPStatusError`` (the classifier makes them
-transient and honours ``Retry-After``); any other 4xx is a `PermanentError` (a retry
+Failures: any non-2xx answer leaves as ``httpx.HTTPStatusError`` and the classifier decides
+(408/425/429/5xx transient, honouring ``Retry-After``; other 4xx never retried, since a retry
 sends the same request); a body that is not the OSV wire format is an
 `ExternalToolError` (the service misbehaved: limited retry).
 """
@@ -327,12 +327,10 @@ class OsvClient:
 
     async def _json(self, method: str, path: str, payload: Any = None) -> Any:
         response = await self.http.request(method, self.base_url + path, json=payload)
-        status = response.status_code
-        if status in (408, 425, 429) or status >= 500:
-            response.raise_for_status()  # HTTPStatusError: the classifier reads status + Retry-After
-        if status >= 300:
-            # The same request will get the same answer (bad key, gone endpoint, bad query).
-            raise PermanentError(f"OSV answered {method} {path} with HTTP {status}")
+        if not response.is_success:
+            # HTTPStatusError: the one classifier decides (408/425/429/5xx transient with
+            # Retry-After; a bad key, a gone endpoint or a bad query is not retried).
+            response.raise_for_status()
         try:
             return json.loads(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -36,14 +36,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from temporalio import activity
 
-from activities.process import ToolProcessError, run_process, tail, time_budget
+from activities.process import ToolProcessError, locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
 from secflow.errors import Category, ExternalToolError, PermanentError, classify
 from secflow.findings import Confidence, Finding, Severity
@@ -75,17 +74,7 @@ _STRING_LITERAL = re.compile(r"""((?:[rRbBuUfF]{1,2})?(?:\"\"\"|'''|"|'))(?:\\.|
 
 
 def semgrep_binary() -> str:
-    """$SECFLOW_SEMGREP, else `semgrep` on PATH, else the one installed next to this
-    interpreter (a worker started as ``.venv/bin/python worker.py`` has no venv on PATH).
-    A name that is not found ends in run_process's PermanentError ("not installed")."""
-    override = os.environ.get(BINARY_ENV, "").strip()
-    if override:
-        return override
-    found = shutil.which("semgrep")
-    if found:
-        return found
-    beside = os.path.join(os.path.dirname(sys.executable), "semgrep")
-    return beside if os.access(beside, os.X_OK) else "semgrep"
+    return locate_binary("semgrep", BINARY_ENV)
 
 
 def semgrep_env() -> dict[str, str]:
