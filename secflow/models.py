@@ -149,6 +149,9 @@ class StageTaskInput(BaseModel):
     retry: RetryPlan
     # The report tool gets the assessment's status so far; other tools get None.
     snapshot: AssessmentStatus | None = None
+    # The spec's `chaos:` section (HTTP fault injection per dependency); honoured by the
+    # activity only when its worker runs with SECFLOW_CHAOS=1.
+    chaos: dict[str, Any] = Field(default_factory=dict)
 
 
 class StageTaskResult(BaseModel):

@@ -131,6 +131,9 @@ class Spec(_Strict):
     targets: list[Target] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
     locks: LockPolicy = Field(default_factory=LockPolicy)
+    # HTTP fault injection per dependency, same format as SECFLOW_CHAOS_CONFIG; ignored
+    # unless the worker runs with SECFLOW_CHAOS=1.
+    chaos: dict[str, Any] = Field(default_factory=dict)
 
     def stage(self, stage_id: str) -> Stage:
         for stage in self.stages:

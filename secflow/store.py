@@ -599,6 +599,84 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE findings ADD COLUMN enrichment TEXT",
         ),
     ),
+    Migration(
+        5,
+        "circuit breaker snapshots per worker process",
+        (
+            # One row per (worker process, dependency), rewritten on every transition, so
+            # `python -m starter breakers` can show what each worker's breakers are doing.
+            """
+            CREATE TABLE breaker_states (
+                worker_id          TEXT NOT NULL,
+                dependency         TEXT NOT NULL,
+                state              TEXT NOT NULL,
+                failures           INTEGER NOT NULL,
+                trips              INTEGER NOT NULL,
+                opened_at          TEXT,
+                next_half_open_at  TEXT,
+                updated_at         TEXT NOT NULL,
+                PRIMARY KEY (worker_id, dependency)
+            )
+            """,
+        ),
+    ),
+    Migration(
+        6,
+        "dead-letter queue",
+        (
+            """
+            CREATE TABLE dead_letters (
+                task_id            TEXT PRIMARY KEY,
+                workflow_id        TEXT NOT NULL,
+                run_id             TEXT NOT NULL,
+                stage_id           TEXT NOT NULL,
+                target             TEXT NOT NULL,
+                tool               TEXT NOT NULL,
+                reason             TEXT NOT NULL,
+                category           TEXT NOT NULL,
+                message            TEXT NOT NULL,
+                attempts           INTEGER NOT NULL,
+                first_failure_at   TEXT NOT NULL,
+                last_failure_at    TEXT NOT NULL,
+                replay             TEXT NOT NULL,
+                state              TEXT NOT NULL,
+                replayed_at        TEXT,
+                replay_outcome     TEXT,
+                replay_workflow_id TEXT
+            )
+            """,
+            "CREATE INDEX dead_letters_by_state ON dead_letters (state, last_failure_at)",
+            "CREATE INDEX dead_letters_by_workflow ON dead_letters (workflow_id)",
+        ),
+    ),
+    Migration(
+        7,
+        "alert deliveries (grouping, caps, channel references)",
+        (
+            """
+            CREATE TABLE alert_deliveries (
+                delivery_id   TEXT PRIMARY KEY,
+                dedup_key     TEXT NOT NULL,
+                channel       TEXT NOT NULL,
+                event         TEXT NOT NULL,
+                group_key     TEXT NOT NULL,
+                status        TEXT NOT NULL,
+                merged_count  INTEGER NOT NULL,
+                created_at    TEXT NOT NULL,
+                updated_at    TEXT NOT NULL,
+                external_ref  TEXT
+            )
+            """,
+            "CREATE INDEX alert_deliveries_by_channel ON alert_deliveries (channel, created_at)",
+            "CREATE INDEX alert_deliveries_by_group ON alert_deliveries (channel, group_key, created_at)",
+            "CREATE INDEX alert_deliveries_by_incident ON alert_deliveries (dedup_key, channel)",
+        ),
+    ),
+    Migration(
+        8,
+        "error events name the dependency that failed",
+        ("ALTER TABLE error_events ADD COLUMN dependency TEXT",),
+    ),
 )
 
 

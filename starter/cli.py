@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import importlib
 import json
 import re
 import sys
@@ -40,6 +41,12 @@ INTERVENTIONS = {
     "resume": "resume",
 }
 NEEDS_STAGE = {"approve", "reject", "retry", "skip"}
+
+# Command groups that live in their own module, one concern each. A module defines
+# `add_parser(sub)` (adds the command to the subparsers) and
+# `async def run(args, settings) -> int`; it raises `CliError` for failures and uses
+# `connect_or_fail(settings)` for a Temporal client.
+COMMAND_MODULES: dict[str, str] = {}
 
 
 class CliError(Exception):
@@ -93,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("stage", help="stage id")
         p.add_argument("--by", default=None, help="who decides (default: your user name)")
         p.add_argument("--reason", default="", help="why, for the record")
+    for module in COMMAND_MODULES.values():
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -114,15 +123,17 @@ async def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings()
     except SettingsError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    if args.command in COMMAND_MODULES:
+        return await importlib.import_module(COMMAND_MODULES[args.command]).run(args, settings)
     if args.command == "run":
         spec = _load_spec_or_exit(args.spec)
-        client = await _connect(settings)
+        client = await connect_or_fail(settings)
         return await cmd_run(client, settings, spec, args)
     if args.command == "findings":
         return cmd_findings(args)
     if args.command == "report":
         return await cmd_report(settings, args)
-    client = await _connect(settings)
+    client = await connect_or_fail(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     if args.command == "status":
         return await cmd_status(client, handle, args)
@@ -131,7 +142,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     return await cmd_intervene(handle, args)
 
 
-async def _connect(settings: Settings) -> Client:
+async def connect_or_fail(settings: Settings) -> Client:
     try:
         return await connect(settings)
     except Exception as exc:  # connection problems are the user's to fix: say where we tried
@@ -324,7 +335,7 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise CliError(f"-o {args.output}: not a file in an existing directory", EXIT_BAD_INPUT)
-    client = await _connect(settings)
+    client = await connect_or_fail(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     status = await fetch_status(handle)
     store = open_store()

@@ -381,6 +381,7 @@ class AssessmentWorkflow:
             workspace=self._status.workspace,
             retry=plan,
             snapshot=self._status.model_copy(deep=True) if not TOOLS[tool].target_kinds else None,
+            chaos=dict(self._spec.chaos),
         )
         try:
             result = await workflow.execute_activity(

@@ -1,0 +1,160 @@
+"""Incidents: what a human must look at, how bad it is, and what is sent about it.
+
+Shared by the incident workflow (workflows/incident.py), which decides *when* people are
+told, and the alert activities (activities/alerts/), which decide *how* (channels,
+grouping, caps, redaction). Everything here is plain data and pure functions, so the
+workflow sandbox can import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AlertPlan",
+    "AlertRequest",
+    "AlertResult",
+    "IncidentAnswer",
+    "IncidentEvent",
+    "IncidentReason",
+    "IncidentRef",
+    "IncidentState",
+    "PlanRequest",
+    "Severity",
+    "dedup_key_for",
+    "incident_workflow_id",
+    "severity_for",
+]
+
+
+class Severity(str, Enum):
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+    P4 = "P4"
+
+
+class IncidentState(str, Enum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class IncidentEvent(str, Enum):
+    """What a message is about (PagerDuty's event_action maps trigger/acknowledge/resolve)."""
+
+    TRIGGER = "trigger"
+    ESCALATE = "escalate"
+    ACKNOWLEDGE = "acknowledge"
+    RESOLVE = "resolve"
+    SUMMARY = "summary"
+
+
+# Why the incident exists: the situations the issue lists as needing a human.
+IncidentReason = Literal[
+    "intervention_wait",  # a stage waits for approval or for a decision after failing
+    "required_stage_failed",
+    "compensation_failed",
+    "security_violation",
+    "retries_exhausted",  # an optional stage gave up (degraded / skipped)
+]
+
+
+def severity_for(category: str, reason: IncidentReason, *, required: bool) -> Severity:
+    """Security -> P1; a failed required stage -> P2; a degraded optional stage -> P3;
+    anything else that merely waits on a human -> P4."""
+    if category == "security" or reason == "security_violation":
+        return Severity.P1
+    if reason in ("required_stage_failed", "compensation_failed"):
+        return Severity.P2
+    if reason == "intervention_wait":
+        return Severity.P2 if required else Severity.P3
+    if reason == "retries_exhausted":
+        return Severity.P2 if required else Severity.P3
+    return Severity.P4
+
+
+def dedup_key_for(assessment_id: str, stage_id: str, target: str, reason: str) -> str:
+    """The same problem (assessment, stage, target, why) gets the same key, so a retry or a
+    second failure of it adds an occurrence to the open incident instead of a new one."""
+    raw = "\x1f".join((assessment_id, stage_id, target, reason))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def incident_workflow_id(dedup_key: str) -> str:
+    return f"incident-{dedup_key}"
+
+
+class IncidentRef(BaseModel):
+    """Everything a message about an incident may say. `message` is already redacted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    incident_id: str  # the incident workflow's id
+    dedup_key: str
+    severity: Severity
+    reason: str
+    title: str
+    category: str
+    message: str
+    assessment_id: str
+    workflow_id: str  # the assessment workflow (correlation id)
+    run_id: str
+    stage_id: str = ""
+    target: str = ""
+    trace_id: str = ""  # correlation id carried through logs and messages
+    # Exact commands a person can run to answer (ack, resolve, retry the stage, ...).
+    commands: list[str] = Field(default_factory=list)
+    occurrences: int = 1
+    opened_at: datetime | None = None
+
+
+class IncidentAnswer(BaseModel):
+    """Payload of the `ack` and `resolve` signals: `{"by": "alice", "note": "on it"}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(min_length=1, max_length=200)
+    note: str = Field("", max_length=2000)
+
+
+class PlanRequest(BaseModel):
+    severity: Severity
+
+
+class AlertPlan(BaseModel):
+    """How one severity escalates, from the routing config (read by an activity, so the
+    workflow sees the same plan on replay). Times are seconds; None means "never"."""
+
+    severity: Severity
+    ack_within: float | None = None  # escalate to the next tier if not acknowledged by then
+    resolve_within: float | None = None  # escalate if not resolved by then
+    tiers: list[list[str]] = Field(default_factory=list)  # channel names per tier, tier 1 first
+    summary_only: bool = False  # P4: no page, only the daily summary
+    summary_every: float = 86400.0
+
+
+class AlertRequest(BaseModel):
+    """One message to one channel."""
+
+    incident: IncidentRef
+    event: IncidentEvent
+    channel: str
+    tier: int = 1
+    by: str = ""
+    note: str = ""
+
+
+class AlertResult(BaseModel):
+    channel: str
+    # sent: delivered; merged: an identical alert went out within the cooldown (counted);
+    # capped: the channel's hourly cap was reached (counted); skipped: nothing to send
+    # for this event on this channel (e.g. Jira ignores P4).
+    status: Literal["sent", "merged", "capped", "skipped"]
+    merged_count: int = 0
+    external_ref: str = ""
