@@ -146,6 +146,9 @@ class AlertRequest(BaseModel):
     event: IncidentEvent
     channel: str
     tier: int = 1
+    # The incident workflow numbers its messages; with the incident id, event, tier and
+    # channel it names one delivery, so a retried activity recognises one it already made.
+    sequence: int = 0
     by: str = ""
     note: str = ""
 
