@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from secflow.errors import Category
-from secflow.findings import SEVERITY_ORDER, Confidence, Finding, Severity
+from secflow.findings import SEVERITY_ORDER, Confidence, Finding, FindingEnrichment, Severity
 from secflow.models import FindingCounts
 
 __all__ = [
@@ -136,6 +136,9 @@ class ErrorEvent(BaseModel):
     retryable: bool
     occurred_at: datetime
     outcome: str | None = None
+    # The outbound HTTP dependency (secflow.http name: "nvd", "osv", ...) the error came
+    # from, when it came from one.
+    dependency: str | None = None
 
     @field_validator("category")
     @classmethod
@@ -1002,7 +1005,7 @@ class FindingsStore:
         _require("assessment_id", assessment_id)
         sql = f"""
             SELECT f.fingerprint, f.tool, f.rule_id, f.title, f.severity, f.confidence, f.target,
-                   f.location, f.cwe, f.cve, f.evidence, f.first_seen, f.last_seen
+                   f.location, f.cwe, f.cve, f.evidence, f.first_seen, f.last_seen, f.enrichment
             FROM assessment_findings a JOIN findings f ON f.fingerprint = a.fingerprint
             WHERE a.assessment_id = ?
             ORDER BY {_SEVERITY_RANK_SQL}, f.location, f.target, f.tool, f.rule_id, f.fingerprint
@@ -1025,6 +1028,7 @@ class FindingsStore:
                 first_seen=_parse_ts(r[11]),
                 last_seen=_parse_ts(r[12]),
                 assessment_id=assessment_id,
+                enrichment=FindingEnrichment.from_stored(r[13]),
             )
             for r in rows
         ]
@@ -1140,8 +1144,9 @@ class FindingsStore:
                 conn,
                 """
                 INSERT INTO error_events (event_id, assessment_id, stage_id, target, tool, attempt,
-                                          category, message, retryable, occurred_at, outcome, resolved_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                          category, message, retryable, occurred_at, outcome, resolved_at,
+                                          dependency)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (event_id) DO NOTHING
                 """,
                 (
@@ -1157,6 +1162,7 @@ class FindingsStore:
                     _ts(event.occurred_at),
                     event.outcome,
                     _ts(_utcnow()) if event.outcome is not None else None,
+                    event.dependency,
                 ),
             )
             return cursor.rowcount == 1
@@ -1169,7 +1175,7 @@ class FindingsStore:
                 conn,
                 """
                 SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message,
-                       retryable, occurred_at, outcome
+                       retryable, occurred_at, outcome, dependency
                 FROM error_events WHERE assessment_id = ?
                 ORDER BY occurred_at, event_id
                 """,
@@ -1188,6 +1194,7 @@ class FindingsStore:
                 retryable=bool(r[8]),
                 occurred_at=_parse_ts(r[9]),
                 outcome=r[10],
+                dependency=r[11],
             )
             for r in rows
         ]

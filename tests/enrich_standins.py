@@ -25,7 +25,13 @@ answers normally:
     Fault(429, retry_after="2")                  # with Retry-After
     Fault.hang(5)                                # accept, say nothing for 5 s, then drop
     Fault.truncated()                            # 200, first half of the real body
+    Fault.raw(b"<html>oops</html>")              # 200 with these bytes (not JSON)
+    Fault(200, body={"unexpected": "shape"})     # valid JSON of the wrong shape
     Fault(401), Fault.passthrough()
+
+An outage answers every request with one fault for a while, without consuming the
+script: ``nvd.outage(Fault(503), seconds=2.5)`` starts at the next request the stand-in
+sees and lasts `seconds` on its clock (`.outage_requests` are the requests it answered).
 
 Every request is recorded (`Request`: method, path, query, headers, time from `clock`).
 `clock` (default `time.monotonic`) drives the rolling window, so a test can move time by
@@ -62,10 +68,16 @@ class Fault:
     retry_after: str | None = None
     truncate: bool = False
     hang_s: float = 0.0
+    raw_body: bytes | None = None
 
     @classmethod
     def truncated(cls) -> "Fault":
         return cls(status=200, truncate=True)
+
+    @classmethod
+    def raw(cls, body: bytes, status: int = 200) -> "Fault":
+        """Answer `status` with exactly these bytes as the body (e.g. a proxy's HTML page)."""
+        return cls(status=status, raw_body=body)
 
     @classmethod
     def hang(cls, seconds: float = 30.0) -> "Fault":
@@ -101,6 +113,9 @@ class _Standin:
         self.faults = list(faults or [])
         self.clock = clock
         self.requests: list[Request] = []
+        self.outage_requests: list[Request] = []
+        self._outage: tuple[Fault, float] | None = None  # (fault, seconds), until it starts
+        self._outage_until: float | None = None
         self._lock = threading.Lock()
         self._closing = threading.Event()
         standin = self
@@ -121,6 +136,9 @@ class _Standin:
                 )
                 with standin._lock:
                     standin.requests.append(request)
+                outage = standin._outage_fault(request)
+                if outage is not None:
+                    return self._fault(outage)
                 reply = standin.gate(request)
                 if reply is None:
                     fault = standin._next_fault()
@@ -129,17 +147,28 @@ class _Standin:
                         self.close_connection = True
                         return
                     if fault is not None and not fault.truncate:
-                        body = fault.body if fault.body is not None else {"message": f"scripted HTTP {fault.status}"}
-                        headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                        reply = Reply(fault.status, body, headers)
+                        return self._fault(fault)
                     else:
                         reply = standin.answer(request)
                         if fault is not None:
                             return self._send(reply, truncate=True)
                 self._send(reply)
 
-            def _send(self, reply: Reply, *, truncate: bool = False) -> None:
+            def _fault(self, fault: Fault) -> None:
+                if fault.hang_s:
+                    standin._closing.wait(fault.hang_s)
+                    self.close_connection = True
+                    return
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                if fault.raw_body is not None:
+                    return self._send(Reply(fault.status, None, headers), raw=fault.raw_body)
+                body = fault.body if fault.body is not None else {"message": f"scripted HTTP {fault.status}"}
+                self._send(Reply(fault.status, body, headers))
+
+            def _send(self, reply: Reply, *, truncate: bool = False, raw: bytes | None = None) -> None:
                 data = b"" if reply.doc is None else json.dumps(reply.doc, separators=(",", ":")).encode()
+                if raw is not None:
+                    data = raw
                 if truncate:
                     data = data[: len(data) // 2]
                 self.send_response(reply.status)
@@ -157,6 +186,24 @@ class _Standin:
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
+
+    def outage(self, fault: Fault, seconds: float) -> None:
+        """Answer every request with `fault` for `seconds`, from the next request on."""
+        with self._lock:
+            self._outage, self._outage_until = (fault, seconds), None
+
+    def _outage_fault(self, request: Request) -> Fault | None:
+        with self._lock:
+            if self._outage is None:
+                return None
+            fault, seconds = self._outage
+            if self._outage_until is None:
+                self._outage_until = request.time + seconds
+            if request.time >= self._outage_until:
+                self._outage = None
+                return None
+            self.outage_requests.append(request)
+            return fault
 
     def _next_fault(self) -> Fault | None:
         with self._lock:

@@ -112,6 +112,34 @@ def test_nvd_scripted_faults(http: httpx.Client) -> None:
         nvd.close()
 
 
+def test_nvd_raw_and_wrong_shape_bodies(http: httpx.Client) -> None:
+    nvd = NvdStandin(faults=[Fault.raw(b"<html>Bad gateway</html>"), Fault(200, body={"unexpected": "shape"})])
+    try:
+        raw, shape, ok = (nvd_get(http, nvd, "CVE-2023-4863") for _ in range(3))
+        assert raw.status_code == 200 and raw.content == b"<html>Bad gateway</html>"
+        assert shape.status_code == 200 and shape.json() == {"unexpected": "shape"}
+        assert ok.json()["totalResults"] == 1
+    finally:
+        nvd.close()
+
+
+def test_outage_starts_at_the_next_request_and_ends_on_the_clock(http: httpx.Client) -> None:
+    clock = FakeClock()
+    nvd = NvdStandin(clock=clock, limit_public=100)
+    try:
+        assert nvd_get(http, nvd, "CVE-2023-4863").status_code == 200
+        nvd.outage(Fault(503), seconds=10)
+        clock.now += 100  # the outage has not started yet: it starts at the next request
+        assert [nvd_get(http, nvd, "CVE-2023-4863").status_code for _ in range(2)] == [503, 503]
+        clock.now += 9.9
+        assert nvd_get(http, nvd, "CVE-2023-4863").status_code == 503
+        clock.now += 0.1
+        assert nvd_get(http, nvd, "CVE-2023-4863").status_code == 200
+        assert len(nvd.outage_requests) == 3 and len(nvd.requests) == 5
+    finally:
+        nvd.close()
+
+
 def test_nvd_hang(http: httpx.Client) -> None:
     nvd = NvdStandin(faults=[Fault.hang(30)], limit_public=100)
     try:

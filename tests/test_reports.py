@@ -312,3 +312,161 @@ async def test_report_command_rejects_bad_arguments(tmp_path: Path) -> None:
     ):
         proc = await asyncio.to_thread(_starter, *args)
         assert proc.returncode == 2, (args, proc.stderr)
+
+
+# --------------------------------------------------------------------------------------
+# CVE enrichment in every report (real NVD/EPSS/KEV records from tests/fixtures/enrich)
+# --------------------------------------------------------------------------------------
+def _enrich_payloads() -> dict[str, dict]:
+    """What `cve-enrich` writes onto findings: one current, one stale, one partial CVE."""
+    from secflow.enrichment import EnrichedCve, parse_epss, parse_kev, parse_nvd
+
+    fixtures = Path(__file__).parent / "fixtures" / "enrich"
+    nvd = {v["cve"]["id"]: v for v in json.loads((fixtures / "nvd.json").read_text())["vulnerabilities"]}
+    epss = parse_epss(json.loads((fixtures / "epss.json").read_text()))
+    kev = parse_kev(json.loads((fixtures / "kev.json").read_text()))
+
+    def record(cve: str):
+        return parse_nvd({"totalResults": 1, "format": "NVD_CVE", "vulnerabilities": [nvd[cve]]})
+
+    fresh = EnrichedCve(cve_id="CVE-2021-44228", nvd=record("CVE-2021-44228"), epss=epss["CVE-2021-44228"],
+                        kev=kev["CVE-2021-44228"], fetched_at=T0)
+    stale = EnrichedCve(cve_id="CVE-2019-10906", nvd=record("CVE-2019-10906"), epss=epss.get("CVE-2019-10906"),
+                        fetched_at=T0 - timedelta(hours=72))
+    partial = EnrichedCve(cve_id="CVE-2020-28493", epss=epss.get("CVE-2020-28493"), fetched_at=T0, partial=True,
+                          partial_reason="NVD unavailable: HTTP 503")
+    return {
+        "fresh": {**fresh.model_dump(mode="json"), "status": "enriched"},
+        "stale": {**stale.model_dump(mode="json"), "status": "stale", "stale": True, "stale_age_seconds": 72 * 3600.0,
+                  "stale_reason": "stale: cached data from 2025-04-28T12:00:00+00:00 (72.0 h old) used because NVD unavailable: HTTP 503"},
+        "partial": {**partial.model_dump(mode="json"), "status": "partial"},
+    }
+
+
+def enriched_findings() -> list[Finding]:
+    from secflow.findings import FindingEnrichment
+
+    p = _enrich_payloads()
+    log4j = _finding(tool="sca", rule_id="GHSA-jfh8-c2jp-5v3q", title="log4j-core 2.14.1: Log4Shell", severity=Severity.HIGH,
+                     target="/srv/app", location="pom.xml:30", cve=["CVE-2021-44228"])
+    jinja_stale = _finding(tool="sca", rule_id="PYSEC-2019-217", title="jinja2 2.10: sandbox escape", severity=Severity.MEDIUM,
+                           target="/srv/app", location="requirements.txt:1", cve=["CVE-2019-10906"])
+    jinja_partial = _finding(tool="sca", rule_id="GHSA-g3rq-g295-4j3m", title="jinja2 2.10: ReDoS", severity=Severity.MEDIUM,
+                             target="/srv/app", location="requirements.txt:1#redos", cve=["CVE-2020-28493"])
+    out = []
+    for f, key in ((log4j, "fresh"), (jinja_stale, "stale"), (jinja_partial, "partial")):
+        out.append(f.model_copy(update={"enrichment": FindingEnrichment.from_stored(json.dumps({"cves": [p[key]]}))}))
+    return out
+
+
+def test_enrichment_does_not_change_the_fingerprint() -> None:
+    for f in enriched_findings():
+        bare = Finding.new(tool=f.tool, rule_id=f.rule_id, title=f.title, severity=f.severity, target=f.target, location=f.location)
+        assert f.enrichment is not None and f.fingerprint == bare.fingerprint
+    [fresh, stale, partial] = [f.enrichment.cves[0] for f in enriched_findings()]
+    assert (fresh.cvss3_score, fresh.in_kev, fresh.status) == (10.0, True, "enriched")
+    assert fresh.cvss3_vector.startswith("CVSS:3.1/") and "CWE-502" in fresh.cwe and fresh.description
+    assert fresh.epss_probability is not None and fresh.epss_percentile is not None and fresh.kev_due_date is not None
+    assert stale.stale and stale.stale_age_seconds == 72 * 3600 and stale.cvss3_score == 8.6
+    assert partial.partial and partial.cvss_score is None and "NVD unavailable" in partial.partial_reason
+
+
+def test_sarif_carries_enrichment_and_ranks_by_cvss() -> None:
+    findings = enriched_findings()
+    doc = validate_sarif(render_sarif(realistic_status(), findings, []))
+    [run] = [r for r in doc["runs"] if r["tool"]["driver"]["name"] == "sca"]
+    rules = {r["id"]: r for r in run["tool"]["driver"]["rules"]}
+    results = {r["ruleId"]: r for r in run["results"]}
+    # CVSS base score where present: Log4Shell is a HIGH finding here, but CVSS 10.0.
+    assert rules["GHSA-jfh8-c2jp-5v3q"]["properties"]["security-severity"] == "10.0"
+    assert rules["PYSEC-2019-217"]["properties"]["security-severity"] == "8.6"  # stale data still has a score
+    assert rules["GHSA-g3rq-g295-4j3m"]["properties"]["security-severity"] == "5.5"  # partial: no CVSS, severity table
+    props = results["GHSA-jfh8-c2jp-5v3q"]["properties"]
+    [cve] = props["enrichment"]["cves"]
+    assert cve["cve_id"] == "CVE-2021-44228" and cve["cvss3_score"] == 10.0 and cve["in_kev"] is True
+    assert cve["cvss3_vector"].startswith("CVSS:3.1/") and cve["kev_due_date"] and cve["epss_percentile"] > 0.9
+    assert props["security-severity"] == "10.0" and props["enrichment"]["stale"] is False
+    assert "in CISA KEV" in results["GHSA-jfh8-c2jp-5v3q"]["message"]["text"]
+    stale = results["PYSEC-2019-217"]
+    assert stale["properties"]["enrichment"]["stale"] is True
+    assert stale["properties"]["enrichment"]["cves"][0]["stale_age_seconds"] == 72 * 3600
+    assert "STALE data, 72.0 h (3.0 days) old" in stale["message"]["text"]
+    partial = results["GHSA-g3rq-g295-4j3m"]
+    assert partial["properties"]["enrichment"]["partial"] is True
+    assert "PARTIAL data: NVD unavailable: HTTP 503" in partial["message"]["text"]
+    assert run["properties"]["enrichment"] == {"cves": 3, "current": 1, "stale": 1, "partial": 1, "oldestStaleAgeSeconds": 72 * 3600.0}
+    # no enrichment: no property, the severity table decides, as before
+    plain = validate_sarif(render_sarif(realistic_status(), realistic_findings(), []))
+    assert all("enrichment" not in r["properties"] for run in plain["runs"] for r in run["results"])
+
+
+@pytest.mark.parametrize("render", [render_markdown, render_html], ids=["md", "html"])
+def test_human_reports_show_enrichment_and_say_when_stale_or_partial(render) -> None:
+    text = render(realistic_status(), enriched_findings(), [])
+    assert "CVE enrichment" in text
+    # the headline, before the findings: counts, and how stale
+    head = text.split("Summary by severity")[0]
+    assert "3 CVEs enriched" in head and "1 STALE" in head and "oldest 72.0 h (3.0 days) old" in head and "1 PARTIAL" in head
+    # current data: CVSS score + vector, CWE, EPSS, KEV + due date, description, fetched time
+    assert "10.0 CRITICAL CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H" in text
+    assert "CWE-502" in text and "KNOWN EXPLOITED (due 2021-12-24" in text
+    assert "0.92429 (percentile 0.99574)" in text and "Apache Log4j2" in text
+    assert "current, fetched 2025-05-01T12:00:00+00:00" in text
+    # stale: says so, how stale, since when, why
+    assert "STALE: cached data fetched 2025-04-28T12:00:00+00:00, 72.0 h (3.0 days) old when used, because NVD unavailable: HTTP 503" in text
+    assert "Stale data." in text
+    # partial: says so, and which data is unknown
+    assert "Partial data." in text and "PARTIAL (2025-05-01T12:00:00+00:00): NVD unavailable: HTTP 503" in text
+    assert "unknown (NVD data missing)" in text
+    # without enrichment, no section at all
+    assert "CVE enrichment" not in render(realistic_status(), realistic_findings(), [])
+
+
+def test_json_report_carries_enrichment() -> None:
+    doc = json.loads(render_json(realistic_status(), enriched_findings(), []))
+    by_rule = {f["rule_id"]: f for f in doc["findings"]}
+    [cve] = by_rule["GHSA-jfh8-c2jp-5v3q"]["enrichment"]["cves"]
+    assert cve["cvss3_score"] == 10.0 and cve["in_kev"] is True and cve["kev_due_date"] == "2021-12-24"
+    summary = doc["summary"]["enrichment"]
+    assert summary["cves"] == 3 and summary["current"] == 1
+    assert summary["stale"] == [{"cve": "CVE-2019-10906", "age_seconds": 72 * 3600.0, "fetched_at": "2025-04-28T12:00:00+00:00",
+                                 "reason": _enrich_payloads()["stale"]["stale_reason"]}]
+    assert summary["partial"] == [{"cve": "CVE-2020-28493", "reason": "NVD unavailable: HTTP 503"}]
+    assert summary["oldest_stale_age_seconds"] == 72 * 3600.0
+    plain = json.loads(render_json(realistic_status(), realistic_findings(), []))
+    assert all(f["enrichment"] is None for f in plain["findings"]) and plain["summary"]["enrichment"]["cves"] == 0
+
+
+def test_enrichment_text_is_redacted_and_escaped() -> None:
+    from secflow.findings import FindingEnrichment
+
+    p = _enrich_payloads()["partial"]
+    p["partial_reason"] = f"NVD unavailable: 503 from http://user:{SECRET}@nvd.example/ <script>alert(1)</script>"
+    f = enriched_findings()[0].model_copy(update={"enrichment": FindingEnrichment.from_stored(json.dumps({"cves": [p]}))})
+    for fmt in FORMATS:
+        text = RENDERERS[fmt][0](realistic_status(), [f], [])
+        assert SECRET not in text, fmt
+    assert "<script>alert(1)" not in render_html(realistic_status(), [f], [])
+    assert "<script>alert(1)" not in render_markdown(realistic_status(), [f], [])
+
+
+def test_store_reads_enrichment_back_onto_findings(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'f.db'}")
+    findings = [f.model_copy(update={"enrichment": None}) for f in enriched_findings()]
+    store.upsert_findings("a-enr", "deps", findings)
+    assert all(f.enrichment is None for f in store.list_findings("a-enr"))
+    p = _enrich_payloads()
+    store.set_finding_enrichment(findings[0].fingerprint, json.dumps({"cves": [p["fresh"]]}))
+    store.set_finding_enrichment(findings[1].fingerprint, json.dumps({"cves": [p["stale"]]}))
+    store.set_finding_enrichment(findings[2].fingerprint, '{"cves": [{"no_id": 1}]')  # truncated and wrong: unreadable
+    got = {f.fingerprint: f for f in store.list_findings("a-enr")}
+    assert {f.fingerprint for f in findings} == set(got)  # same identities
+    assert got[findings[0].fingerprint].enrichment.cves[0].cvss3_score == 10.0
+    assert got[findings[1].fingerprint].enrichment.cves[0].stale_age_seconds == 72 * 3600.0
+    bad = got[findings[2].fingerprint].enrichment
+    assert bad.cves == [] and bad.unreadable
+    # a report is still written, and says what could not be read
+    md = render_markdown(realistic_status(), list(got.values()), [])
+    assert "could not be read" in md
+    validate_sarif(render_sarif(realistic_status(), list(got.values()), []))
+    store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secflow.findings import SEVERITY_ORDER, Finding
+from secflow.findings import SEVERITY_ORDER, CveEnrichment, Finding, FindingEnrichment
 from secflow.models import AssessmentStatus, StageStatus
 from secflow.redaction import redact
 from secflow.store import ErrorEvent
@@ -17,6 +17,22 @@ def clean(text: object) -> str:
     return redact(str(text)) if text else ""
 
 
+def _redact_enrichment(e: FindingEnrichment | None) -> FindingEnrichment | None:
+    if e is None:
+        return None
+    cves = [
+        c.model_copy(
+            update={
+                "description": clean(c.description),
+                "stale_reason": clean(c.stale_reason),
+                "partial_reason": clean(c.partial_reason),
+            }
+        )
+        for c in e.cves
+    ]
+    return e.model_copy(update={"cves": cves, "unreadable": clean(e.unreadable)})
+
+
 def redact_finding(f: Finding) -> Finding:
     """A copy with every free-text field redacted (evidence should already be; be sure)."""
     return f.model_copy(
@@ -25,6 +41,7 @@ def redact_finding(f: Finding) -> Finding:
             "evidence": clean(f.evidence),
             "target": clean(f.target),
             "location": clean(f.location),
+            "enrichment": _redact_enrichment(f.enrichment),
         }
     )
 
@@ -111,3 +128,122 @@ def refs(f: Finding) -> str:
     return ", ".join([*f.cwe, *f.cve])
 
 
+
+
+# --- CVE enrichment ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnrichedCveRow:
+    """One CVE as the reports show it, with the findings (locations) that reference it."""
+
+    cve: CveEnrichment
+    locations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EnrichmentSummary:
+    total: int
+    enriched: int
+    stale: int
+    partial: int
+    oldest_stale_age_seconds: float | None
+    unreadable: tuple[str, ...]  # locations of findings whose stored enrichment could not be read
+
+    @property
+    def any(self) -> bool:
+        return bool(self.total or self.unreadable)
+
+
+def enriched_cves(findings: list[Finding]) -> list[EnrichedCveRow]:
+    """Distinct enriched CVEs, by CVSS (highest first) then id; findings already prepared."""
+    by_id: dict[str, CveEnrichment] = {}
+    where: dict[str, list[str]] = {}
+    for f in findings:
+        if f.enrichment is None:
+            continue
+        for c in f.enrichment.cves:
+            by_id.setdefault(c.cve_id, c)
+            if f.location not in where.setdefault(c.cve_id, []):
+                where[c.cve_id].append(f.location)
+    rows = [EnrichedCveRow(c, tuple(where[c.cve_id])) for c in by_id.values()]
+    return sorted(rows, key=lambda r: (-(r.cve.cvss_score if r.cve.cvss_score is not None else -1), r.cve.cve_id))
+
+
+def enrichment_summary(findings: list[Finding]) -> EnrichmentSummary:
+    rows = [r.cve for r in enriched_cves(findings)]
+    ages = [c.stale_age_seconds for c in rows if c.stale and c.stale_age_seconds is not None]
+    return EnrichmentSummary(
+        total=len(rows),
+        enriched=sum(1 for c in rows if not c.stale and not c.partial),
+        stale=sum(1 for c in rows if c.stale),
+        partial=sum(1 for c in rows if c.partial),
+        oldest_stale_age_seconds=max(ages) if ages else None,
+        unreadable=tuple(f.location for f in findings if f.enrichment is not None and f.enrichment.unreadable),
+    )
+
+
+def age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown age"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" + (f" ({hours / 24:.1f} days)" if hours >= 48 else "")
+
+
+def enrichment_headline(s: EnrichmentSummary) -> str:
+    """One sentence for the top of a report ("" when no CVE was enriched)."""
+    if not s.any:
+        return ""
+    parts = [f"{s.total} CVE{'s' if s.total != 1 else ''} enriched from NVD, FIRST EPSS and CISA KEV: {s.enriched} complete and current"]
+    if s.stale:
+        parts.append(f"{s.stale} STALE (cached data used because a service was unavailable; oldest {age_text(s.oldest_stale_age_seconds)} old)")
+    if s.partial:
+        parts.append(f"{s.partial} PARTIAL (a service was unavailable and nothing was cached)")
+    if s.unreadable:
+        parts.append(f"{len(s.unreadable)} finding(s) with unreadable enrichment")
+    return "; ".join(parts) + "."
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def cvss_text(c: CveEnrichment) -> str:
+    parts = []
+    if c.cvss3_score is not None:
+        parts.append(f"{c.cvss3_score:.1f}" + (f" {c.cvss3_severity}" if c.cvss3_severity else "") + (f" {c.cvss3_vector}" if c.cvss3_vector else ""))
+    if c.cvss4_score is not None:
+        parts.append(f"{c.cvss4_score:.1f}" + (f" {c.cvss4_vector}" if c.cvss4_vector else " (CVSS v4.0)"))
+    if parts:
+        return "; ".join(parts)
+    return "unknown (NVD data missing)" if c.partial and "NVD" in c.partial_reason else "none published"
+
+
+def epss_text(c: CveEnrichment) -> str:
+    if c.epss_probability is None:
+        return "unknown (EPSS data missing)" if c.partial and "EPSS" in c.partial_reason else "no score"
+    date = f" on {c.epss_date.isoformat()}" if c.epss_date else ""
+    return f"{c.epss_probability:.5f} (percentile {_fmt(c.epss_percentile, 5)}){date}"
+
+
+def kev_text(c: CveEnrichment) -> str:
+    if c.in_kev:
+        extra = []
+        if c.kev_due_date:
+            extra.append(f"due {c.kev_due_date.isoformat()}")
+        if c.kev_ransomware:
+            extra.append("used by ransomware")
+        return "KNOWN EXPLOITED" + (f" ({', '.join(extra)})" if extra else "")
+    return "unknown (KEV data missing)" if c.partial and "KEV" in c.partial_reason else "no"
+
+
+def freshness_text(c: CveEnrichment) -> str:
+    """Whether the data can be trusted as current, and if not, why and how stale."""
+    fetched = c.fetched_at.isoformat(timespec="seconds") if c.fetched_at else "unknown time"
+    if c.stale:
+        # The stage's note reads "stale: cached data from ... used because <cause>".
+        cause = c.stale_reason.split("used because ", 1)[-1] if c.stale_reason else ""
+        return f"STALE: cached data fetched {fetched}, {age_text(c.stale_age_seconds)} old when used" + (
+            f", because {cause}" if cause else ""
+        )
+    if c.partial:
+        return f"PARTIAL ({fetched}): {c.partial_reason or 'no reason recorded'}"
+    return f"current, fetched {fetched}"

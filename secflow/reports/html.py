@@ -10,7 +10,21 @@ from html import escape
 
 from secflow.findings import Finding
 from secflow.models import AssessmentStatus
-from secflow.reports._common import degraded_stages, outcome_of, prepare, refs, severity_counts, stage_note
+from secflow.reports._common import (
+    cvss_text,
+    degraded_stages,
+    enriched_cves,
+    enrichment_headline,
+    enrichment_summary,
+    epss_text,
+    freshness_text,
+    kev_text,
+    outcome_of,
+    prepare,
+    refs,
+    severity_counts,
+    stage_note,
+)
 from secflow.store import ErrorEvent
 
 _CSS = """
@@ -23,6 +37,8 @@ th{background:#f6f8fa}code{font-family:ui-monospace,monospace;font-size:.85rem}
 .critical{color:#82071e}.high{color:#cf222e}.medium{color:#9a6700}.low{color:#0969da}.info{color:#57606a}
 .outcome-recovered{color:#1a7f37}.outcome-failed{color:#cf222e}.outcome-pending,.outcome-degraded,.outcome-skipped{color:#9a6700}
 .evidence{white-space:pre-wrap;word-break:break-all}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem 1rem;margin:.5rem 0}
+.kev{color:#82071e;font-weight:600}
 """.strip()
 
 
@@ -64,6 +80,7 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
         + "</li>",
         f"<li>Started: {_e(_when(status.started_at))}</li>",
         f"<li>Finished: {_e(_when(status.finished_at))}</li>",
+        *_enrichment_headline(findings),
         "</ul>",
         "<h2>Summary by severity</h2>",
         _table(
@@ -141,5 +158,53 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
         )
     else:
         parts.append("<p>No findings.</p>")
+    parts += _enrichment_section(findings)
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
+
+
+def _enrichment_headline(findings: list[Finding]) -> list[str]:
+    summary = enrichment_summary(findings)
+    if not summary.any:
+        return []
+    text = _e(enrichment_headline(summary))
+    if summary.stale or summary.partial or summary.unreadable:
+        text = f"<strong>{text}</strong>"
+    return [f"<li>CVE enrichment: {text}</li>"]
+
+
+def _enrichment_section(findings: list[Finding]) -> list[str]:
+    summary = enrichment_summary(findings)
+    if not summary.any:
+        return []
+    rows = enriched_cves(findings)
+    parts = ["<h2>CVE enrichment</h2>", f"<p>{_e(enrichment_headline(summary))}</p>"]
+    stale = [r.cve for r in rows if r.cve.stale]
+    partial = [r.cve for r in rows if r.cve.partial]
+    if stale:
+        parts.append(
+            '<div class="warn"><strong>Stale data.</strong> These CVEs show cached data because a service was unavailable; '
+            "it may be out of date:<ul>" + "".join(f"<li>{_e(c.cve_id)}: {_e(freshness_text(c))}</li>" for c in stale) + "</ul></div>"
+        )
+    if partial:
+        parts.append(
+            '<div class="warn"><strong>Partial data.</strong> A service was unavailable and nothing was cached; '
+            "the missing fields say unknown:<ul>"
+            + "".join(f"<li>{_e(c.cve_id)}: {_e(c.partial_reason or 'no reason recorded')}</li>" for c in partial)
+            + "</ul></div>"
+        )
+    if summary.unreadable:
+        parts.append("<p>" + "<br>".join(f"Enrichment stored for {_e(loc)} could not be read." for loc in summary.unreadable) + "</p>")
+    if rows:
+        parts.append(
+            _table(
+                ["CVE", "CVSS", "EPSS", "CISA KEV", "CWE", "data", "findings", "description (NVD)"],
+                [
+                    [f"<code>{_e(r.cve.cve_id)}</code>", _e(cvss_text(r.cve)), _e(epss_text(r.cve)),
+                     f'<span class="kev">{_e(kev_text(r.cve))}</span>' if r.cve.in_kev else _e(kev_text(r.cve)),
+                     _e(", ".join(r.cve.cwe) or "n/a"), _e(freshness_text(r.cve)), _e(", ".join(r.locations)), _e(r.cve.description)]
+                    for r in rows
+                ],
+            )
+        )
+    return parts

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from secflow.findings import Finding
 from secflow.models import AssessmentStatus
-from secflow.reports._common import degraded_stages, outcome_of, prepare, refs, severity_counts, stage_note
+from secflow.reports._common import (
+    cvss_text,
+    degraded_stages,
+    enriched_cves,
+    enrichment_headline,
+    enrichment_summary,
+    epss_text,
+    freshness_text,
+    kev_text,
+    outcome_of,
+    prepare,
+    refs,
+    severity_counts,
+    stage_note,
+)
 from secflow.store import ErrorEvent
 
 
@@ -28,6 +42,12 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
         f"- State when the report was written: **{_cell(status.status)}**" + (f" ({_cell(status.reason)})" if status.reason else ""),
         f"- Started: {_when(status.started_at)}",
         f"- Finished: {_when(status.finished_at)}",
+    ]
+    enrichment = enrichment_summary(findings)
+    if enrichment.any:
+        warn = enrichment.stale or enrichment.partial or enrichment.unreadable
+        lines.append(f"- CVE enrichment: {'**' if warn else ''}{_cell(enrichment_headline(enrichment))}{'**' if warn else ''}")
+    lines += [
         "",
         "## Summary by severity",
         "",
@@ -87,4 +107,36 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
                 lines.append(f"- **{_cell(f.title)}** at `{f.location.replace('`', '')}`: {_cell(f.evidence)}")
     else:
         lines.append("No findings.")
+    if enrichment.any:
+        lines += _enrichment_section(findings, enrichment)
     return "\n".join(lines) + "\n"
+
+
+def _enrichment_section(findings: list[Finding], summary) -> list[str]:
+    rows = enriched_cves(findings)
+    lines = ["", "## CVE enrichment", "", _cell(enrichment_headline(summary)), ""]
+    stale = [r.cve for r in rows if r.cve.stale]
+    partial = [r.cve for r in rows if r.cve.partial]
+    if stale:
+        lines += ["> **Stale data.** These CVEs show cached data because a service was unavailable; it may be out of date:", ">"]
+        lines += [f"> - {r.cve_id}: {_cell(freshness_text(r))}" for r in stale]
+        lines.append("")
+    if partial:
+        lines += ["> **Partial data.** A service was unavailable and nothing was cached; the missing fields say unknown:", ">"]
+        lines += [f"> - {r.cve_id}: {_cell(r.partial_reason or 'no reason recorded')}" for r in partial]
+        lines.append("")
+    if summary.unreadable:
+        lines += [f"Enrichment stored for {_cell(loc)} could not be read." for loc in summary.unreadable] + [""]
+    if rows:
+        lines += ["| CVE | CVSS | EPSS | CISA KEV | CWE | data | findings |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            c = r.cve
+            lines.append(
+                f"| {_cell(c.cve_id)} | {_cell(cvss_text(c))} | {_cell(epss_text(c))} | {_cell(kev_text(c))} | "
+                f"{_cell(', '.join(c.cwe) or 'n/a')} | {_cell(freshness_text(c))} | {_cell(', '.join(r.locations))} |"
+            )
+        described = [r.cve for r in rows if r.cve.description]
+        if described:
+            lines += ["", "### CVE descriptions (NVD)", ""]
+            lines += [f"- **{_cell(c.cve_id)}**: {_cell(c.description)}" for c in described]
+    return lines

@@ -18,6 +18,12 @@ Structure decisions:
 - a `path:line` location becomes a relative `artifactLocation` (uriBaseId `SRCROOT`, the
   scanned directory) plus `region.startLine`; a URL becomes an absolute artifact URI, a
   `host:port` the URI `tcp://host:port`, each with a `logicalLocation` naming it;
+- CVE enrichment (the `cve-enrich` stage) goes into each result's
+  `properties.enrichment` (per CVE: CVSS v3.x/v4.0 score and vector, CWE, description,
+  EPSS probability and percentile, KEV flag and due date, when it was fetched, and
+  `stale`/`stale_age_seconds`/`partial` with the reason); the result message says when it
+  is stale or partial. A rule's `security-severity` is the highest CVSS base score of its
+  findings' CVEs where there is one (GitHub ranks alerts by it), else the severity table;
 - `invocations[0]` says whether the tool's stages ran cleanly; every error SecFlow met
   with the tool is a `toolExecutionNotification` (recovered ones at level `note`).
 """
@@ -32,7 +38,7 @@ from urllib.parse import quote, urlsplit
 
 from secflow.findings import SEVERITY_ORDER, Finding, Severity
 from secflow.models import AssessmentStatus
-from secflow.reports._common import DEGRADED_STATES, outcome_of, prepare, stage_note
+from secflow.reports._common import DEGRADED_STATES, age_text, enrichment_summary, outcome_of, prepare, stage_note
 from secflow.store import ErrorEvent
 
 SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -171,7 +177,7 @@ def _rules(findings: list[Finding]) -> list[dict]:
         text, markdown = _help(worst)
         props: dict = {
             "tags": ["security", *_cwe_tags(cwes), *cves],
-            "security-severity": SECURITY_SEVERITY[worst.severity],
+            "security-severity": _security_severity(group, worst),
             "precision": PRECISION.get(worst.confidence.value, "medium"),
             "problem.severity": LEVEL[worst.severity] if LEVEL[worst.severity] != "note" else "recommendation",
         }
@@ -193,8 +199,50 @@ def _rules(findings: list[Finding]) -> list[dict]:
     return rules
 
 
+def _cvss(findings: list[Finding]) -> float | None:
+    scores = [f.enrichment.cvss_score for f in findings if f.enrichment is not None and f.enrichment.cvss_score is not None]
+    return max(scores) if scores else None
+
+
+def _security_severity(group: list[Finding], worst: Finding) -> str:
+    """The CVSS base score where enrichment has one (what GitHub ranks by), else the table."""
+    cvss = _cvss(group)
+    return f"{cvss:.1f}" if cvss is not None else SECURITY_SEVERITY[worst.severity]
+
+
+def _enrichment_props(f: Finding) -> dict | None:
+    if f.enrichment is None:
+        return None
+    cves = [c.model_dump(mode="json", exclude_none=True) for c in f.enrichment.cves]
+    out: dict = {"cves": cves, "partial": f.enrichment.partial, "stale": f.enrichment.stale}
+    if f.enrichment.unreadable:
+        out["unreadable"] = f.enrichment.unreadable
+    return out
+
+
+def _enrichment_sentence(f: Finding) -> str:
+    """A few words for the result message: the scores, and a warning when not current."""
+    if f.enrichment is None or not f.enrichment.cves:
+        return ""
+    bits = []
+    for c in f.enrichment.cves:
+        facts = []
+        if c.cvss_score is not None:
+            facts.append(f"CVSS {c.cvss_score:.1f}")
+        if c.epss_probability is not None:
+            facts.append(f"EPSS {c.epss_probability:.3f}")
+        if c.in_kev:
+            facts.append("in CISA KEV" + (f" (due {c.kev_due_date.isoformat()})" if c.kev_due_date else ""))
+        if c.stale:
+            facts.append(f"STALE data, {age_text(c.stale_age_seconds)} old")
+        if c.partial:
+            facts.append(f"PARTIAL data: {c.partial_reason}")
+        bits.append(f"{c.cve_id}: {', '.join(facts) or 'no scores published'}")
+    return " Enrichment: " + "; ".join(bits) + "."
+
+
 def _result(f: Finding, rule_index: int) -> dict:
-    message = f.title + (f" Evidence: {f.evidence}" if f.evidence else "")
+    message = f.title + (f" Evidence: {f.evidence}" if f.evidence else "") + _enrichment_sentence(f)
     props: dict = {
         "severity": f.severity.value,
         "confidence": f.confidence.value,
@@ -209,6 +257,12 @@ def _result(f: Finding, rule_index: int) -> dict:
         props["cve"] = list(f.cve)
     if f.evidence:
         props["evidence"] = f.evidence
+    enrichment = _enrichment_props(f)
+    if enrichment is not None:
+        props["enrichment"] = enrichment
+        cvss = _cvss([f])
+        if cvss is not None:
+            props["security-severity"] = f"{cvss:.1f}"
     return {
         "ruleId": f.rule_id,
         "ruleIndex": rule_index,
@@ -284,6 +338,12 @@ def _run(tool: str, status: AssessmentStatus, findings: list[Finding], errors: l
             "stages": {sid: {"state": st.state, "degraded": st.degraded, "reason": stage_note(st)} for sid, st in stages.items()},
         },
     }
+    summary = enrichment_summary(mine)
+    if summary.any:
+        run["properties"]["enrichment"] = {
+            "cves": summary.total, "current": summary.enriched, "stale": summary.stale, "partial": summary.partial,
+            "oldestStaleAgeSeconds": summary.oldest_stale_age_seconds,
+        }
     if _version():
         run["tool"]["driver"]["semanticVersion"] = _version()
     if status.started_at:
