@@ -54,6 +54,8 @@ def ensure_server() -> None:
             "--db-filename", str(DATA / "temporal.db"),
             "--search-attribute", "SecflowStatus=Keyword",
             "--search-attribute", "SecflowAwaiting=KeywordList",
+            "--search-attribute", "SecflowIncidentSeverity=Keyword",
+            "--search-attribute", "SecflowIncidentState=Keyword",
             "--log-level", "warn",
         ],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

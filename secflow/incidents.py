@@ -19,14 +19,23 @@ __all__ = [
     "AlertPlan",
     "AlertRequest",
     "AlertResult",
+    "AnswerRecord",
+    "Escalation",
     "IncidentAnswer",
     "IncidentEvent",
     "IncidentReason",
     "IncidentRef",
     "IncidentState",
+    "IncidentStatus",
+    "OpenIncidentRequest",
+    "OpenIncidentResult",
+    "Notification",
     "PlanRequest",
+    "Recurrence",
     "Severity",
+    "DEFAULT_TIMERS",
     "dedup_key_for",
+    "default_plan",
     "incident_workflow_id",
     "severity_for",
 ]
@@ -112,6 +121,9 @@ class IncidentRef(BaseModel):
     commands: list[str] = Field(default_factory=list)
     occurrences: int = 1
     opened_at: datetime | None = None
+    # Names this sighting of the problem (the assessment's run id and a counter): a
+    # retried `open_incident` activity re-sends it, and the incident counts it once.
+    occurrence_id: str = ""
 
 
 class IncidentAnswer(BaseModel):
@@ -139,6 +151,23 @@ class AlertPlan(BaseModel):
     summary_every: float = 86400.0
 
 
+# The seeds' table: (ack_within, resolve_within) in seconds per severity; P4 is summary-only.
+DEFAULT_TIMERS: dict[Severity, tuple[float | None, float | None]] = {
+    Severity.P1: (15 * 60.0, 3600.0),
+    Severity.P2: (3600.0, 4 * 3600.0),
+    Severity.P3: (4 * 3600.0, None),
+    Severity.P4: (None, None),
+}
+
+
+def default_plan(severity: Severity) -> AlertPlan:
+    """The timers of the seeds' table with no channels (used when no plan can be read)."""
+    ack, resolve = DEFAULT_TIMERS[severity]
+    return AlertPlan(
+        severity=severity, ack_within=ack, resolve_within=resolve, summary_only=severity == Severity.P4
+    )
+
+
 class AlertRequest(BaseModel):
     """One message to one channel."""
 
@@ -161,3 +190,95 @@ class AlertResult(BaseModel):
     status: Literal["sent", "merged", "capped", "skipped"]
     merged_count: int = 0
     external_ref: str = ""
+
+
+# --- the incident workflow's own record (its `incident` query and result) ---------------
+
+
+class Recurrence(BaseModel):
+    """Payload of the `recur` signal: the same problem happened again."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    message: str = ""  # redacted by the sender
+    run_id: str = ""  # the assessment run that saw it again
+    occurrence_id: str = ""  # see IncidentRef.occurrence_id: a repeat of one is not counted twice
+
+
+class Notification(BaseModel):
+    """One message to one channel, as the incident workflow saw it end."""
+
+    at: datetime
+    event: IncidentEvent
+    tier: int
+    channel: str
+    sequence: int
+    # AlertResult's statuses, plus `failed`: the channel stayed down through the activity's
+    # retries (recorded, never raised: a dead channel must not stop the others).
+    status: Literal["sent", "merged", "capped", "skipped", "failed"]
+    merged_count: int = 0
+    external_ref: str = ""
+    error: str = ""
+
+
+class Escalation(BaseModel):
+    at: datetime
+    tier: int
+    # ack_deadline: not acknowledged within ack_within; resolve_deadline: not resolved
+    # within resolve_within (fires even when acknowledged).
+    why: Literal["ack_deadline", "resolve_deadline"]
+
+
+class AnswerRecord(BaseModel):
+    """An ack/resolve/recur received, accepted or not (a bad payload changes nothing)."""
+
+    action: Literal["ack", "resolve", "recur"]
+    at: datetime
+    via: Literal["signal", "update"] = "signal"
+    by: str = ""
+    note: str = ""
+    accepted: bool = True
+    problem: str = ""  # why it was not accepted
+
+
+class IncidentStatus(BaseModel):
+    """What the `incident` query answers and the workflow returns."""
+
+    incident_id: str
+    dedup_key: str
+    severity: Severity
+    state: IncidentState
+    reason: str
+    title: str
+    category: str
+    message: str
+    assessment_id: str
+    workflow_id: str
+    stage_id: str = ""
+    target: str = ""
+    commands: list[str] = Field(default_factory=list)
+    occurrences: int = 1
+    opened_at: datetime | None = None
+    tier: int = 0  # highest tier told so far (0: nobody yet)
+    next_escalation_at: datetime | None = None
+    acknowledged_by: str = ""
+    acknowledged_at: datetime | None = None
+    resolved_by: str = ""
+    resolved_at: datetime | None = None
+    resolution_note: str = ""
+    plan: AlertPlan | None = None
+    notifications: list[Notification] = Field(default_factory=list)
+    escalations: list[Escalation] = Field(default_factory=list)
+    answers: list[AnswerRecord] = Field(default_factory=list)
+
+
+class OpenIncidentRequest(BaseModel):
+    """Input of the `open_incident` activity: start the incident, or add an occurrence."""
+
+    incident: IncidentRef
+    task_queue: str
+
+
+class OpenIncidentResult(BaseModel):
+    incident_id: str
+    opened: bool  # False: it was already open; a `recur` signal added an occurrence

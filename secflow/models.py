@@ -112,6 +112,8 @@ class AssessmentStatus(BaseModel):
     workspace: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Incident workflow ids this assessment opened (`python -m starter incidents show ID`).
+    incidents: list[str] = Field(default_factory=list)
 
 
 # --- signals and updates -----------------------------------------------------------------

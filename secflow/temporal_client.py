@@ -14,6 +14,8 @@ from secflow.settings import Settings
 SEARCH_ATTRIBUTES: dict[str, IndexedValueType.ValueType] = {
     "SecflowStatus": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
     "SecflowAwaiting": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+    "SecflowIncidentSeverity": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "SecflowIncidentState": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
 }
 
 

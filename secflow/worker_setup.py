@@ -8,8 +8,9 @@ from temporalio.worker import Worker
 from activities.registry import ALL_ACTIVITIES
 from secflow.settings import Settings
 from workflows.assessment import AssessmentWorkflow
+from workflows.incident import IncidentWorkflow
 
-WORKFLOWS = [AssessmentWorkflow]
+WORKFLOWS = [AssessmentWorkflow, IncidentWorkflow]
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:

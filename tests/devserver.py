@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-SEARCH_ATTRIBUTES = ["SecflowStatus=Keyword", "SecflowAwaiting=KeywordList"]
+SEARCH_ATTRIBUTES = ["SecflowStatus=Keyword", "SecflowAwaiting=KeywordList", "SecflowIncidentSeverity=Keyword", "SecflowIncidentState=Keyword"]
 
 
 def temporal_binary() -> str:

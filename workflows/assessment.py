@@ -17,16 +17,29 @@ name so this module never imports scanner code.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from secflow.dead_letters import DeadLetterInput, DeadLetterResult, ReplayRecipe, dead_letter_task_id
     from secflow.errors import Category
+    from secflow.incidents import (
+        IncidentAnswer,
+        IncidentReason,
+        IncidentRef,
+        OpenIncidentRequest,
+        OpenIncidentResult,
+        dedup_key_for,
+        incident_workflow_id,
+        severity_for,
+    )
     from secflow.models import (
         TERMINAL_STAGE_STATES,
         AssessmentInput,
@@ -45,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceInfo,
         WorkspaceRequest,
     )
+    from secflow.redaction import redact
     from secflow.retries import plan_for, to_retry_policy
     from secflow.spec import Spec, Stage, Target
     from secflow.tools import TOOLS, RetryClass
@@ -62,6 +76,10 @@ LOCK_POLL_INTERVAL = timedelta(seconds=5)
 SHORT_ACTIVITY_TIMEOUT = timedelta(minutes=1)
 
 ACTIONS = ("approve", "reject", "retry_stage", "skip_stage", "abort", "pause", "resume")
+
+# Everything about incidents and dead letters is new behaviour: runs recorded before it
+# replay without it (see tests/test_replay.py).
+INCIDENTS_PATCH = "incidents-v1"
 
 
 class _AssessmentStopped(Exception):
@@ -98,6 +116,14 @@ class AssessmentWorkflow:
         self._version = 0
         self._published: tuple[str, tuple[str, ...]] | None = None
         self._running = False  # nothing is published to the UI before run() starts
+        # incidents-v1: incident children and dead letters, sent from side tasks so that a
+        # stage cancelled by a stop never loses them; drained before compensating.
+        self._incidents_on = False
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self._incident_ops: dict[str, asyncio.Task[None]] = {}  # dedup key -> last op, ops run in order
+        self._open_incidents: dict[str, dict[str, str]] = {}  # stage id -> {dedup key: incident id}
+        self._failure_times: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        self._occurrence_seq = 0
         for stage in inp.spec.stages:
             self._reset_targets(stage, stage.tool_name)
 
@@ -106,6 +132,7 @@ class AssessmentWorkflow:
     @workflow.run
     async def run(self, inp: AssessmentInput) -> AssessmentStatus:
         self._status.started_at = workflow.now()
+        self._incidents_on = workflow.patched(INCIDENTS_PATCH)
         self._running = True
         self._publish()
         cancelled_by_temporal = False
@@ -128,10 +155,15 @@ class AssessmentWorkflow:
                 cancelled_by_temporal = True
                 self._stop("cancelled through Temporal (workflow cancel request)", "cancelled")
         outcome = self._decide_outcome()
+        if self._incidents_on:
+            await self._drain_side_tasks()
         self._compensating = True
         self._publish()
         await self._saga.unwind()
         self._compensating = False
+        if self._incidents_on and self._saga.failed_steps:
+            self._compensations_failed()
+            await self._drain_side_tasks()
 
         self._status.outcome = outcome  # type: ignore[assignment]
         self._status.finished_at = workflow.now()
@@ -304,6 +336,8 @@ class AssessmentWorkflow:
             total = max(len(st.targets), 1)
             if not failures:
                 self._finish(st, "partial" if fallback_used else "succeeded", st.reason)
+                if self._incidents_on:
+                    self._resolve_incidents(stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})")
                 return
             first_error = failures[0][1]
             if any(e.category == Category.SECURITY.value for _, e in failures):
@@ -311,6 +345,9 @@ class AssessmentWorkflow:
                 security = next(e for _, e in failures if e.category == Category.SECURITY.value)
                 st.error = security
                 self._finish(st, "failed", f"security violation: {security.message}")
+                if self._incidents_on:
+                    self._park_failures(stage, tool, [f for f in failures if f[1].category == Category.SECURITY.value], "security_violation")
+                    self._open_incident(stage, "security_violation", security, f"security violation in stage {stage.id}")
                 self._stop(f"security violation in stage {stage.id!r}: {security.message}", "failed", security)
                 return
             failed_targets = [t for t, _ in failures]
@@ -341,15 +378,23 @@ class AssessmentWorkflow:
                     continue
                 if answer == "skip":
                     self._finish(st, "skipped", f"{self._answer_note(stage.id, answer)} after: {first_error.message}")
+                    if self._incidents_on:
+                        self._unrecoverable(stage, tool, failures, first_error, by_human=self._answered_by_human(stage.id))
                     return
                 if answer == "abort":
                     self._finish(st, "cancelled", self._stop_reason or "aborted")
                     return
+                if self._incidents_on:
+                    self._unrecoverable(stage, tool, failures, first_error, by_human=self._answered_by_human(stage.id))
                 self._stage_failed(stage, first_error)
                 return
             if stage.on_failure == "skip":
                 self._finish(st, "skipped", f"failed and skipped (on_failure: skip): {first_error.category}: {first_error.message}")
+                if self._incidents_on:
+                    self._unrecoverable(stage, tool, failures, first_error, by_human=False)
                 return
+            if self._incidents_on:
+                self._unrecoverable(stage, tool, failures, first_error, by_human=False)
             self._stage_failed(stage, first_error)
             return
 
@@ -395,6 +440,9 @@ class AssessmentWorkflow:
             )
         except ActivityError as err:
             error = error_from_activity(err, plan.max_attempts)
+            now = workflow.now()
+            first_failed = self._failure_times.get((stage.id, key), (now, now))[0]
+            self._failure_times[(stage.id, key)] = (first_failed, now)
             ts.state = "cancelled" if error.category == Category.USER_ABORT.value else "failed"
             ts.error = error
             ts.attempts += error.attempts
@@ -422,6 +470,8 @@ class AssessmentWorkflow:
         self._waits[stage.id] = kind
         self._answers.pop(stage.id, None)
         self._changed()
+        if self._incidents_on:
+            self._open_wait_incident(stage, kind)
         try:
             await workflow.wait_condition(
                 lambda: stage.id in self._answers or self._stop_reason is not None,
@@ -443,8 +493,12 @@ class AssessmentWorkflow:
         except asyncio.CancelledError:
             # Stopping (or the worker evicting this run): whoever cancelled publishes.
             self._waits.pop(stage.id, None)
+            if self._incidents_on:
+                self._close_wait_incident(stage, kind, "cancelled")
             raise
         self._waits.pop(stage.id, None)
+        if self._incidents_on:
+            self._close_wait_incident(stage, kind, answer)
         self._changed()
         return answer
 
@@ -661,6 +715,310 @@ class AssessmentWorkflow:
     @workflow.query(name="status")
     def status(self) -> AssessmentStatus:
         return self._status
+
+    # ------------------------------------------------------------------ incidents and dead letters (incidents-v1)
+    #
+    # Rules (README "Incidents and escalation"):
+    # - an intervention wait opens an incident (gate: "approval", failure wait: the error's
+    #   category); any answer to a gate resolves it; a failure wait is resolved by skip,
+    #   reject, abort or the deadline, and by the retried stage succeeding (a retry that
+    #   fails again waits again: the same incident, one more occurrence);
+    # - a stage that ends unrecoverable (retries exhausted and the stage failed or was
+    #   skipped by on_failure: skip, or a human skipped/rejected it after a failure wait)
+    #   parks one dead letter per failed target; an incident is opened for it
+    #   (required_stage_failed, or retries_exhausted when the stage was skipped or is
+    #   optional) unless a human just decided it, who needs no page about their decision;
+    # - targets that failed within tolerated_failure_percent (stage `partial`) are policy, not
+    #   incidents; a fallback that succeeds is recovery, not an incident;
+    # - a security violation parks its target(s) and opens a P1;
+    # - a compensation that still fails parks an entry (no replay recipe) and opens a P2.
+
+    def _side(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._side_tasks.append(task)
+        return task
+
+    async def _drain_side_tasks(self) -> None:
+        """Let incident starts/signals and dead-letter writes land before compensating."""
+        while not all(t.done() for t in self._side_tasks):
+            try:
+                await workflow.wait_condition(lambda: all(t.done() for t in self._side_tasks))
+            except asyncio.CancelledError:
+                continue  # cancelled through Temporal meanwhile: still let them land
+        for task in self._side_tasks:
+            if not task.cancelled():
+                task.result()  # a bug here fails the workflow task, visibly
+        self._side_tasks.clear()
+
+    def _incident_key(self, stage_id: str, target: str, dedup_reason: str) -> str:
+        return dedup_key_for(self._status.workflow_id, stage_id, target, dedup_reason)
+
+    def _answer_commands(self, stage: Stage | None, incident_id: str, kind: str) -> list[str]:
+        wid = self._status.workflow_id
+        commands: list[str] = []
+        if stage is not None and kind == "approval":
+            commands += [
+                f"python -m starter approve {wid} {stage.id}",
+                f"python -m starter reject {wid} {stage.id}",
+                f"temporal workflow signal --workflow-id {wid} --name approve --input '{{\"stage\": \"{stage.id}\", \"by\": \"you\"}}'",
+            ]
+        elif stage is not None and kind in ("failure", "stage"):
+            commands += [
+                f"python -m starter retry {wid} {stage.id}",
+                f"python -m starter skip {wid} {stage.id}" if kind == "failure" else f"python -m starter status {wid}",
+                f"temporal workflow signal --workflow-id {wid} --name retry_stage --input '{{\"stage\": \"{stage.id}\", \"by\": \"you\"}}'",
+            ]
+        else:
+            commands.append(f"python -m starter status {wid}")
+        commands += [
+            f"python -m starter incidents ack {incident_id} --by you",
+            f"temporal workflow signal --workflow-id {incident_id} --name ack --input '{{\"by\": \"you\"}}'",
+            f"python -m starter incidents resolve {incident_id} --by you --note 'what was done'",
+        ]
+        return commands
+
+    def _open_incident(
+        self,
+        stage: Stage | None,
+        reason: IncidentReason,
+        error: ErrorInfo,
+        title: str,
+        *,
+        dedup_reason: str | None = None,
+        kind: str = "stage",
+        target: str = "",
+        stage_id: str | None = None,
+    ) -> str:
+        """Open (or add an occurrence to) the incident for this problem; returns its id."""
+        sid = stage.id if stage is not None else (stage_id or "")
+        key = self._incident_key(sid, target, dedup_reason or reason)
+        incident_id = incident_workflow_id(key)
+        required = stage is None or stage.criticality == "required"
+        info = workflow.info()
+        self._occurrence_seq += 1
+        ref = IncidentRef(
+            incident_id=incident_id,
+            dedup_key=key,
+            severity=severity_for(error.category, reason, required=required),
+            reason=reason,
+            title=redact(f"{title} ({self._status.name}, assessment {self._status.workflow_id})"),
+            category=error.category,
+            message=redact(error.message),
+            assessment_id=self._status.workflow_id,
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            stage_id=sid,
+            target=redact(target),
+            trace_id=f"{info.workflow_id}/{info.run_id}",
+            commands=self._answer_commands(stage, incident_id, kind),
+            opened_at=workflow.now(),
+            occurrence_id=f"{info.run_id}/{self._occurrence_seq}",
+        )
+        if incident_id not in self._status.incidents:
+            self._status.incidents.append(incident_id)
+        self._open_incidents.setdefault(sid, {})[key] = incident_id
+        self._incident_op(key, self._start_or_recur(ref))
+        self._changed()
+        return incident_id
+
+    def _incident_op(self, key: str, op: Coroutine[Any, Any, None]) -> None:
+        """Operations on one incident run in order (its start before its resolve)."""
+        previous = self._incident_ops.get(key)
+
+        async def in_order() -> None:
+            if previous is not None:
+                await previous
+            await op
+
+        self._incident_ops[key] = self._side(in_order())
+
+    async def _start_or_recur(self, ref: IncidentRef) -> None:
+        """Start the incident workflow, or add an occurrence if this problem is open.
+
+        Through the `open_incident` activity rather than as a child workflow: the incident
+        must outlive the assessment and must not count as the assessment's pending work
+        (see activities/incidents.py for why that matters)."""
+        try:
+            await workflow.execute_activity(
+                "open_incident",
+                OpenIncidentRequest(incident=ref, task_queue=workflow.info().task_queue),
+                result_type=OpenIncidentResult,
+                start_to_close_timeout=SHORT_ACTIVITY_TIMEOUT,
+                retry_policy=to_retry_policy(plan_for(RetryClass.HTTP_API)),
+            )
+        except ActivityError as err:
+            error = error_from_activity(err, plan_for(RetryClass.HTTP_API).max_attempts)
+            # Temporal itself is unreachable past the retries: the problem is still in the
+            # status, the history and (for unrecoverable tasks) the DLQ; say loudly that
+            # nobody was paged.
+            workflow.logger.error(
+                "incident could not be opened",
+                extra={"incident": ref.incident_id, "category": error.category, "error": error.message},
+            )
+
+    async def _signal_incident(self, incident_id: str, name: str, arg: Any) -> None:
+        try:
+            await workflow.get_external_workflow_handle(incident_id).signal(name, arg)
+        except FailureError as err:
+            # Typically: a human already resolved it and it ended. Nothing to undo; say so.
+            workflow.logger.warning(
+                "incident signal not delivered", extra={"incident": incident_id, "signal": name, "error": str(err)}
+            )
+
+    def _resolve_incidents(self, stage_id: str, note: str, only: str | None = None) -> None:
+        for key, incident_id in list(self._open_incidents.get(stage_id, {}).items()):
+            if only is not None and key != only:
+                continue
+            del self._open_incidents[stage_id][key]
+            answer = IncidentAnswer(by="secflow", note=redact(note)[:2000])
+            self._incident_op(key, self._signal_incident(incident_id, "resolve", answer))
+
+    def _open_wait_incident(self, stage: Stage, kind: str) -> None:
+        st = self._status.stages[stage.id]
+        if kind == "approval":
+            error = ErrorInfo(category="approval", message=f"stage {stage.id} waits for approval before it runs")
+            title = f"stage {stage.id} waits for approval"
+        else:
+            err = st.error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+            error = ErrorInfo(
+                category=err.category,
+                message=f"stage {stage.id} failed after {st.attempts} attempt(s) ({err.category}: {err.message}) and waits for a decision",
+            )
+            title = f"stage {stage.id} failed and waits for a decision"
+        self._open_incident(stage, "intervention_wait", error, title, dedup_reason=f"intervention_wait:{kind}", kind=kind)
+
+    def _close_wait_incident(self, stage: Stage, kind: str, answer: str) -> None:
+        """Any answer ends a gate's wait; a failure wait stays open through a retry."""
+        if kind == "failure" and answer == "retry":
+            return
+        key = self._incident_key(stage.id, "", f"intervention_wait:{kind}")
+        if answer == "cancelled":
+            note = f"wait ended: {self._stop_reason or 'assessment cancelled'}"
+        elif answer == "abort":
+            note = f"wait ended: {self._stop_reason or 'assessment aborted'}"
+        else:
+            note = f"answered: {self._answer_note(stage.id, answer)}"
+            last = next((i for i in reversed(self._status.interventions) if i.stage == stage.id), None)
+            if last is not None and last.via == "timeout":
+                note = f"no answer within wait_timeout; on_wait_timeout: {answer}"
+        self._resolve_incidents(stage.id, note, only=key)
+
+    def _answered_by_human(self, stage_id: str) -> bool:
+        last = next((i for i in reversed(self._status.interventions) if i.stage == stage_id and i.accepted), None)
+        return last is not None and last.via != "timeout"
+
+    def _unrecoverable(
+        self, stage: Stage, tool: str, failures: list[tuple[str, ErrorInfo]], first_error: ErrorInfo, *, by_human: bool
+    ) -> None:
+        self._park_failures(stage, tool, failures, "retries_exhausted")
+        if by_human or first_error.category == Category.USER_ABORT.value:
+            return
+        st = self._status.stages[stage.id]
+        failed = st.state != "skipped"
+        reason: IncidentReason = "required_stage_failed" if failed and stage.criticality == "required" else "retries_exhausted"
+        what = "failed" if failed else "was skipped"
+        self._open_incident(
+            stage,
+            reason,
+            ErrorInfo(
+                category=first_error.category,
+                message=f"stage {stage.id} {what} after {st.attempts} attempt(s): {first_error.category}: {first_error.message}",
+            ),
+            f"stage {stage.id} {what} after its retries",
+        )
+
+    def _park_failures(self, stage: Stage, tool: str, failures: list[tuple[str, ErrorInfo]], reason: str) -> None:
+        info = workflow.info()
+        wid = self._status.workflow_id
+        now = workflow.now()
+        st = self._status.stages[stage.id]
+        targetless = not TOOLS[tool].target_kinds
+        for key, error in failures:
+            if error.category == Category.USER_ABORT.value:
+                continue
+            first, last = self._failure_times.get((stage.id, key), (now, now))
+            target = next((t for t in self._spec.targets if t.value == key), None)
+            ts = st.targets.get(key)
+            entry = DeadLetterInput(
+                task_id=dead_letter_task_id(wid, info.run_id, stage.id, key, reason),
+                workflow_id=wid,
+                run_id=info.run_id,
+                stage_id=stage.id,
+                target=key,
+                tool=tool,
+                reason=reason,  # type: ignore[arg-type]
+                category=error.category,
+                message=redact(error.message),
+                attempts=max(ts.attempts if ts else 0, error.attempts, 1),
+                first_failure_at=first,
+                last_failure_at=last,
+                replay=ReplayRecipe(
+                    spec_name=self._spec.name,
+                    scope=list(self._spec.scope.allow),
+                    stage=stage.model_dump(mode="json", exclude_defaults=True),
+                    target=target.model_dump(mode="json", exclude_none=True) if target is not None and not targetless else None,
+                    task_queue=info.task_queue,
+                    spec_targets=[t.model_dump(mode="json", exclude_none=True) for t in self._spec.targets] if targetless else [],
+                ),
+            )
+            self._side(self._park(entry))
+
+    async def _park(self, entry: DeadLetterInput) -> None:
+        try:
+            await workflow.execute_activity(
+                "park_dead_letter",
+                entry,
+                result_type=DeadLetterResult,
+                start_to_close_timeout=SHORT_ACTIVITY_TIMEOUT,
+                retry_policy=to_retry_policy(plan_for(RetryClass.HTTP_API)),
+            )
+        except ActivityError as err:
+            error = error_from_activity(err, plan_for(RetryClass.HTTP_API).max_attempts)
+            # The store is down past its retries: the failure itself is still in the
+            # status, the history and the incident; say loudly that the DLQ missed it.
+            workflow.logger.error(
+                "dead letter could not be parked",
+                extra={"task_id": entry.task_id, "category": error.category, "error": error.message},
+            )
+
+    def _compensations_failed(self) -> None:
+        info = workflow.info()
+        wid = self._status.workflow_id
+        now = workflow.now()
+        for record, activity, arg in self._saga.failed_steps:
+            error = record.error or ErrorInfo(category=Category.INTERNAL.value, message="unknown error")
+            self._side(
+                self._park(
+                    DeadLetterInput(
+                        task_id=dead_letter_task_id(wid, info.run_id, "compensation", record.name, "compensation_failed"),
+                        workflow_id=wid,
+                        run_id=info.run_id,
+                        stage_id="compensation",
+                        target=record.name,
+                        tool=activity,
+                        reason="compensation_failed",
+                        category=error.category,
+                        message=redact(error.message),
+                        attempts=max(record.attempts, 1),
+                        first_failure_at=now,
+                        last_failure_at=now,
+                        replay=None,
+                        extra={"compensation": record.name, "activity": activity, "input": arg.model_dump(mode="json")},
+                    )
+                )
+            )
+            self._open_incident(
+                None,
+                "compensation_failed",
+                ErrorInfo(
+                    category=error.category,
+                    message=f"compensation {record.name!r} ({activity}) failed and needs manual cleanup: {error.message}",
+                ),
+                f"compensation {record.name!r} failed; manual cleanup needed",
+                kind="compensation",
+                stage_id="compensation",
+                target=record.name,
+            )
 
     # ------------------------------------------------------------------ endings
 

@@ -37,6 +37,7 @@ class Compensations:
         # `records` is the list shown in status/result; we append to it in place.
         self._records = records
         self._steps: list[_Step] = []
+        self._failed_steps: list[_Step] = []
 
     def register(self, name: str, activity: str, arg: BaseModel) -> None:
         record = CompensationRecord(name=name)
@@ -46,6 +47,12 @@ class Compensations:
     @property
     def failed(self) -> list[CompensationRecord]:
         return [r for r in self._records if r.state == "failed"]
+
+    @property
+    def failed_steps(self) -> list[tuple[CompensationRecord, str, BaseModel]]:
+        """(record, activity name, its input) of each compensation that failed, in unwind
+        order: what a dead-letter entry and an incident need to say what to clean up."""
+        return [(s.record, s.activity, s.arg) for s in self._failed_steps]
 
     async def unwind(self) -> None:
         """Run every registered compensation, newest first, even if we get cancelled."""
@@ -73,6 +80,7 @@ class Compensations:
                 step.record.state = "failed"
                 step.record.error = error_from_activity(err, COMPENSATION_PLAN.max_attempts)
                 step.record.attempts = step.record.error.attempts
+                self._failed_steps.append(step)
                 workflow.logger.error(
                     "compensation failed", extra={"compensation": step.record.name, "error": step.record.error.message}
                 )

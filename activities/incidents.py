@@ -1,0 +1,56 @@
+"""`open_incident`: start an incident workflow for a problem, or add an occurrence to it.
+
+Why an activity and not a child workflow: an incident must outlive its assessment and
+must not hold it. A child (even with ParentClosePolicy.ABANDON) stays pending work of
+its parent while it runs; on a time-skipping server that stops the parent's virtual
+clock (an assessment waiting 1 h at a gate would wait a real hour behind its own
+incident), and the parent's history keeps the link. Started from here, the incident is a
+workflow of its own, keyed by the dedup key (id `incident-<key>`), on the same task queue.
+
+Idempotent: a second start of the same id fails with "already started" and becomes a
+`recur` signal carrying the request's occurrence id, which the incident counts once.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.runner import classified
+from secflow.incidents import OpenIncidentRequest, OpenIncidentResult, Recurrence
+from secflow.logging import get_logger
+
+
+@activity.defn(name="open_incident")
+@classified
+async def open_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
+    ref = req.incident
+    client = activity.client()
+    log = get_logger(component="incidents", incident=ref.incident_id, workflow_id=ref.workflow_id, stage=ref.stage_id)
+    try:
+        await client.start_workflow(
+            "IncidentWorkflow",
+            ref,
+            id=ref.incident_id,
+            task_queue=req.task_queue,
+            # A resolved incident has ended: the same problem again is a new incident run.
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            # What `starter incidents list` shows without asking a worker.
+            memo={
+                "title": ref.title,
+                "assessment_id": ref.assessment_id,
+                "stage_id": ref.stage_id,
+                "reason": ref.reason,
+                "severity": ref.severity.value,
+            },
+        )
+    except WorkflowAlreadyStartedError:
+        await client.get_workflow_handle(ref.incident_id).signal(
+            "recur", Recurrence(message=ref.message, run_id=ref.run_id, occurrence_id=ref.occurrence_id)
+        )
+        log.info("incident already open: occurrence added", severity=ref.severity.value)
+        return OpenIncidentResult(incident_id=ref.incident_id, opened=False)
+    log.warning("incident opened", severity=ref.severity.value, reason=ref.reason)
+    return OpenIncidentResult(incident_id=ref.incident_id, opened=True)
