@@ -2,7 +2,9 @@
 
 Environment: TEMPORAL_ADDRESS (localhost:7233), TEMPORAL_NAMESPACE (default),
 SECFLOW_TASK_QUEUE (secflow), SECFLOW_DATA_DIR (.secflow), SECFLOW_DB_URL,
-SECFLOW_SHUTDOWN_GRACE (10s), SECFLOW_MAX_CONCURRENT_ACTIVITIES (50), SECFLOW_LOG_LEVEL.
+SECFLOW_SHUTDOWN_GRACE (10s), SECFLOW_MAX_CONCURRENT_ACTIVITIES (50), SECFLOW_LOG_LEVEL,
+SECFLOW_METRICS_ADDR (host:port of a Prometheus /metrics endpoint; unset = none).
+SECFLOW_ALERTS_CONFIG (alert routing YAML; a bad one stops the worker before it connects).
 SIGTERM or Ctrl-C: stop polling, let running activities finish or hand them back, exit 0.
 """
 
@@ -12,8 +14,10 @@ import asyncio
 import signal
 import sys
 
+from secflow.alerting.config import AlertConfigError, load_alerts_config
 from secflow.exit import exit_now
 from secflow.logging import configure_logging, get_logger
+from secflow.metrics import configure_metrics
 from secflow.settings import SettingsError, load_settings
 from secflow.temporal_client import connect, ensure_search_attributes
 from secflow.worker_setup import build_worker
@@ -25,6 +29,17 @@ async def main() -> int:
     try:
         settings = load_settings()
     except SettingsError as exc:
+        print(f"worker: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        load_alerts_config()  # the alert routing file: refuse to start on a bad one
+    except AlertConfigError as exc:
+        print(f"worker: bad alerts configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # Before connecting: the client reports through the runtime that is the default now.
+        configure_metrics(settings.metrics_addr)
+    except RuntimeError as exc:
         print(f"worker: bad configuration: {exc}", file=sys.stderr)
         return 2
     try:

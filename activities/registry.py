@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from activities.alerts import plan_alerts, send_alert
+from activities.dlq import park_dead_letter
+from activities.incidents import open_incident
 from activities.report import report
 from activities.resources import (
     acquire_scan_lock,
@@ -38,4 +41,8 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     acquire_scan_lock,
     release_scan_lock,
     finalize_assessment,
+    park_dead_letter,
+    plan_alerts,
+    send_alert,
+    open_incident,
 ]

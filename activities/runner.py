@@ -26,6 +26,8 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from secflow import metrics
+from secflow.error_stats import dependency_of, resolve_recovered
 from secflow.errors import Category, Classification, PermanentError, ScopeViolation, classify, to_application_error
 from secflow.findings import Finding
 from secflow.logging import get_logger
@@ -60,6 +62,13 @@ class ToolContext:
         self.log = get_logger(stage=inp.stage_id, target=inp.target, tool=inp.tool)
         self.heartbeat_payload: dict[str, Any] = resume or {}
         self.inserted = 0
+
+    @property
+    def chaos(self) -> Any:
+        """The spec's `chaos:` section for `client_for(..., chaos=ctx.chaos)` (first_n per assessment)."""
+        from secflow.http import SpecChaos
+
+        return SpecChaos(self.input.chaos, scope=self.input.assessment_id)
 
     def require_in_scope(self, *, url: str | None = None, host: str | None = None, path: str | None = None) -> None:
         """Defence in depth: the spec was validated, but check again right before touching."""
@@ -143,7 +152,9 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
         keepalive.cancel()
 
     if info.attempt > 1:
-        await asyncio.to_thread(store.resolve_errors, inp.assessment_id, inp.stage_id, inp.target, "recovered")
+        recovered = await asyncio.to_thread(resolve_recovered, store, inp.assessment_id, inp.stage_id, inp.target, _attempt_prefix(info))
+        for category, n in recovered.items():
+            metrics.record_recoveries(category, n)
     counts = _by_severity(output.findings)
     log.info("tool attempt succeeded", findings=len(output.findings))
     return StageTaskResult(
@@ -176,7 +187,9 @@ async def _fail(exc: BaseException, ctx: ToolContext, info: activity.Info) -> Ap
         log.critical("tool attempt failed", error=error.message, reason=classification.reason, exc_info=exc)
     else:
         log.warning("tool attempt failed", error=error.message, reason=classification.reason)
-    await _record(ctx.store, _event(inp, info, classification.category, error.message, classification.retryable), log)
+    event = _event(inp, info, classification.category, error.message, classification.retryable)
+    event.dependency = dependency_of(exc)
+    await _record(ctx.store, event, log)
     return error
 
 
@@ -186,7 +199,7 @@ def _event(
     """One ledger entry per attempt: the id is the attempt's, so recording twice is harmless."""
     attempt = info.attempt if attempt is None else attempt
     return ErrorEvent(
-        event_id=f"{info.workflow_run_id}/{info.activity_id}/{attempt}",
+        event_id=f"{_attempt_prefix(info)}{attempt}",
         assessment_id=inp.assessment_id,
         stage_id=inp.stage_id,
         target=inp.target,
@@ -216,12 +229,20 @@ async def _account_for_lost_attempt(store: FindingsStore, inp: StageTaskInput, i
     await _record(store, event, get_logger(stage=inp.stage_id, target=inp.target))
 
 
+def _attempt_prefix(info: activity.Info) -> str:
+    """Event ids of one activity execution share this prefix (then the attempt number)."""
+    return f"{info.workflow_run_id}/{info.activity_id}/"
+
+
 async def _record(store: FindingsStore, event: ErrorEvent, log: Any) -> None:
     try:
-        await asyncio.to_thread(store.record_error, event)
+        stored = await asyncio.to_thread(store.record_error, event)
     except Exception as exc:  # the ledger is down: say so loudly, keep the original error
+        stored = True  # the metric still counts it: it happened
         c = classify(exc)
         log.error("could not record error in the store", category=c.category.value, reason=c.reason, error=str(exc))
+    if stored:  # once per event, like the ledger (a re-recorded lost attempt is not new)
+        metrics.record_error(event.category, event.tool, event.dependency)
 
 
 async def _keep_heartbeating(ctx: ToolContext) -> None:

@@ -9,12 +9,37 @@ target.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["DeadLetterInput", "DeadLetterResult", "DeadLetterReason", "ReplayRecipe", "dead_letter_task_id"]
+if TYPE_CHECKING:  # the workflow sandbox imports the models; keep the store out of it
+    from secflow.store import FindingsStore
+
+__all__ = [
+    "AmbiguousRef",
+    "BadDeadLetterId",
+    "DeadLetter",
+    "DeadLetterInput",
+    "DeadLetterReason",
+    "DeadLetterResult",
+    "ReplayRecipe",
+    "counts_by_state",
+    "dead_letter_task_id",
+    "find_dead_letter",
+    "get_dead_letter",
+    "list_dead_letters",
+    "mark_replayed",
+    "mark_replaying",
+    "park",
+    "purge",
+    "ref_for",
+    "restore_replay_state",
+]
 
 DeadLetterReason = Literal["retries_exhausted", "compensation_failed", "security_violation"]
 
@@ -27,6 +52,9 @@ class ReplayRecipe(BaseModel):
     stage: dict[str, Any]  # the spec's Stage, as JSON (dependencies dropped on replay)
     target: dict[str, Any] | None = None  # the spec's Target; None for target-less tools
     task_queue: str = ""
+    # For a target-less tool (enrich, report): the spec's targets, so the one-stage spec
+    # of a replay is still a valid spec. Empty: use `target`.
+    spec_targets: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class DeadLetterInput(BaseModel):
@@ -53,3 +81,332 @@ class DeadLetterResult(BaseModel):
 
 def dead_letter_task_id(workflow_id: str, run_id: str, stage_id: str, target: str, reason: str) -> str:
     return f"{workflow_id}/{run_id}/{stage_id}/{target or '-'}/{reason}"
+
+
+# --- store access --------------------------------------------------------------------------
+#
+# Functions over a FindingsStore (its pooled connections and write transactions), so the
+# activity, the starter and the tests share one implementation. States:
+#
+#   parked     waiting for an operator (a new failure of the same task re-parks it here)
+#   replaying  `dlq replay` started it again; `replay_workflow_id` says where
+#   replayed   the replay ended; `replay_outcome` says how (completed, failed, ...)
+
+DeadLetterState = Literal["parked", "replaying", "replayed"]
+STATES: tuple[str, ...] = ("parked", "replaying", "replayed")
+
+# A short, stable alias for an id (which contains '/' and can be long): the first
+# characters of its SHA-256. `dlq` commands accept it wherever they accept the id.
+REF_LENGTH = 10
+MIN_REF_LENGTH = 6
+_REF_RE = re.compile(r"^[0-9a-f]{%d,64}$" % MIN_REF_LENGTH)
+MAX_ID_LENGTH = 2048
+
+_COLUMNS = (
+    "task_id, workflow_id, run_id, stage_id, target, tool, reason, category, message, attempts, "
+    "first_failure_at, last_failure_at, replay, state, replayed_at, replay_outcome, replay_workflow_id"
+)
+
+
+class DeadLetter(BaseModel):
+    """One DLQ entry as stored."""
+
+    task_id: str
+    workflow_id: str
+    run_id: str
+    stage_id: str
+    target: str
+    tool: str
+    reason: str
+    category: str
+    message: str
+    attempts: int
+    first_failure_at: datetime
+    last_failure_at: datetime
+    replay: ReplayRecipe | None = None
+    state: DeadLetterState
+    replayed_at: datetime | None = None
+    replay_outcome: str | None = None
+    replay_workflow_id: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return ref_for(self.task_id)
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the replay re-ran the stage inside the parked workflow itself."""
+        return bool(self.replay_workflow_id) and self.replay_workflow_id == self.workflow_id
+
+    def as_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["ref"] = self.ref
+        return data
+
+
+class BadDeadLetterId(ValueError):
+    """A string that can be neither a task id nor a ref (exit 2 in the CLI)."""
+
+
+class AmbiguousRef(LookupError):
+    """A ref prefix that matches several entries."""
+
+
+def ref_for(task_id: str) -> str:
+    return hashlib.sha256(task_id.encode("utf-8")).hexdigest()[:REF_LENGTH]
+
+
+def check_id(value: str) -> str:
+    """Refuse what cannot be an id or a ref: empty, control characters, absurd length."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadDeadLetterId("a dead-letter id must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadDeadLetterId(f"a dead-letter id is at most {MAX_ID_LENGTH} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise BadDeadLetterId("a dead-letter id has no control characters")
+    if "/" not in value and not _REF_RE.match(value):
+        raise BadDeadLetterId(
+            f"{value[:80]!r} is neither a dead-letter id (workflow/run/stage/target/reason) "
+            f"nor a ref ({MIN_REF_LENGTH}+ lowercase hex characters, as `dlq list` shows)"
+        )
+    return value
+
+
+def park(store: FindingsStore, inp: DeadLetterInput) -> DeadLetterResult:
+    """Write the entry, or refresh it: parking the same task twice is one entry.
+
+    A second park (a retried activity, or the task failing again after a replay) keeps
+    first_failure_at, moves last_failure_at forward (never back), keeps the highest
+    attempt count and the latest message, and puts a replayed entry back to `parked`:
+    it failed again, so it needs an operator again.
+    """
+    _require("task_id", inp.task_id)
+    first, last = _ts(inp.first_failure_at), _ts(inp.last_failure_at)
+    replay = inp.replay.model_dump_json() if inp.replay is not None else "null"
+    g = store._dialect.greatest
+    with store._write() as conn:
+        cursor = store._x(
+            conn,
+            f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'parked', NULL, NULL, NULL) "
+            "ON CONFLICT (task_id) DO NOTHING",
+            (
+                inp.task_id, inp.workflow_id, inp.run_id, inp.stage_id, inp.target, inp.tool, inp.reason,
+                inp.category, inp.message, inp.attempts, first, last, replay,
+            ),
+        )
+        if cursor.rowcount == 1:
+            return DeadLetterResult(task_id=inp.task_id, created=True)
+        row = store._x(conn, "SELECT last_failure_at, state FROM dead_letters WHERE task_id = ?", (inp.task_id,)).fetchone()
+        newer = last > row[0]
+        # The same failure parked again (activity retry): refresh counters only. A newer
+        # failure of a task that was being replayed: the replay failed, park it again.
+        reopen = newer and row[1] != "parked"
+        store._x(
+            conn,
+            f"""
+            UPDATE dead_letters SET
+                last_failure_at = {g}(last_failure_at, ?),
+                attempts = {g}(attempts, ?),
+                message = CASE WHEN ? THEN ? ELSE message END,
+                state = CASE WHEN ? THEN 'parked' ELSE state END,
+                replay_outcome = CASE WHEN ? THEN 'failed' ELSE replay_outcome END
+            WHERE task_id = ?
+            """,
+            (last, inp.attempts, newer, inp.message, reopen, reopen and row[1] == "replaying", inp.task_id),
+        )
+    return DeadLetterResult(task_id=inp.task_id, created=False)
+
+
+def list_dead_letters(
+    store: FindingsStore,
+    *,
+    state: str | None = None,
+    workflow_id: str | None = None,
+    since: datetime | None = None,
+) -> list[DeadLetter]:
+    """Entries, newest failure first; filtered by state, parked workflow and last failure time."""
+    sql = f"SELECT {_COLUMNS} FROM dead_letters WHERE 1 = 1"
+    params: tuple[Any, ...] = ()
+    if state is not None:
+        if state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+        sql += " AND state = ?"
+        params += (state,)
+    if workflow_id is not None:
+        sql += " AND workflow_id = ?"
+        params += (workflow_id,)
+    if since is not None:
+        sql += " AND last_failure_at >= ?"
+        params += (_ts(since),)
+    sql += " ORDER BY last_failure_at DESC, task_id"
+    with store._connection() as conn:
+        rows = store._x(conn, sql, params).fetchall()
+    return [_entry(r) for r in rows]
+
+
+def get_dead_letter(store: FindingsStore, task_id: str) -> DeadLetter | None:
+    with store._connection() as conn:
+        row = store._x(conn, f"SELECT {_COLUMNS} FROM dead_letters WHERE task_id = ?", (task_id,)).fetchone()
+    return None if row is None else _entry(row)
+
+
+def find_dead_letter(store: FindingsStore, id_or_ref: str) -> DeadLetter | None:
+    """By full task id, or by ref (a prefix of at least MIN_REF_LENGTH of `ref_for(id)`).
+
+    Raises BadDeadLetterId for malformed input and AmbiguousRef when a prefix matches
+    more than one entry.
+    """
+    check_id(id_or_ref)
+    entry = get_dead_letter(store, id_or_ref)
+    if entry is not None or "/" in id_or_ref:
+        return entry
+    with store._connection() as conn:
+        ids = [r[0] for r in store._x(conn, "SELECT task_id FROM dead_letters").fetchall()]
+    matches = [i for i in ids if hashlib.sha256(i.encode("utf-8")).hexdigest().startswith(id_or_ref)]
+    if len(matches) > 1:
+        raise AmbiguousRef(f"ref {id_or_ref!r} matches {len(matches)} entries; give more characters or the full id")
+    return get_dead_letter(store, matches[0]) if matches else None
+
+
+def mark_replaying(store: FindingsStore, task_id: str, replay_workflow_id: str, *, claim: bool = False) -> bool:
+    """The entry is being replayed in `replay_workflow_id`. False if the entry is gone.
+
+    `claim=True` is a compare-and-set: it only succeeds when the entry is not already
+    `replaying`, so two operators replaying at once start one replay, not two.
+    """
+    _require("replay_workflow_id", replay_workflow_id)
+    sql = (
+        "UPDATE dead_letters SET state = 'replaying', replay_workflow_id = ?, replayed_at = ?, replay_outcome = NULL "
+        "WHERE task_id = ?"
+    )
+    if claim:
+        sql += " AND state <> 'replaying'"
+    with store._write() as conn:
+        return store._x(conn, sql, (replay_workflow_id, _ts(_utcnow()), task_id)).rowcount == 1
+
+
+def restore_replay_state(store: FindingsStore, entry: DeadLetter, replay_workflow_id: str) -> bool:
+    """Undo a claim whose replay could not be started: put back what `entry` had."""
+    with store._write() as conn:
+        cursor = store._x(
+            conn,
+            "UPDATE dead_letters SET state = ?, replay_workflow_id = ?, replayed_at = ?, replay_outcome = ? "
+            "WHERE task_id = ? AND replay_workflow_id = ? AND state = 'replaying'",
+            (
+                entry.state,
+                entry.replay_workflow_id,
+                _ts(entry.replayed_at) if entry.replayed_at else None,
+                entry.replay_outcome,
+                entry.task_id,
+                replay_workflow_id,
+            ),
+        )
+        return cursor.rowcount == 1
+
+
+def mark_replayed(store: FindingsStore, task_id: str, outcome: str, replay_workflow_id: str) -> bool:
+    """The replay in `replay_workflow_id` ended with `outcome`.
+
+    Only the replay the entry points at may close it: a stale `--wait` from an older
+    replay does not overwrite a newer one. False when nothing was changed.
+    """
+    _require("outcome", outcome)
+    with store._write() as conn:
+        cursor = store._x(
+            conn,
+            "UPDATE dead_letters SET state = 'replayed', replay_outcome = ?, replayed_at = ? "
+            "WHERE task_id = ? AND replay_workflow_id = ? AND state = 'replaying'",
+            (outcome, _ts(_utcnow()), task_id, replay_workflow_id),
+        )
+        return cursor.rowcount == 1
+
+
+def purge(
+    store: FindingsStore,
+    *,
+    task_ids: list[str] | None = None,
+    replayed: bool = False,
+    older_than: datetime | None = None,
+) -> list[str]:
+    """Delete entries; returns the ids deleted.
+
+    Either name entries (`task_ids`: deleted whatever their state; naming is explicit
+    enough), or `replayed=True` for every entry in state `replayed` (optionally only
+    those whose last failure is before `older_than`). Anything else is refused: an
+    unreplayed entry is never dropped by a broad filter.
+    """
+    if task_ids and replayed:
+        raise ValueError("purge takes either ids or replayed=True, not both")
+    if not task_ids and not replayed:
+        raise ValueError("purge needs ids or replayed=True (unreplayed entries are only purged by id)")
+    with store._write() as conn:
+        if task_ids:
+            deleted = []
+            for task_id in task_ids:
+                if store._x(conn, "DELETE FROM dead_letters WHERE task_id = ?", (task_id,)).rowcount == 1:
+                    deleted.append(task_id)
+            return deleted
+        sql = "SELECT task_id FROM dead_letters WHERE state = 'replayed'"
+        params: tuple[Any, ...] = ()
+        if older_than is not None:
+            sql += " AND last_failure_at < ?"
+            params += (_ts(older_than),)
+        ids = [r[0] for r in store._x(conn, sql, params).fetchall()]
+        for task_id in ids:
+            store._x(conn, "DELETE FROM dead_letters WHERE task_id = ? AND state = 'replayed'", (task_id,))
+        return ids
+
+
+def counts_by_state(store: FindingsStore) -> dict[str, int]:
+    """Entries per state, every state present (zero included)."""
+    counts = {s: 0 for s in STATES}
+    with store._connection() as conn:
+        for state, n in store._x(conn, "SELECT state, COUNT(*) FROM dead_letters GROUP BY state").fetchall():
+            counts[state] = counts.get(state, 0) + int(n)
+    return counts
+
+
+def _entry(r: tuple[Any, ...]) -> DeadLetter:
+    replay = json.loads(r[12]) if r[12] else None
+    return DeadLetter(
+        task_id=r[0],
+        workflow_id=r[1],
+        run_id=r[2],
+        stage_id=r[3],
+        target=r[4],
+        tool=r[5],
+        reason=r[6],
+        category=r[7],
+        message=r[8],
+        attempts=int(r[9]),
+        first_failure_at=_parse_ts(r[10]),
+        last_failure_at=_parse_ts(r[11]),
+        replay=ReplayRecipe.model_validate(replay) if replay else None,
+        state=r[13],
+        replayed_at=_parse_ts(r[14]) if r[14] else None,
+        replay_outcome=r[15],
+        replay_workflow_id=r[16],
+    )
+
+
+def _require(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+
+
+def _ts(value: datetime) -> str:
+    from secflow.store import _ts as store_ts
+
+    return store_ts(value)
+
+
+def _parse_ts(text: str) -> datetime:
+    from secflow.store import _parse_ts as store_parse_ts
+
+    return store_parse_ts(text)
+
+
+def _utcnow() -> datetime:
+    from datetime import timezone
+
+    return datetime.now(timezone.utc)

@@ -18,6 +18,8 @@ class Settings:
     data_dir: Path
     shutdown_grace: timedelta
     max_concurrent_activities: int
+    # host:port of the worker's Prometheus endpoint (SECFLOW_METRICS_ADDR); None = none.
+    metrics_addr: str | None = None
 
     @property
     def workspaces_dir(self) -> Path:
@@ -45,6 +47,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             raise ValueError
     except ValueError:
         raise SettingsError(f"SECFLOW_MAX_CONCURRENT_ACTIVITIES: expected a positive integer, got {raw_max!r}") from None
+    try:
+        from secflow.metrics import parse_metrics_addr
+
+        metrics_addr = parse_metrics_addr(env.get("SECFLOW_METRICS_ADDR", ""))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     task_queue = env.get("SECFLOW_TASK_QUEUE", "secflow").strip()
     if not task_queue:
         raise SettingsError("SECFLOW_TASK_QUEUE: must not be empty")
@@ -55,4 +63,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("SECFLOW_DATA_DIR", ".secflow")).resolve(),
         shutdown_grace=grace,
         max_concurrent_activities=max_activities,
+        metrics_addr=metrics_addr,
     )

@@ -46,7 +46,12 @@ NEEDS_STAGE = {"approve", "reject", "retry", "skip"}
 # `add_parser(sub)` (adds the command to the subparsers) and
 # `async def run(args, settings) -> int`; it raises `CliError` for failures and uses
 # `connect_or_fail(settings)` for a Temporal client.
-COMMAND_MODULES: dict[str, str] = {}
+COMMAND_MODULES: dict[str, str] = {
+    "breakers": "starter.breakers",
+    "dlq": "starter.dlq",
+    "errors": "starter.error_stats",
+    "incidents": "starter.incidents",
+}
 
 
 class CliError(Exception):
@@ -372,6 +377,8 @@ def render_status(status: AssessmentStatus) -> str:
     for c in status.compensations:
         err = f" ({c.error.category}: {c.error.message})" if c.error else ""
         lines.append(f"  compensation {c.name}: {c.state}{err}")
+    if status.incidents:
+        lines.append(f"  incidents: {', '.join(status.incidents)} (python -m starter incidents show ID)")
     by = ", ".join(f"{n} {sev}" for sev, n in status.findings.by_severity.items() if n)
     lines.append(f"  findings: {status.findings.total}" + (f" ({by})" if by else ""))
     return "\n".join(lines)

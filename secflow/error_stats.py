@@ -1,0 +1,322 @@
+"""Error analytics: what `python -m starter errors stats` reports, computed from the ledger.
+
+The figures come from the store's `error_events` (every failed attempt, with its outcome
+once known) and `dead_letters`; open incidents come from Temporal (the caller passes the
+count, or None when it could not ask). `compute_stats()` is a pure function of those
+rows, so every figure is unit-testable with exact numbers.
+
+How outcomes are written (activities/runner.py, activities/resources.py):
+* a later attempt of the same activity succeeds -> the runner marks the stage/target's
+  open events `recovered`;
+* the assessment ends -> `finalize_assessment` marks what is still open from the stage's
+  final state: succeeded -> recovered, partial -> degraded, failed, skipped, cancelled.
+
+"Recovered without a human": an error marked `recovered` counts as automatic unless a
+human was needed first, i.e. unless its task was parked in the dead-letter queue (same
+assessment, stage and target) at or after the moment the error happened. Errors that
+reached the DLQ had exhausted their retries; whatever recovered them afterwards (an
+operator's retry, a DLQ replay) involved a person.
+
+Figures:
+* automatic recovery rate = automatically recovered / resolved (any outcome), or None
+  when nothing is resolved yet;
+* mean time to recovery = mean of (resolved_at - occurred_at) over every `recovered`
+  event (automatic or not), or None without any;
+* top recurring errors: grouped by normalised message (numbers, ids, hosts:ports and
+  quoted values masked) + category + tool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from secflow.durations import parse_duration
+
+if TYPE_CHECKING:
+    from secflow.store import FindingsStore
+
+__all__ = [
+    "DeadLetterMark",
+    "ErrorRow",
+    "ErrorStats",
+    "RecurringError",
+    "compute_stats",
+    "dependency_of",
+    "load_dead_letter_marks",
+    "load_error_rows",
+    "normalise_message",
+    "parse_since",
+    "resolve_recovered",
+]
+
+NO_DEPENDENCY = "-"
+TOP_N = 10
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+class ErrorRow(BaseModel):
+    event_id: str
+    assessment_id: str
+    stage_id: str
+    target: str
+    tool: str
+    attempt: int
+    category: str
+    message: str
+    occurred_at: datetime
+    outcome: str | None = None
+    resolved_at: datetime | None = None
+    dependency: str | None = None
+
+
+class DeadLetterMark(BaseModel):
+    """The part of a DLQ entry the statistics need."""
+
+    workflow_id: str
+    stage_id: str
+    target: str
+    last_failure_at: datetime
+    state: str
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+class RecurringError(BaseModel):
+    message: str  # normalised
+    category: str
+    tool: str
+    count: int
+    last_seen: datetime
+    example: str  # one real (redacted) message of the group
+
+
+class ErrorStats(BaseModel):
+    since: datetime | None
+    until: datetime
+    total: int
+    by_category: dict[str, int]
+    by_tool: dict[str, int]
+    by_dependency: dict[str, int]
+    by_outcome: dict[str, int]  # "open" for events without an outcome yet
+    resolved: int
+    recovered: int
+    recovered_automatically: int
+    recovered_with_human: int
+    automatic_recovery_rate: float | None
+    mean_time_to_recovery_seconds: float | None
+    open_incidents: int | None  # None: Temporal could not be asked
+    dead_letters: dict[str, int]
+    top_recurring: list[RecurringError] = Field(default_factory=list)
+
+
+# --- the computation ------------------------------------------------------------------------
+
+_NORMALISERS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "<id>"),
+    (re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{12,}\b", re.I), "<id>"),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<host>"),
+    (re.compile(r"(?<=:)\d{2,5}\b"), "<port>"),
+    (re.compile(r"'[^']*'|\"[^\"]*\""), "<value>"),
+    (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
+    (re.compile(r"\s+"), " "),
+]
+
+
+def normalise_message(message: str) -> str:
+    """The message with what varies between occurrences masked, for grouping."""
+    text = message.strip()
+    for pattern, repl in _NORMALISERS:
+        text = pattern.sub(repl, text)
+    return text[:300]
+
+
+def _human_needed(row: ErrorRow, marks: dict[tuple[str, str, str], list[datetime]]) -> bool:
+    parked = marks.get((row.assessment_id, row.stage_id, row.target), [])
+    return any(at >= row.occurred_at for at in parked)
+
+
+def compute_stats(
+    rows: list[ErrorRow],
+    dead_letters: list[DeadLetterMark],
+    *,
+    open_incidents: int | None,
+    until: datetime,
+    since: datetime | None = None,
+    top_n: int = TOP_N,
+) -> ErrorStats:
+    """Every figure of `errors stats`, from rows already filtered to the window.
+
+    `dead_letters` are all entries (not only the window's): an error in the window may
+    have been parked later, and the DLQ counts are a current picture.
+    """
+    marks: dict[tuple[str, str, str], list[datetime]] = {}
+    for d in dead_letters:
+        marks.setdefault((d.workflow_id, d.stage_id, d.target), []).append(d.last_failure_at)
+
+    by_category = Counter(r.category for r in rows)
+    by_tool = Counter(r.tool or NO_DEPENDENCY for r in rows)
+    by_dependency = Counter(r.dependency or NO_DEPENDENCY for r in rows)
+    by_outcome = Counter(r.outcome or "open" for r in rows)
+    resolved = [r for r in rows if r.outcome is not None]
+    recovered = [r for r in resolved if r.outcome == "recovered"]
+    automatic = [r for r in recovered if not _human_needed(r, marks)]
+    durations = [
+        (r.resolved_at - r.occurred_at).total_seconds() for r in recovered if r.resolved_at is not None
+    ]
+
+    groups: dict[tuple[str, str, str], list[ErrorRow]] = {}
+    for r in rows:
+        groups.setdefault((normalise_message(r.message), r.category, r.tool), []).append(r)
+    recurring = [
+        RecurringError(
+            message=key[0],
+            category=key[1],
+            tool=key[2],
+            count=len(members),
+            last_seen=max(m.occurred_at for m in members),
+            example=max(members, key=lambda m: m.occurred_at).message[:500],
+        )
+        for key, members in groups.items()
+    ]
+    recurring.sort(key=lambda g: (-g.count, -g.last_seen.timestamp(), g.message))
+
+    dlq_counts = {"parked": 0, "replaying": 0, "replayed": 0}
+    for d in dead_letters:
+        dlq_counts[d.state] = dlq_counts.get(d.state, 0) + 1
+
+    return ErrorStats(
+        since=since,
+        until=until,
+        total=len(rows),
+        by_category=dict(by_category.most_common()),
+        by_tool=dict(by_tool.most_common()),
+        by_dependency=dict(by_dependency.most_common()),
+        by_outcome=dict(by_outcome.most_common()),
+        resolved=len(resolved),
+        recovered=len(recovered),
+        recovered_automatically=len(automatic),
+        recovered_with_human=len(recovered) - len(automatic),
+        automatic_recovery_rate=(len(automatic) / len(resolved)) if resolved else None,
+        mean_time_to_recovery_seconds=(sum(durations) / len(durations)) if durations else None,
+        open_incidents=open_incidents,
+        dead_letters=dlq_counts,
+        top_recurring=recurring[:top_n],
+    )
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """`--since 24h` (a duration back from now) -> the window's start. ValueError if bad."""
+    delta = parse_duration(value)
+    if delta <= timedelta(0):
+        raise ValueError(f"must be a positive duration such as 24h or 7d, got {value!r}")
+    try:
+        return now - delta
+    except OverflowError:
+        raise ValueError(f"--since {value!r} reaches before the year 1") from None
+
+
+# --- reading the store ----------------------------------------------------------------------
+
+
+def load_error_rows(store: "FindingsStore", since: datetime | None = None) -> list[ErrorRow]:
+    """Every error event (of every assessment) that occurred at or after `since`."""
+    from secflow.store import _parse_ts, _ts
+
+    sql = (
+        "SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message, "
+        "occurred_at, outcome, resolved_at, dependency FROM error_events"
+    )
+    params: tuple[Any, ...] = ()
+    if since is not None:
+        sql += " WHERE occurred_at >= ?"
+        params = (_ts(since),)
+    sql += " ORDER BY occurred_at, event_id"
+    with store._connection() as conn:
+        rows = store._x(conn, sql, params).fetchall()
+    return [
+        ErrorRow(
+            event_id=r[0],
+            assessment_id=r[1],
+            stage_id=r[2],
+            target=r[3],
+            tool=r[4],
+            attempt=int(r[5]),
+            category=r[6],
+            message=r[7],
+            occurred_at=_parse_ts(r[8]),
+            outcome=r[9],
+            resolved_at=_parse_ts(r[10]) if r[10] else None,
+            dependency=r[11],
+        )
+        for r in rows
+    ]
+
+
+def load_dead_letter_marks(store: "FindingsStore") -> list[DeadLetterMark]:
+    from secflow.store import _parse_ts
+
+    with store._connection() as conn:
+        rows = store._x(conn, "SELECT workflow_id, stage_id, target, last_failure_at, state FROM dead_letters").fetchall()
+    return [DeadLetterMark(workflow_id=r[0], stage_id=r[1], target=r[2], last_failure_at=_parse_ts(r[3]), state=r[4]) for r in rows]
+
+
+def resolve_recovered(
+    store: "FindingsStore", assessment_id: str, stage_id: str, target: str, execution_prefix: str
+) -> dict[str, int]:
+    """A later attempt succeeded: mark the stage/target's open events `recovered`.
+
+    Returns, by category, how many of them belong to this activity execution (event ids
+    starting with `execution_prefix`): those were recovered automatically, by Temporal's
+    retry. Events from an earlier execution of the stage (before an operator retried it)
+    are marked too but not counted as automatic.
+    """
+    with store._connection() as conn:
+        rows = store._x(
+            conn,
+            "SELECT event_id, category FROM error_events "
+            "WHERE assessment_id = ? AND stage_id = ? AND target = ? AND outcome IS NULL",
+            (assessment_id, stage_id, target),
+        ).fetchall()
+    store.resolve_errors(assessment_id, stage_id, target, "recovered")
+    counts: Counter[str] = Counter(category for event_id, category in rows if event_id.startswith(execution_prefix))
+    return dict(counts)
+
+
+# --- attribution ----------------------------------------------------------------------------
+
+DEPENDENCY_EXTENSION = "secflow.dependency"
+
+
+def dependency_of(exc: BaseException | None) -> str | None:
+    """The outbound HTTP dependency an exception came from, if it says so.
+
+    Looks through the exception and its causes for a `dependency` string attribute (set
+    by the secflow.http transports) or an httpx request carrying the
+    ``secflow.dependency`` extension.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = getattr(exc, "dependency", None)
+        if isinstance(name, str) and name:
+            return name
+        request = None
+        try:
+            request = getattr(exc, "request", None)  # httpx raises RuntimeError when unset
+        except Exception:  # noqa: BLE001 - an exception without a request is simply not HTTP
+            request = None
+        extensions = getattr(request, "extensions", None)
+        if isinstance(extensions, dict):
+            name = extensions.get(DEPENDENCY_EXTENSION)
+            if isinstance(name, str) and name:
+                return name
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,125 @@
+"""python -m starter errors stats [--since 24h] [--json]: error analytics from the ledger.
+
+Counts by category, tool and dependency; automatic recovery rate; mean time to recovery;
+open incidents; top recurring errors; DLQ entries by state. The computation is
+`secflow.error_stats.compute_stats` (pure); this module reads the store, asks Temporal
+for the open incidents and renders.
+
+Open incidents are counted through Temporal visibility (running IncidentWorkflow
+executions whose SecflowIncidentState is not `resolved`). When Temporal cannot be asked,
+the store's figures are still printed, open incidents show as unknown (`null` in JSON),
+a note goes to stderr, and the exit status stays 0: the ledger is the primary source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from secflow.error_stats import (
+    ErrorStats,
+    compute_stats,
+    load_dead_letter_marks,
+    load_error_rows,
+    parse_since,
+)
+from secflow.settings import Settings
+from secflow.store import open_store
+from starter.cli import EXIT_BAD_INPUT, EXIT_OK, CliError, connect_or_fail
+
+CONNECT_TIMEOUT = 10.0  # seconds; an unreachable Temporal must not hang the report
+_RUNNING_INCIDENTS = "WorkflowType = 'IncidentWorkflow' AND ExecutionStatus = 'Running'"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("errors", help="error analytics")
+    esub = p.add_subparsers(dest="errors_command", required=True, metavar="ACTION")
+    q = esub.add_parser("stats", help="counts, recovery rate, time to recovery, incidents, recurring errors")
+    q.add_argument("--since", default="24h", metavar="DURATION", help="window back from now (default 24h; e.g. 30m, 7d)")
+    q.add_argument("--all", action="store_true", help="every recorded error, ignoring --since")
+    q.add_argument("--json", action="store_true")
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(timezone.utc)
+    since: datetime | None = None
+    if not args.all:
+        try:
+            since = parse_since(args.since, now)
+        except ValueError as exc:
+            raise CliError(f"--since: {exc}", EXIT_BAD_INPUT) from None
+    store = open_store()
+    rows, marks = await asyncio.to_thread(lambda: (load_error_rows(store, since), load_dead_letter_marks(store)))
+    incidents, why = await count_open_incidents(settings)
+    if incidents is None:
+        print(f"note: open incidents unknown: {why}", file=sys.stderr)
+    stats = compute_stats(rows, marks, open_incidents=incidents, until=now, since=since)
+    if args.json:
+        print(stats.model_dump_json(indent=2))
+    else:
+        print(render(stats))
+    return EXIT_OK
+
+
+async def count_open_incidents(settings: Settings) -> tuple[int | None, str]:
+    """(count, "") or (None, why not)."""
+    try:
+        client = await asyncio.wait_for(connect_or_fail(settings), CONNECT_TIMEOUT)
+    except CliError as exc:
+        return None, str(exc)
+    except TimeoutError:
+        return None, f"Temporal at {settings.temporal_address} did not answer within {CONNECT_TIMEOUT:g}s"
+    try:
+        running = (await client.count_workflows(_RUNNING_INCIDENTS)).count
+        resolved = (
+            await client.count_workflows(f"{_RUNNING_INCIDENTS} AND SecflowIncidentState = 'resolved'")
+        ).count if running else 0
+    except Exception as exc:  # visibility refused the query (attribute not registered, ...)
+        return None, f"visibility query failed: {getattr(exc, 'message', None) or exc}"
+    return running - resolved, ""
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _counts(title: str, counts: dict[str, int]) -> list[str]:
+    if not counts:
+        return [f"{title}: none"]
+    width = max(len(k) for k in counts)
+    return [f"{title}:"] + [f"  {k:<{width}}  {v}" for k, v in counts.items()]
+
+
+def render(stats: ErrorStats) -> str:
+    window = f"since {stats.since:%Y-%m-%d %H:%M} UTC" if stats.since else "all time"
+    lines = [f"errors {window}: {stats.total}"]
+    lines += _counts("by category", stats.by_category)
+    lines += _counts("by tool", stats.by_tool)
+    lines += _counts("by dependency ('-' = not an outbound HTTP call)", stats.by_dependency)
+    lines += _counts("by outcome ('open' = not resolved yet)", stats.by_outcome)
+    lines.append(
+        f"automatic recovery rate: {_pct(stats.automatic_recovery_rate)} "
+        f"({stats.recovered_automatically} of {stats.resolved} resolved; {stats.recovered_with_human} more recovered after a human stepped in)"
+    )
+    lines.append(f"mean time to recovery: {_secs(stats.mean_time_to_recovery_seconds)} ({stats.recovered} recovered)")
+    lines.append(f"open incidents: {'unknown' if stats.open_incidents is None else stats.open_incidents}")
+    lines.append("dead-letter queue: " + ", ".join(f"{n} {state}" for state, n in stats.dead_letters.items()))
+    if stats.top_recurring:
+        lines.append("top recurring errors:")
+        for g in stats.top_recurring:
+            lines.append(f"  {g.count:>4}x  {g.category:<13} {g.tool or '-':<14} {g.message}")
+    return "\n".join(lines)
+
