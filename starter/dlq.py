@@ -5,9 +5,10 @@ IDs: an entry's id is its task id, ``<workflow id>/<run id>/<stage>/<target or -
 *ref*, the first 10 hex characters of the id's SHA-256 that `dlq list` shows (any unique
 prefix of 6 or more works). A malformed id exits 2, an unknown one exits 1.
 
-Replay: when the parked workflow still runs and its stage waits for a decision after
-failing (on_failure: await_approval), `replay` sends it the `retry_stage` update and the
-stage re-runs in place. Otherwise it starts a new assessment with just that stage (no
+Replay: when the parked workflow still runs and its stage can be re-run there (failed,
+skipped, partial, or waiting for a decision after failing), `replay` sends it the
+`retry_stage` update and the stage re-runs in place. When the workflow has ended or its
+update validator refuses (e.g. it is stopping), it starts a new assessment with just that stage (no
 dependencies, not `always`) on just that target, id ``<original>-replay-<6 hex>``. The
 entry becomes `replaying`; with `--wait` the command waits and records the outcome
 (`replayed`, outcome completed / completed_with_errors / failed / cancelled / skipped).
@@ -294,12 +295,26 @@ async def cmd_replay(store: FindingsStore, settings: Settings, args: argparse.Na
         if entry.state == "replaying":
             raise CliError(f"entry {entry.ref} is already being replayed in {entry.replay_workflow_id}; see dlq show {entry.ref}")
     by = args.by or getpass.getuser()
-    if await _waits_for_decision(client, entry):
-        return await _replay_in_place(store, client, entry, by, args.wait)
+    if await _retryable_in_place(client, entry):
+        try:
+            return await _replay_in_place(store, client, entry, by, args.wait)
+        except _InPlaceRefused as refused:
+            # e.g. the assessment is stopping after a failed required stage: it cannot
+            # re-run anything any more, so the stage runs in an assessment of its own.
+            print(f"{entry.ref}: {entry.workflow_id} refused the retry ({refused}); replaying as a new assessment")
     return await _replay_as_new(store, client, settings, entry, args.wait)
 
 
-async def _waits_for_decision(client: Client, entry: DeadLetter) -> bool:
+class _InPlaceRefused(Exception):
+    """The parked workflow's update validator said no; nothing changed there."""
+
+
+# A stage in one of these states can be re-run by the `retry_stage` update while its
+# assessment still runs (the workflow's validator has the last word).
+_RETRYABLE_STATES = {"awaiting_intervention", "failed", "skipped", "partial", "cancelled"}
+
+
+async def _retryable_in_place(client: Client, entry: DeadLetter) -> bool:
     handle = client.get_workflow_handle(entry.workflow_id, run_id=entry.run_id, result_type=AssessmentStatus)
     try:
         desc = await handle.describe()
@@ -311,7 +326,7 @@ async def _waits_for_decision(client: Client, entry: DeadLetter) -> bool:
             return False
         raise CliError(f"cannot ask {entry.workflow_id} whether it still waits: {err.message}") from None
     stage = status.stages.get(entry.stage_id)
-    return entry.stage_id in status.awaiting and stage is not None and stage.state == "awaiting_intervention"
+    return stage is not None and stage.state in _RETRYABLE_STATES
 
 
 async def _replay_in_place(store: FindingsStore, client: Client, entry: DeadLetter, by: str, wait: bool) -> int:
@@ -328,7 +343,7 @@ async def _replay_in_place(store: FindingsStore, client: Client, entry: DeadLett
         await asyncio.to_thread(restore_replay_state, store, entry, entry.workflow_id)
         if isinstance(exc, WorkflowUpdateFailedError):
             reason = getattr(exc.cause, "message", None) or str(exc.cause or exc)
-            raise CliError(f"replay refused by {entry.workflow_id}: {reason}") from None
+            raise _InPlaceRefused(reason) from None
         if isinstance(exc, RPCError):
             raise CliError(f"replay failed: {exc.message}") from None
         raise

@@ -343,3 +343,45 @@ async def test_replay_into_a_waiting_workflow_reruns_the_stage_in_place(client: 
     rows = [r for r in load_error_rows(open_store()) if r.assessment_id == handle.id]
     stats = compute_stats(rows, load_dead_letter_marks(open_store()), open_incidents=None, until=datetime.now(timezone.utc))
     assert (stats.total, stats.recovered, stats.recovered_with_human, stats.recovered_automatically) == (2, 2, 2, 0)
+
+
+async def test_replay_of_a_stage_the_running_assessment_skipped_reruns_it_in_place(client: Client, dlq_worker: str) -> None:
+    """The assessment parks the skipped stage itself; while it still runs (a gate keeps it
+    alive), `dlq replay` re-runs that stage inside it instead of starting a new one."""
+    state = {"healthy": False}
+    target = ScriptedServer(lambda n, path: Reply(200, GOOD_HEADERS) if state["healthy"] else Reply(503))
+    try:
+        spec = make_spec(
+            [{"url": target.url}],
+            [
+                {"id": "headers", "kind": "dast", "tool": "http_headers", "criticality": "optional",
+                 "on_failure": "skip", "retry": {"max_attempts": 2, "initial_interval": "100ms"}},
+                {"id": "gate", "kind": "dast", "tool": "http_headers", "requires_approval": True},
+            ],
+        )
+        handle = await start(client, spec, dlq_worker)
+        await wait_for(handle, lambda s: s.stages["headers"].state == "skipped" and s.awaiting == ["gate"], timeout=60)
+        run_id = (await handle.describe()).run_id or ""
+        task_id = dead_letter_task_id(handle.id, run_id, "headers", target.url, "retries_exhausted")
+        for _ in range(100):  # parked from a side task of the workflow: give it a moment
+            if get_dead_letter(open_store(), task_id) is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert get_dead_letter(open_store(), task_id) is not None, "the assessment parked the skipped stage"
+
+        state["healthy"] = True
+        out = await starter("dlq", "replay", ref_for(task_id), "--wait", "--by", "grace")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "in place" in out.stdout
+        running = await handle.query("status", result_type=AssessmentStatus)
+        assert running.stages["headers"].state == "succeeded"
+        await handle.execute_update("approve", {"stage": "gate", "by": "grace"})
+        status = await final_status(handle)
+    finally:
+        target.close()
+    assert status.outcome == "completed"
+    entry = get_dead_letter(open_store(), task_id)
+    assert entry is not None
+    assert (entry.state, entry.replay_outcome, entry.replay_workflow_id) == ("replayed", "completed", handle.id)
+    retry = [i for i in status.interventions if i.action == "retry_stage"]
+    assert len(retry) == 1 and retry[0].by == "grace"
