@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from secflow.durations import parse_duration
+from secflow.http.breaker import DEPENDENCY_EXTENSION
 
 if TYPE_CHECKING:
     from secflow.store import FindingsStore
@@ -291,9 +292,6 @@ def resolve_recovered(
 
 
 # --- attribution ----------------------------------------------------------------------------
-
-DEPENDENCY_EXTENSION = "secflow.dependency"
-
 
 def dependency_of(exc: BaseException | None) -> str | None:
     """The outbound HTTP dependency an exception came from, if it says so.

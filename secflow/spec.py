@@ -252,11 +252,21 @@ def validate_spec_data(data: Any) -> Spec:
     targets = _valid_list(Target, data.get("targets"))
     stages = _valid_list(Stage, data.get("stages"))
     problems.extend(_semantic_problems(scope, targets, stages, data.get("stages")))
+    problems.extend(_chaos_problems(data.get("chaos")))
 
     if problems:
         raise SpecError(_dedupe(problems))
     assert spec is not None
     return spec
+
+
+def _chaos_problems(raw: Any) -> list[Problem]:
+    """`chaos:` is checked by the validator of SECFLOW_CHAOS_CONFIG (secflow/http/chaos.py)."""
+    if not isinstance(raw, dict):
+        return []  # not a mapping: the schema check above already said so
+    from secflow.http.chaos import chaos_problems
+
+    return [Problem(path=f"chaos.{where}" if where else "chaos", reason=reason) for where, reason in chaos_problems(raw)]
 
 
 def _valid_piece(model: type[BaseModel], raw: Any) -> Any:

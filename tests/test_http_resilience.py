@@ -78,6 +78,15 @@ def dep() -> Iterator[str]:
 
 
 @pytest.fixture
+def dep1() -> Iterator[str]:
+    """A dependency without retries inside the transport: every outcome reaches the caller."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    register_dependency(name, FAST.model_copy(update={"retry_attempts": 1, "failure_threshold": 1000}))
+    yield name
+    unregister_dependency(name)
+
+
+@pytest.fixture
 def servers() -> Iterator[list[ScriptedServer]]:
     started: list[ScriptedServer] = []
     yield started
@@ -274,6 +283,27 @@ async def test_half_open_success_closes_and_failure_reopens_longer(servers) -> N
         unregister_dependency(name)
 
 
+async def test_a_half_open_trial_is_one_attempt(servers) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    register_dependency(name, breaker_settings(retry_attempts=3, failure_threshold=1))
+    clock = FakeClock()
+    breaker = breaker_for(name, settings_for(name), clock=clock)
+    server = serve(servers, [Reply(503)])
+    try:
+        async with client_for(name, base_url=server.url, timeout=TIMEOUT) as http:
+            with pytest.raises(TransientError):  # attempt 1 fails and opens; attempt 2 refused
+                await http.get("/")
+            assert len(server.requests) == 1
+            clock.now += 30  # half-open: one trial, and it fails
+            with pytest.raises(TransientError) as refused:
+                await http.get("/")
+    finally:
+        unregister_dependency(name)
+    assert len(server.requests) == 2, "the trial must not be retried against a dependency that just failed it"
+    assert refused.value.retry_after == pytest.approx(60.0)  # reopened with the doubled timeout
+    assert breaker.snapshot().trips == 2
+
+
 async def test_half_open_allows_only_the_trial_calls() -> None:
     clock = FakeClock()
     from secflow.http.breaker import CircuitBreaker
@@ -305,6 +335,47 @@ async def test_4xx_and_429_do_not_count_as_breaker_failures(servers) -> None:
     assert breaker.state is BreakerState.CLOSED and breaker.snapshot().failures == 0
 
 
+async def test_refused_calls_neither_wait_for_nor_spend_rate_tokens(servers) -> None:
+    from secflow.http import limiter_for
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    register_dependency(name, breaker_settings(rate=1.0, burst=1, failure_threshold=1))
+    clock = FakeClock()
+    limiter = limiter_for(name, settings_for(name), clock=clock, sleep=clock.sleep)
+    breaker_for(name, settings_for(name), clock=clock)
+    server = serve(servers, [Reply(503)])
+    try:
+        async with client_for(name, base_url=server.url, timeout=TIMEOUT) as http:
+            assert (await http.get("/")).status_code == 503  # the one token; opens the breaker
+            for _ in range(20):
+                with pytest.raises(TransientError):
+                    await http.get("/")
+    finally:
+        unregister_dependency(name)
+    assert clock.slept == [], "a refused call must not queue behind the rate limiter"
+    clock.now += 1.0  # one second: exactly one new token, none spent by the refusals
+    assert limiter.reserve() == 0.0 and limiter.reserve() > 0
+    assert len(server.requests) == 1
+
+
+async def test_retries_take_rate_tokens_too(servers) -> None:
+    from secflow.http import limiter_for
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    register_dependency(name, FAST.model_copy(update={"window_limit": 2, "window_seconds": 1000.0}))
+    clock = FakeClock()
+    limiter_for(name, settings_for(name), clock=clock, sleep=clock.sleep)
+    server = serve(servers, [Reply(503), Reply(503), Reply(200)])
+    try:
+        async with client_for(name, base_url=server.url, timeout=TIMEOUT) as http:
+            assert (await http.get("/")).status_code == 200
+    finally:
+        unregister_dependency(name)
+    # three attempts, two per window: the third waited for the window to roll
+    assert len(server.requests) == 3
+    assert clock.slept == [pytest.approx(1000.0)]
+
+
 # --- rate limiters ----------------------------------------------------------------------------
 async def test_rolling_window_allows_5_then_blocks_the_6th_until_the_window_rolls() -> None:
     clock = FakeClock()
@@ -320,6 +391,17 @@ async def test_rolling_window_allows_5_then_blocks_the_6th_until_the_window_roll
     # a full window later, five go at once again
     clock.now += 60
     assert [await limiter.acquire() for _ in range(5)] == [0.0] * 5
+
+
+async def test_the_window_runs_from_the_answer_not_the_booking() -> None:
+    # The server counts a request when it arrives, which is after the client booked it;
+    # a settled slot (answer received) is the safe upper bound of that moment.
+    clock = FakeClock()
+    limiter = RollingWindowLimiter(1, 10.0, clock=clock, sleep=clock.sleep)
+    slot = await limiter.acquire_slot()
+    clock.now += 3.0  # the request took 3 s to be answered
+    slot.settle()
+    assert limiter.reserve() == pytest.approx(10.0), "10 s after the answer (13), not after the booking (10)"
 
 
 async def test_token_bucket_bursts_then_paces() -> None:
@@ -365,17 +447,51 @@ def chaos(monkeypatch: pytest.MonkeyPatch, dep: str, faults: list[dict]) -> None
     monkeypatch.setenv("SECFLOW_CHAOS_CONFIG", json.dumps({dep: faults}))
 
 
-async def test_chaos_status_first_n_with_retry_after(monkeypatch, dep: str, servers) -> None:
-    chaos(monkeypatch, dep, [{"fault": "status", "status": 429, "retry_after": 7, "first_n": 2}])
+async def test_chaos_status_first_n_with_retry_after(monkeypatch, dep1: str, servers) -> None:
+    chaos(monkeypatch, dep1, [{"fault": "status", "status": 429, "retry_after": 7, "first_n": 2}])
     server = serve(servers, [Reply(200)])
-    async with client_for(dep, base_url=server.url, timeout=TIMEOUT) as http:
+    async with client_for(dep1, base_url=server.url, timeout=TIMEOUT) as http:
         answers = [await http.get("/") for _ in range(3)]
     assert [r.status_code for r in answers] == [429, 429, 200]
     assert answers[0].headers["Retry-After"] == "7"
     assert len(server.requests) == 1  # the injected answers made no request
 
 
-async def test_chaos_probability_is_seedable(monkeypatch, dep: str, servers) -> None:
+async def test_chaos_sits_below_retries_and_breaker(monkeypatch, servers) -> None:
+    # Injected faults look like the dependency failing: the retry transport retries them
+    # (each retry is a request and counts towards first_n) and the breaker counts every
+    # failed attempt.
+    name, other = f"test-{uuid.uuid4().hex[:8]}", f"test-{uuid.uuid4().hex[:8]}"
+    register_dependency(name, breaker_settings(retry_attempts=3, failure_threshold=10))
+    register_dependency(other, breaker_settings(retry_attempts=3, failure_threshold=2))
+    server = serve(servers, [Reply(200, body=b"ok")])
+    try:
+        chaos(monkeypatch, name, [{"fault": "status", "status": 503, "first_n": 2}])
+        async with client_for(name, base_url=server.url, timeout=TIMEOUT) as http:
+            response = await http.get("/")
+        assert response.status_code == 200 and response.content == b"ok"
+        assert len(retry_layer(http).delays) == 2 and len(server.requests) == 1
+        assert breaker_states()[name].failures == 2
+
+        chaos(monkeypatch, other, [{"fault": "reset"}])
+        async with client_for(other, base_url=server.url, timeout=TIMEOUT) as http:
+            # attempts 1 and 2 reset (two failures: open); attempt 3 is refused, so the
+            # caller gets the breaker's transient error with its wait, not a third reset
+            with pytest.raises(TransientError) as refused:
+                await http.get("/")
+            assert refused.value.retry_after == pytest.approx(30.0, abs=1.0)
+            with pytest.raises(TransientError):  # and the next call is refused at the gate
+                await http.get("/")
+        snap = breaker_states()[other]
+        assert snap.state is BreakerState.OPEN and snap.failures == 2 and snap.trips == 1
+        assert len(server.requests) == 1
+    finally:
+        unregister_dependency(name)
+        unregister_dependency(other)
+
+
+async def test_chaos_probability_is_seedable(monkeypatch, dep1: str, servers) -> None:
+    dep = dep1
     chaos(monkeypatch, dep, [{"fault": "status", "status": 503, "probability": 0.5}])
     monkeypatch.setenv("SECFLOW_CHAOS_SEED", "42")
     server = serve(servers, [Reply(200)])

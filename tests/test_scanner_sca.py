@@ -167,6 +167,7 @@ async def test_503_then_200_recovers_with_a_retry(client: Client, worker: str, a
     assert server.count("POST", "/v1/querybatch") == 2
     errors = open_store().list_errors(handle.id)
     assert [(e.category, e.attempt, e.outcome) for e in errors] == [("transient", 1, "recovered")]
+    assert errors[0].dependency == "osv", "the ledger names the HTTP dependency that failed"
     assert len([f for f in open_store().list_findings(handle.id) if f.tool == "sca"]) == len(EXPECTED)
 
 

@@ -555,6 +555,7 @@ async def sca_tool(ctx: ToolContext) -> ToolOutput:
         base_url=base_url,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         headers={"User-Agent": "secflow-sca"},
+        chaos=ctx.chaos,
     ) as http:
         osv = OsvClient(http, base_url)
 

@@ -2,11 +2,17 @@
 
 The transport stack, outermost first:
 
-    chaos (only with SECFLOW_CHAOS=1) -> rate limiter -> circuit breaker -> retry -> httpx
+    breaker gate -> rate limiter -> retry -> circuit breaker -> chaos (only with SECFLOW_CHAOS=1) -> httpx
 
-so a request waits for its dependency's rate, is refused at once while the dependency's
-breaker is open, gets a few jittered retries for transient outcomes within a total
-deadline, and only then reaches the network. Limiter and breaker are per dependency and
+so a request is refused at once while the dependency's breaker is open (the gate: no
+token spent, no queueing behind the rate limiter), waits for its dependency's rate, gets a
+few jittered retries for transient outcomes within a total deadline (each re-attempt
+takes a rate token too), and every attempt asks the breaker and reports to it: a failed
+attempt counts as a failure, an attempt made while the breaker is open is refused (the
+retries stop there, with the breaker's wait as `retry_after`), and a half-open trial is
+exactly one attempt. Chaos sits innermost, where the network
+would be: an injected 503 is retried, counted by the breaker and the metrics like a real
+one, which is what fault injection is for. Limiter and breaker are per dependency and
 shared by every client in the process: ten activities calling NVD share NVD's 5-per-30s.
 """
 
@@ -14,8 +20,8 @@ from __future__ import annotations
 
 import httpx
 
-from secflow.http.breaker import CircuitBreakerTransport, breaker_for, reset_breakers
-from secflow.http.chaos import ChaosTransport, chaos_enabled, load_chaos_config, reset_chaos
+from secflow.http.breaker import BreakerGateTransport, CircuitBreakerTransport, breaker_for, reset_breakers
+from secflow.http.chaos import ChaosTransport, SpecChaos, chaos_enabled, load_chaos_config, reset_chaos
 from secflow.http.ratelimit import RateLimitTransport, limiter_for, reset_limiters
 from secflow.http.registry import settings_for
 from secflow.http.retry import RetryTransport
@@ -26,24 +32,38 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 
 
 def build_transport(
-    dependency: str, *, timeout: httpx.Timeout, inner: httpx.AsyncBaseTransport | None = None
+    dependency: str,
+    *,
+    timeout: httpx.Timeout,
+    inner: httpx.AsyncBaseTransport | None = None,
+    chaos: SpecChaos | None = None,
 ) -> httpx.AsyncBaseTransport:
-    """The resilience stack for `dependency` around `inner` (a real HTTP transport by default)."""
+    """The resilience stack for `dependency` around `inner` (a real HTTP transport by default).
+
+    `chaos`: an assessment spec's ``chaos:`` section (`ToolContext.chaos`); its faults for
+    `dependency` replace ``SECFLOW_CHAOS_CONFIG``'s. Both only with ``SECFLOW_CHAOS=1``.
+    """
     settings = settings_for(dependency)
     faults = None
+    scope = ""
     if chaos_enabled():
         # Validate before anything is built: a typo in the config fails the client, loudly.
         faults = load_chaos_config().get(dependency)
+        spec_faults = chaos.for_dependency(dependency) if chaos is not None else None
+        if spec_faults is not None:
+            faults, scope = spec_faults, chaos.scope  # type: ignore[union-attr]
     # Every attempt may use its full per-phase timeouts once; the deadline bounds them all.
     per_attempt = sum(t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t)
     deadline = max(settings.deadline, per_attempt)
     transport: httpx.AsyncBaseTransport = inner or httpx.AsyncHTTPTransport(retries=0, trust_env=False)
-    transport = RetryTransport(transport, settings, dependency=dependency, deadline=deadline)
-    transport = CircuitBreakerTransport(transport, breaker_for(dependency, settings))
-    transport = RateLimitTransport(transport, limiter_for(dependency, settings))
     if faults:
-        transport = ChaosTransport(transport, dependency, faults)
-    return transport
+        transport = ChaosTransport(transport, dependency, faults, scope=scope)
+    limiter = limiter_for(dependency, settings)
+    breaker = breaker_for(dependency, settings)
+    transport = CircuitBreakerTransport(transport, breaker)
+    transport = RetryTransport(transport, settings, dependency=dependency, deadline=deadline, limiter=limiter)
+    transport = RateLimitTransport(transport, limiter)
+    return BreakerGateTransport(transport, breaker)
 
 
 def client_for(
@@ -52,13 +72,15 @@ def client_for(
     base_url: str,
     timeout: httpx.Timeout | None = None,
     headers: dict[str, str] | None = None,
+    chaos: SpecChaos | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient for `dependency` at `base_url`, resilient by construction.
 
     ``trust_env=False``: requests go to the configured endpoint only, never through a
     proxy picked up from the environment; redirects are not followed (a redirect off the
-    API's host is not something to follow silently). Raises ValueError when chaos is on
-    and ``SECFLOW_CHAOS_CONFIG`` is invalid.
+    API's host is not something to follow silently). `chaos`: the spec's fault injection
+    (pass ``ctx.chaos`` from an activity). Raises ValueError when chaos is on and its
+    config is invalid.
     """
     timeout = timeout or DEFAULT_TIMEOUT
     return httpx.AsyncClient(
@@ -67,7 +89,7 @@ def client_for(
         headers=headers,
         trust_env=False,
         follow_redirects=False,
-        transport=build_transport(dependency, timeout=timeout),
+        transport=build_transport(dependency, timeout=timeout, chaos=chaos),
     )
 
 

@@ -10,6 +10,13 @@ request may go and books it, then sleeps until then. With no await between readi
 booking, concurrent coroutines can never both take the last token, and no asyncio.Lock
 is needed (one that would be bound to the first event loop that used it). A reservation
 whose caller is cancelled while waiting stays booked: the limiter errs on the slow side.
+
+The rolling window counts a request from when the *server* may have seen it, which is
+later than when the client booked it (event-loop delays, network): a booking is
+*settled* when its answer arrives (`acquire_slot()` ... `settle()`), and the window
+runs from the later of the two. So a client that sends one request at a time can never
+have L+1 requests inside one of the server's windows, whatever the jitter (a plain
+"send time + window" rule got NVD stand-in 403s on a loaded machine).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import httpx
 
 from secflow.http.registry import DependencySettings
 
-__all__ = ["Limiter", "RateLimitTransport", "RollingWindowLimiter", "TokenBucket", "limiter_for", "reset_limiters"]
+__all__ = ["Limiter", "RateLimitTransport", "RollingWindowLimiter", "Slot", "TokenBucket", "limiter_for", "reset_limiters"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -35,6 +42,30 @@ class Limiter(Protocol):
     async def acquire(self) -> float:
         """Wait for permission to send one request; returns the seconds waited."""
         ...
+
+    async def acquire_slot(self) -> "Slot":
+        """Like `acquire`; the returned slot is settled when the request's answer arrived."""
+        ...
+
+
+class Slot:
+    """One booked request; `settle()` moves its time in the window to 'answer received'."""
+
+    __slots__ = ("time", "_clock", "_lock")
+
+    def __init__(self, at: float, clock: Clock | None = None, lock: threading.Lock | None = None) -> None:
+        self.time = at
+        self._clock = clock
+        self._lock = lock
+
+    def settle(self) -> None:
+        if self._clock is None or self._lock is None:
+            return
+        with self._lock:
+            self.time = max(self.time, self._clock())
+
+
+_UNSETTLED = Slot(0.0)
 
 
 class TokenBucket:
@@ -64,6 +95,10 @@ class TokenBucket:
             await self.sleep(wait)
         return wait
 
+    async def acquire_slot(self) -> Slot:
+        await self.acquire()
+        return _UNSETTLED  # a token bucket paces sends; nothing to settle
+
 
 class RollingWindowLimiter:
     def __init__(self, limit: int, window: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
@@ -73,26 +108,39 @@ class RollingWindowLimiter:
         self.window = window
         self.clock = clock
         self.sleep = sleep
-        self._granted: deque[float] = deque()  # send times booked, non-decreasing
+        self._granted: deque[Slot] = deque()  # booked in order; times settle later
         self._lock = threading.Lock()
 
-    def reserve(self) -> float:
-        """Book the earliest send time keeping <= limit sends in any window; seconds until it."""
+    def _book(self) -> tuple[float, Slot]:
         with self._lock:
             now = self.clock()
-            while self._granted and self._granted[0] <= now - self.window:
+            # Drop bookings that left the window (settled ones may be out of order; a
+            # slot kept a little longer only makes the limiter more careful).
+            while self._granted and self._granted[0].time <= now - self.window:
                 self._granted.popleft()
             at = now
             if len(self._granted) >= self.limit:
-                at = max(now, self._granted[-self.limit] + self.window)
-            self._granted.append(at)
-            return at - now
+                times = sorted(slot.time for slot in self._granted)
+                at = max(now, times[-self.limit] + self.window)
+            slot = Slot(at, self.clock, self._lock)
+            self._granted.append(slot)
+            return at - now, slot
+
+    def reserve(self) -> float:
+        """Book the earliest send time keeping <= limit sends in any window; seconds until it."""
+        return self._book()[0]
 
     async def acquire(self) -> float:
         wait = self.reserve()
         if wait > 0:
             await self.sleep(wait)
         return wait
+
+    async def acquire_slot(self) -> Slot:
+        wait, slot = self._book()
+        if wait > 0:
+            await self.sleep(wait)
+        return slot
 
 
 _LIMITERS: dict[str, Limiter] = {}
@@ -128,8 +176,11 @@ class RateLimitTransport(httpx.AsyncBaseTransport):
         self.limiter = limiter
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self.limiter.acquire()
-        return await self.inner.handle_async_request(request)
+        slot = await self.limiter.acquire_slot()
+        try:
+            return await self.inner.handle_async_request(request)
+        finally:
+            slot.settle()  # the server saw it no later than now
 
     async def aclose(self) -> None:
         await self.inner.aclose()

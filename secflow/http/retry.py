@@ -1,6 +1,7 @@
 """Retries inside the transport: a few quick attempts for outcomes that clear by themselves.
 
-Retried: connect/read/write errors, timeouts, a dropped connection, and the answers
+Every re-attempt first takes a token from the dependency's rate limiter (NVD counts
+retries too), within the deadline. Retried: connect/read/write errors, timeouts, a dropped connection, and the answers
 408, 425, 429 and 5xx except 501 (Not Implemented) and 505 (HTTP Version Not Supported),
 which will not change on a second try. Never retried: any other 4xx (the same request gets
 the same answer). POST and PATCH are retried only when the server surely did not act on
@@ -22,6 +23,7 @@ from datetime import timedelta
 import httpx
 
 from secflow.errors import parse_retry_after
+from secflow.http.ratelimit import Limiter
 from secflow.http.registry import DependencySettings
 from secflow.logging import get_logger
 from secflow.retries import Backoff, RetryPlan, next_delay
@@ -63,8 +65,12 @@ class RetryTransport(httpx.AsyncBaseTransport):
         deadline: float | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
+        limiter: Limiter | None = None,
     ) -> None:
         self.inner = inner
+        # Re-attempts are requests too: they take a token from the dependency's limiter
+        # (the first attempt took its token outside, before the breaker).
+        self.limiter = limiter
         self.plan = retry_plan(settings)
         self.unsafe_ok = settings.retry_unsafe_methods
         self.deadline = deadline if deadline is not None else settings.deadline
@@ -90,6 +96,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
         attempt = 1
         while True:
             retry_after: float | None = None
+            slot = await self.limiter.acquire_slot() if attempt > 1 and self.limiter is not None else None
             try:
                 response = await self.inner.handle_async_request(request)
             except _RETRYABLE_ERRORS as exc:
@@ -98,7 +105,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 outcome: str = type(exc).__name__
                 error: BaseException | None = exc
                 response = None
-            else:
+            finally:
+                if slot is not None:
+                    slot.settle()  # the server saw this attempt no later than now
+            if response is not None:
                 status = response.status_code
                 if not is_retryable_status(status) or (not safe and status not in _NOT_ACTED_STATUSES):
                     return response
