@@ -147,6 +147,11 @@ def main() -> int:
         workflow_id = lines[0].strip()
         say(f"findings (python -m starter findings {workflow_id})")
         subprocess.run([sys.executable, "-m", "starter", "findings", workflow_id], cwd=ROOT, env=env)
+        # What needs a human from this run (offline, the skipped sca stage opens a P3
+        # incident and parks a dead letter that `dlq replay` can re-run later).
+        say("incidents and dead letters (python -m starter incidents list / dlq list)")
+        subprocess.run([sys.executable, "-m", "starter", "incidents", "list"], cwd=ROOT, env=env)
+        subprocess.run([sys.executable, "-m", "starter", "dlq", "list", "--workflow", workflow_id], cwd=ROOT, env=env)
         reports = DATA / "reports" / workflow_id
         say("reports")
         for path in sorted(reports.glob("*")) if reports.exists() else []:
