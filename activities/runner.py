@@ -153,8 +153,8 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
 
     if info.attempt > 1:
         recovered = await asyncio.to_thread(resolve_recovered, store, inp.assessment_id, inp.stage_id, inp.target, _attempt_prefix(info))
-        for category, n in recovered.items():
-            metrics.record_recoveries(category, n)
+        for category, seconds in recovered.items():
+            metrics.record_recoveries(category, seconds)
     counts = _by_severity(output.findings)
     log.info("tool attempt succeeded", findings=len(output.findings))
     return StageTaskResult(

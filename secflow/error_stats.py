@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -271,24 +271,32 @@ def load_dead_letter_marks(store: "FindingsStore") -> list[DeadLetterMark]:
 
 def resolve_recovered(
     store: "FindingsStore", assessment_id: str, stage_id: str, target: str, execution_prefix: str
-) -> dict[str, int]:
+) -> dict[str, list[float]]:
     """A later attempt succeeded: mark the stage/target's open events `recovered`.
 
-    Returns, by category, how many of them belong to this activity execution (event ids
-    starting with `execution_prefix`): those were recovered automatically, by Temporal's
-    retry. Events from an earlier execution of the stage (before an operator retried it)
-    are marked too but not counted as automatic.
+    Returns, by category, the time to recovery (seconds from the error to now) of those
+    that belong to this activity execution (event ids starting with `execution_prefix`):
+    those were recovered automatically, by Temporal's retry. Events from an earlier
+    execution of the stage (before an operator retried it) are marked too but not
+    counted as automatic.
     """
+    from secflow.store import _parse_ts
+
     with store._connection() as conn:
         rows = store._x(
             conn,
-            "SELECT event_id, category FROM error_events "
+            "SELECT event_id, category, occurred_at FROM error_events "
             "WHERE assessment_id = ? AND stage_id = ? AND target = ? AND outcome IS NULL",
             (assessment_id, stage_id, target),
         ).fetchall()
     store.resolve_errors(assessment_id, stage_id, target, "recovered")
-    counts: Counter[str] = Counter(category for event_id, category in rows if event_id.startswith(execution_prefix))
-    return dict(counts)
+    now = datetime.now(timezone.utc)
+    recovered: dict[str, list[float]] = {}
+    for event_id, category, occurred_at in rows:
+        if event_id.startswith(execution_prefix):
+            seconds = max((now - _parse_ts(occurred_at)).total_seconds(), 0.0)
+            recovered.setdefault(category, []).append(seconds)
+    return recovered
 
 
 # --- attribution ----------------------------------------------------------------------------

@@ -11,11 +11,14 @@ endpoint carries both:
     secflow_errors_total{category,tool,dependency}      every error the runner records
     secflow_error_recoveries_total{category}            errors that ended 'recovered'
                                                         by a later attempt (no human)
+    secflow_error_recovery_seconds{category}            histogram: error -> that recovery
     secflow_dead_letters_total{reason,category}         tasks newly parked in the DLQ
 
-Open incidents are NOT a worker metric: counting them needs a visibility query, which
-`python -m starter errors stats` does on demand (a gauge in every worker would have N
-workers polling visibility, and N copies of one figure).
+Incidents are counted by the incident workflow through Temporal's workflow metric meter
+(workflows/incident.py: secflow_incidents_opened_total / _acknowledged_total /
+_resolved_total / secflow_incident_escalations_total, by severity), which skips replays,
+so open incidents = opened - resolved summed over workers. `python -m starter errors
+stats` asks Temporal's visibility for the exact figure.
 
 Recording a metric never fails the caller: without a configured runtime the counters
 go to the default runtime, which exports nothing (cheap no-ops).
@@ -95,14 +98,19 @@ def configure_metrics(metrics_addr: str | None) -> Runtime | None:
     return runtime
 
 
-def _counter(name: str, description: str) -> Any:
+def _instrument(name: str, create: Any) -> Any:
+    """One instrument per (default runtime, name), created on first use."""
     runtime = Runtime.default()
     key = (id(runtime), name)
     with _lock:
-        counter = _instruments.get(key)
-        if counter is None:
-            counter = _instruments[key] = runtime.metric_meter.create_counter(name, description)
-        return counter
+        instrument = _instruments.get(key)
+        if instrument is None:
+            instrument = _instruments[key] = create(runtime.metric_meter, name)
+        return instrument
+
+
+def _counter(name: str, description: str) -> Any:
+    return _instrument(name, lambda meter, n: meter.create_counter(n, description))
 
 
 def _add(name: str, description: str, value: int, attributes: dict[str, str]) -> None:
@@ -123,13 +131,25 @@ def record_error(category: str, tool: str, dependency: str | None) -> None:
     )
 
 
-def record_recoveries(category: str, count: int) -> None:
+def record_recoveries(category: str, seconds: list[float]) -> None:
+    """Errors a later automatic attempt recovered from, with each one's time to recovery."""
     _add(
         "secflow_error_recoveries_total",
         "Errors that a later automatic attempt recovered from (no human involved), by category",
-        count,
+        len(seconds),
         {"category": category},
     )
+    try:
+        histogram = _instrument(
+            "secflow_error_recovery_seconds",
+            lambda meter, name: meter.create_histogram_float(
+                name, "Time from an error to the automatic attempt that recovered from it", "s"
+            ),
+        )
+        for value in seconds:
+            histogram.record(value, {"category": category})
+    except Exception as exc:  # metrics are never worth failing an activity for; say so
+        get_logger(component="metrics").warning("could not record metric", metric="secflow_error_recovery_seconds", error=str(exc))
 
 
 def record_dead_letter(reason: str, category: str) -> None:

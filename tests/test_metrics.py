@@ -71,6 +71,11 @@ async def test_worker_exports_temporal_and_secflow_metrics(
         handle = await start(client, spec, task_queue)
         status = await final_status(handle)
         text = await asyncio.to_thread(scrape, port)
+        for _ in range(50):  # the incident's first workflow task may still be on its way
+            if sample(text, "secflow_incidents_opened_total", severity="P3"):
+                break
+            await asyncio.sleep(0.2)
+            text = await asyncio.to_thread(scrape, port)
     finally:
         flaky.close()
         proc.terminate()
@@ -82,6 +87,9 @@ async def test_worker_exports_temporal_and_secflow_metrics(
     assert errors == 3, text  # a fresh worker process: exactly this assessment's errors
     recoveries = sample(text, "secflow_error_recoveries_total", category="transient")
     assert recoveries == 1, text
+    assert sample(text, "secflow_error_recovery_seconds_count", category="transient") == 1, text
+    # the skipped optional stage opened a P3 incident, counted by the incident workflow
+    assert sample(text, "secflow_incidents_opened_total", severity="P3") == 1, text
     # Temporal's own metrics, from the same endpoint
     assert sample(text, "temporal_activity_execution_failed", activity_type="http_headers") is not None, text
     assert sample(text, "temporal_workflow_completed") is not None or sample(text, "temporal_workflow_failed") is not None
