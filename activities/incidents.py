@@ -1,11 +1,13 @@
 """`open_incident`: start an incident workflow for a problem, or add an occurrence to it.
 
 Why an activity and not a child workflow: an incident must outlive its assessment and
-must not hold it. A child (even with ParentClosePolicy.ABANDON) stays pending work of
-its parent while it runs; on a time-skipping server that stops the parent's virtual
-clock (an assessment waiting 1 h at a gate would wait a real hour behind its own
-incident), and the parent's history keeps the link. Started from here, the incident is a
-workflow of its own, keyed by the dedup key (id `incident-<key>`), on the same task queue.
+must not hold it. Tried as a child with ParentClosePolicy.ABANDON (2026-11-23), the
+time-skipping dev server (Temporal CLI 1.9.1, server 1.32.0) stopped skipping for the
+parent: tests/test_deadlines.py's 1 h gate did not end within 60 s. A minimal parent
+with an abandoned child that only sleeps did skip, so the trigger is narrower than "any
+child", and it was not isolated. Started from here, the incident is a workflow of its
+own, keyed by the dedup key (id `incident-<key>`), on the same task queue; the Web UI
+loses the parent/child link (the memo and the assessment's status name each other).
 
 Idempotent: a second start of the same id fails with "already started" and becomes a
 `recur` signal carrying the request's occurrence id, which the incident counts once.
