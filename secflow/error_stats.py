@@ -38,12 +38,13 @@ from pydantic import BaseModel, Field
 from secflow.durations import parse_duration
 from secflow.http.breaker import DEPENDENCY_EXTENSION
 
+from secflow.store import ErrorEvent
+
 if TYPE_CHECKING:
     from secflow.store import FindingsStore
 
 __all__ = [
     "DeadLetterMark",
-    "ErrorRow",
     "ErrorStats",
     "RecurringError",
     "compute_stats",
@@ -60,21 +61,6 @@ TOP_N = 10
 
 
 # --- inputs ---------------------------------------------------------------------------------
-
-
-class ErrorRow(BaseModel):
-    event_id: str
-    assessment_id: str
-    stage_id: str
-    target: str
-    tool: str
-    attempt: int
-    category: str
-    message: str
-    occurred_at: datetime
-    outcome: str | None = None
-    resolved_at: datetime | None = None
-    dependency: str | None = None
 
 
 class DeadLetterMark(BaseModel):
@@ -139,13 +125,13 @@ def normalise_message(message: str) -> str:
     return text[:300]
 
 
-def _human_needed(row: ErrorRow, marks: dict[tuple[str, str, str], list[datetime]]) -> bool:
+def _human_needed(row: ErrorEvent, marks: dict[tuple[str, str, str], list[datetime]]) -> bool:
     parked = marks.get((row.assessment_id, row.stage_id, row.target), [])
     return any(at >= row.occurred_at for at in parked)
 
 
 def compute_stats(
-    rows: list[ErrorRow],
+    rows: list[ErrorEvent],
     dead_letters: list[DeadLetterMark],
     *,
     open_incidents: int | None,
@@ -173,7 +159,7 @@ def compute_stats(
         (r.resolved_at - r.occurred_at).total_seconds() for r in recovered if r.resolved_at is not None
     ]
 
-    groups: dict[tuple[str, str, str], list[ErrorRow]] = {}
+    groups: dict[tuple[str, str, str], list[ErrorEvent]] = {}
     for r in rows:
         groups.setdefault((normalise_message(r.message), r.category, r.tool), []).append(r)
     recurring = [
@@ -227,38 +213,9 @@ def parse_since(value: str, now: datetime) -> datetime:
 # --- reading the store ----------------------------------------------------------------------
 
 
-def load_error_rows(store: "FindingsStore", since: datetime | None = None) -> list[ErrorRow]:
+def load_error_rows(store: "FindingsStore", since: datetime | None = None) -> list[ErrorEvent]:
     """Every error event (of every assessment) that occurred at or after `since`."""
-    from secflow.store import _parse_ts, _ts
-
-    sql = (
-        "SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message, "
-        "occurred_at, outcome, resolved_at, dependency FROM error_events"
-    )
-    params: tuple[Any, ...] = ()
-    if since is not None:
-        sql += " WHERE occurred_at >= ?"
-        params = (_ts(since),)
-    sql += " ORDER BY occurred_at, event_id"
-    with store._connection() as conn:
-        rows = store._x(conn, sql, params).fetchall()
-    return [
-        ErrorRow(
-            event_id=r[0],
-            assessment_id=r[1],
-            stage_id=r[2],
-            target=r[3],
-            tool=r[4],
-            attempt=int(r[5]),
-            category=r[6],
-            message=r[7],
-            occurred_at=_parse_ts(r[8]),
-            outcome=r[9],
-            resolved_at=_parse_ts(r[10]) if r[10] else None,
-            dependency=r[11],
-        )
-        for r in rows
-    ]
+    return store.list_errors_since(since)
 
 
 def load_dead_letter_marks(store: "FindingsStore") -> list[DeadLetterMark]:

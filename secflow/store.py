@@ -139,6 +139,8 @@ class ErrorEvent(BaseModel):
     # The outbound HTTP dependency (secflow.http name: "nvd", "osv", ...) the error came
     # from, when it came from one.
     dependency: str | None = None
+    # When the outcome was written (set by the store; ignored by record_error).
+    resolved_at: datetime | None = None
 
     @field_validator("category")
     @classmethod
@@ -1170,16 +1172,22 @@ class FindingsStore:
     def list_errors(self, assessment_id: str) -> list[ErrorEvent]:
         """Every error recorded for the assessment, oldest first."""
         _require("assessment_id", assessment_id)
+        return self._read_errors("WHERE assessment_id = ?", (assessment_id,))
+
+    def list_errors_since(self, since: datetime | None = None) -> list[ErrorEvent]:
+        """Every error of every assessment that occurred at or after `since` (all if None)."""
+        if since is None:
+            return self._read_errors("", ())
+        return self._read_errors("WHERE occurred_at >= ?", (_ts(since),))
+
+    def _read_errors(self, where: str, params: tuple[Any, ...]) -> list[ErrorEvent]:
         with self._connection() as conn:
             rows = self._x(
                 conn,
-                """
-                SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message,
-                       retryable, occurred_at, outcome, dependency
-                FROM error_events WHERE assessment_id = ?
-                ORDER BY occurred_at, event_id
-                """,
-                (assessment_id,),
+                "SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message, "
+                f"retryable, occurred_at, outcome, dependency, resolved_at FROM error_events {where} "
+                "ORDER BY occurred_at, event_id",
+                params,
             ).fetchall()
         return [
             ErrorEvent.model_construct(
@@ -1195,6 +1203,7 @@ class FindingsStore:
                 occurred_at=_parse_ts(r[9]),
                 outcome=r[10],
                 dependency=r[11],
+                resolved_at=_parse_ts(r[12]) if r[12] else None,
             )
             for r in rows
         ]

@@ -15,12 +15,12 @@ from temporalio.client import Client
 
 from secflow.error_stats import (
     DeadLetterMark,
-    ErrorRow,
     compute_stats,
     dependency_of,
     normalise_message,
     parse_since,
 )
+from secflow.store import ErrorEvent
 from tests.helpers import final_status, make_spec, start
 from tests.servers import GOOD_HEADERS, Reply, ScriptedServer, closed_port
 
@@ -30,10 +30,10 @@ T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
 
 def row(event_id: str, assessment: str, stage: str, *, at: float, outcome: str | None = None, resolved: float | None = None,
         category: str = "transient", tool: str = "http_headers", target: str = "http://127.0.0.1:1/",
-        message: str = "HTTP 503 from 127.0.0.1:8080", dependency: str | None = None) -> ErrorRow:
-    return ErrorRow(
+        message: str = "HTTP 503 from 127.0.0.1:8080", dependency: str | None = None) -> ErrorEvent:
+    return ErrorEvent(
         event_id=event_id, assessment_id=assessment, stage_id=stage, target=target, tool=tool, attempt=1,
-        category=category, message=message, occurred_at=T0 + timedelta(seconds=at), outcome=outcome,
+        retryable=True, category=category, message=message, occurred_at=T0 + timedelta(seconds=at), outcome=outcome,
         resolved_at=T0 + timedelta(seconds=resolved) if resolved is not None else None, dependency=dependency,
     )
 
