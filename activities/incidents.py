@@ -4,8 +4,10 @@ Why an activity and not a child workflow: an incident must outlive its assessmen
 must not hold it. Tried as a child with ParentClosePolicy.ABANDON (2026-11-23), the
 time-skipping dev server (Temporal CLI 1.9.1, server 1.32.0) stopped skipping for the
 parent: tests/test_deadlines.py's 1 h gate did not end within 60 s. A minimal parent
-with an abandoned child that only sleeps did skip, so the trigger is narrower than "any
-child", and it was not isolated. Started from here, the incident is a workflow of its
+with an abandoned child did skip, but the child's virtual clock ran ahead of its
+parent's (its 5 h of timers were over, the child gone, when the parent reached 1 h), so
+parent/child time on that server is not one clock, and the SecFlow hang was not
+isolated further. Started from here, the incident is a workflow of its
 own, keyed by the dedup key (id `incident-<key>`), on the same task queue; the Web UI
 loses the parent/child link (the memo and the assessment's status name each other).
 
