@@ -363,3 +363,15 @@ def temporal_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_workers_export_metrics_and_take_an_alert_routing_file(services: dict[str, dict[str, Any]]) -> None:
+    from secflow.metrics import parse_metrics_addr
+
+    worker = services["worker"]
+    env = worker["environment"]
+    assert parse_metrics_addr(env["SECFLOW_METRICS_ADDR"]) == "0.0.0.0:9464"
+    assert "9464" in [str(p) for p in worker.get("expose", [])]
+    assert "ports" not in worker, "a host port would stop `--scale worker=N`"
+    assert "SECFLOW_ALERTS_CONFIG" in env
+    assert any(str(v).endswith(":/etc/secflow:ro") for v in worker["volumes"])
