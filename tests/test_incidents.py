@@ -485,3 +485,49 @@ async def test_incidents_list_reads_the_state_search_attribute(client: Client, i
     assert ids[0] not in await listed("active")
     bad = await starter("incidents", "list", "--state", "closed")
     assert bad.returncode == 2
+
+
+async def test_a_recurrence_during_the_resolve_reopens_the_incident_as_a_new_run(
+    client: Client, incident_queue: str, slack: dict[str, SlackStandin]
+) -> None:
+    """The problem comes back while the resolve messages are still going out: the
+    occurrence is not lost, the same incident id opens again in a fresh run."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from secflow.incidents import Recurrence
+    from tests.alert_standins import Fault
+
+    ref = make_ref(Severity.P3)
+    handle = await client.start_workflow("IncidentWorkflow", ref, id=ref.incident_id, task_queue=incident_queue, result_type=IncidentStatus)
+    first_run = handle.result_run_id
+    await wait_incident(handle, lambda s: [n.status for n in s.notifications] == ["sent"])
+    tier1 = slack["tier1"]
+    seen = len(tier1.received)
+    tier1.faults.append(Fault.hang(3.0))  # the resolve message hangs: a window for the recurrence
+    try:
+        await handle.signal("resolve", IncidentAnswer(by="carol", note="fixed"))
+        deadline = time.monotonic() + 15
+        while len(tier1.received) == seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(tier1.received) > seen, "the resolve message reached the channel"
+        await handle.signal("recur", Recurrence(message="it failed again", occurrence_id="occ-2"))
+        latest = client.get_workflow_handle(ref.incident_id, result_type=IncidentStatus)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            desc = await latest.describe()
+            if desc.run_id != first_run and desc.status == WorkflowExecutionStatus.RUNNING:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("no new run of the incident")
+        reopened = await wait_incident(latest, lambda s: [n.event.value for n in s.notifications] == ["trigger"] and s.notifications[0].status == "sent")
+    finally:
+        tier1.faults.clear()
+    assert reopened.state.value == "open" and reopened.occurrences == 1
+    assert reopened.message == "it failed again"
+    # the first run told tier 1 it was resolved (after its retry) and then handed over
+    first = client.get_workflow_handle(ref.incident_id, run_id=first_run)
+    assert (await first.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+    await latest.signal("resolve", IncidentAnswer(by="carol", note="really fixed"))
+    final = await asyncio.wait_for(latest.result(), 30)
+    assert final.resolved_by == "carol"

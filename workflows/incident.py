@@ -24,7 +24,9 @@ Signals `ack` / `resolve` take `{"by": "...", "note": "..."}` (IncidentAnswer), 
 `temporal workflow signal --workflow-id incident-<key> --name ack --input '{"by":"alice"}'`
 works; a payload that does not validate is recorded in `answers` with accepted=false and
 the reason, and changes nothing. Updates of the same names are the starter's validated
-path. `recur` (from the assessment) adds an occurrence. Query `incident` answers the
+path. `recur` (from the assessment) adds an occurrence; one that arrives after the
+resolve (while the resolve messages go out) reopens the incident as a new run of the
+same id (continue-as-new). Query `incident` answers the
 whole record (IncidentStatus), which is also the workflow's result.
 """
 
@@ -120,6 +122,7 @@ class IncidentWorkflow:
         self._seen_occurrences: set[str] = {ref.occurrence_id} if ref.occurrence_id else set()
         self._published_state: str | None = None
         self._running = False
+        self._reopen: Recurrence | None = None  # the problem came back after the resolve
 
     # ------------------------------------------------------------------ the process
 
@@ -146,6 +149,18 @@ class IncidentWorkflow:
             task.result()  # a bug in the send bookkeeping fails the workflow task, visibly
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._reopen is not None:
+            # Same incident id, fresh run: new timers, tier 1 paged again, one occurrence.
+            workflow.continue_as_new(
+                self._ref.model_copy(
+                    update={
+                        "message": self._reopen.message or self._ref.message,
+                        "occurrence_id": self._reopen.occurrence_id,
+                        "occurrences": 1,
+                        "opened_at": None,
+                    }
+                )
+            )
         return s
 
     async def _plan(self) -> AlertPlan:
@@ -381,13 +396,25 @@ class IncidentWorkflow:
         s = self._s
         try:
             recurrence = Recurrence.model_validate(payload if payload is not None else {})
-            problem = "incident already resolved" if s.state == IncidentState.RESOLVED else ""
+            problem = ""
         except ValidationError as err:
             recurrence, problem = None, f"bad recur payload: {err.errors()[0]['msg']}"
         if recurrence is not None and not problem and recurrence.occurrence_id in self._seen_occurrences:
             problem = f"occurrence {recurrence.occurrence_id} already counted (a retried delivery)"
         if problem or recurrence is None:
             s.answers.append(AnswerRecord(action="recur", at=workflow.now(), accepted=False, problem=problem))
+        elif s.state == IncidentState.RESOLVED:
+            # The problem is back while this run is still telling people it was resolved:
+            # once those messages are out, a new run of this incident opens it again.
+            if recurrence.occurrence_id:
+                self._seen_occurrences.add(recurrence.occurrence_id)
+            self._reopen = recurrence
+            s.answers.append(
+                AnswerRecord(
+                    action="recur", at=workflow.now(), by="secflow",
+                    note=f"after the resolve: reopens as a new run. {recurrence.message}"[:2000],
+                )
+            )
         else:
             if recurrence.occurrence_id:
                 self._seen_occurrences.add(recurrence.occurrence_id)
