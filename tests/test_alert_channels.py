@@ -433,6 +433,9 @@ async def test_a_dead_channel_fails_only_its_own_delivery(
         assert dead_outcome.result is None and dead_outcome.error_type == "transient"
         assert not dead_outcome.non_retryable  # retried to the policy's end, then given up
         assert len(slack.delivered()) == 1 and len(pd.events()) == 1
+        # The ledger says how it ended: all 3 attempts `failed` (the last one knew it was last).
+        dead_events = [e for e in open_store().list_errors(inc.assessment_id) if e.target == names["dead"]]
+        assert [(e.attempt, e.outcome) for e in dead_events] == [(1, "failed"), (2, "failed"), (3, "failed")]
 
 
 # --------------------------------------------------------------------------------------

@@ -162,6 +162,10 @@ async def _failed(exc: BaseException, ctx: channels.SendContext, log: Any) -> Ap
             c = classify(store_exc)
             log.error("could not record failed delivery", category=c.category.value, reason=c.reason)
     info = activity.info()
+    # The last attempt Temporal will make: nothing will mark these errors recovered, so
+    # this one and the earlier attempts' entries end `failed` in the ledger.
+    max_attempts = info.retry_policy.maximum_attempts if info.retry_policy else 0
+    final = not verdict.retryable or (max_attempts > 0 and info.attempt >= max_attempts)
     event = ErrorEvent(
         event_id=f"{info.workflow_run_id}/{info.activity_id}/{info.attempt}",
         assessment_id=_ledger_assessment(ctx.req),
@@ -173,11 +177,13 @@ async def _failed(exc: BaseException, ctx: channels.SendContext, log: Any) -> Ap
         message=text,
         retryable=verdict.retryable,
         occurred_at=datetime.now(timezone.utc),
-        outcome=None if verdict.retryable else "failed",
+        outcome="failed" if final else None,
         dependency=channels.dependency_name(ctx.channel, ctx.name),
     )
     if await _ledger(lambda: ctx.store.record_error(event), log):
         metrics.record_error(event.category, event.tool, event.dependency)
+    if final:
+        await _ledger(lambda: ctx.store.resolve_errors(_ledger_assessment(ctx.req), LEDGER_STAGE, ctx.name, "failed"), log)
     level = "error" if verdict.category in (Category.PERMANENT, Category.VALIDATION, Category.INTERNAL) else "warning"
     getattr(log, level)(
         "alert delivery failed", category=verdict.category.value, reason=verdict.reason,
