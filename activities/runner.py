@@ -151,7 +151,11 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
     finally:
         keepalive.cancel()
 
-    if info.attempt > 1:
+    if info.attempt > 1 and output.degraded_reason:
+        # It finished with less than it should have (e.g. a service stayed down): the
+        # earlier attempts' errors were lived with, not recovered from.
+        await asyncio.to_thread(store.resolve_errors, inp.assessment_id, inp.stage_id, inp.target, "degraded")
+    elif info.attempt > 1:
         recovered = await asyncio.to_thread(resolve_recovered, store, inp.assessment_id, inp.stage_id, inp.target, _attempt_prefix(info))
         for category, seconds in recovered.items():
             metrics.record_recoveries(category, seconds)

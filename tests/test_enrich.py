@@ -151,7 +151,8 @@ async def test_nvd_down_without_cache_degrades(client: Client, worker: str, app:
     # NVD's rate budget is not spent on a service that is down: one request per attempt.
     assert len(nvd.requests) == 3
     errors = open_store().list_errors(handle.id)
-    assert [e.category for e in errors if e.stage_id == "enrich"] == ["transient", "transient"]
+    assert [(e.category, e.outcome) for e in errors if e.stage_id == "enrich"] == [("transient", "degraded")] * 2, \
+        "lived with, not recovered from"
     assert open_store().get_enrichment("CVE-2019-10906") is None  # partial data is not cached
 
 
