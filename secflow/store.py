@@ -682,6 +682,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "error events name the dependency that failed",
         ("ALTER TABLE error_events ADD COLUMN dependency TEXT",),
     ),
+    Migration(
+        9,
+        "enrichment per assessment",
+        # What one assessment's enrich stage learned stays with that assessment: a later
+        # assessment sharing the finding must not rewrite an earlier one's report.
+        # findings.enrichment (migration 4) is only read for links written before this.
+        ("ALTER TABLE assessment_findings ADD COLUMN enrichment TEXT",),
+    ),
 )
 
 
@@ -1007,7 +1015,8 @@ class FindingsStore:
         _require("assessment_id", assessment_id)
         sql = f"""
             SELECT f.fingerprint, f.tool, f.rule_id, f.title, f.severity, f.confidence, f.target,
-                   f.location, f.cwe, f.cve, f.evidence, f.first_seen, f.last_seen, f.enrichment
+                   f.location, f.cwe, f.cve, f.evidence, f.first_seen, f.last_seen,
+                   COALESCE(a.enrichment, f.enrichment)
             FROM assessment_findings a JOIN findings f ON f.fingerprint = a.fingerprint
             WHERE a.assessment_id = ?
             ORDER BY {_SEVERITY_RANK_SQL}, f.location, f.target, f.tool, f.rule_id, f.fingerprint
@@ -1085,17 +1094,28 @@ class FindingsStore:
         with self._write() as conn:
             return self._x(conn, "DELETE FROM enrichment_cache WHERE cve_id = ?", (cve_id,)).rowcount > 0
 
-    def set_finding_enrichment(self, fingerprint: str, enrichment_json: str | None) -> bool:
-        """Attach enrichment (JSON) to a finding. Returns whether the finding exists."""
+    def set_finding_enrichment(self, assessment_id: str, fingerprint: str, enrichment_json: str | None) -> bool:
+        """Attach enrichment (JSON) to the assessment's finding. Returns whether it exists."""
+        _require("assessment_id", assessment_id)
         _require("fingerprint", fingerprint)
         with self._write() as conn:
-            cursor = self._x(conn, "UPDATE findings SET enrichment = ? WHERE fingerprint = ?", (enrichment_json, fingerprint))
+            cursor = self._x(
+                conn,
+                "UPDATE assessment_findings SET enrichment = ? WHERE assessment_id = ? AND fingerprint = ?",
+                (enrichment_json, assessment_id, fingerprint),
+            )
             return cursor.rowcount > 0
 
-    def get_finding_enrichment(self, fingerprint: str) -> str | None:
+    def get_finding_enrichment(self, assessment_id: str, fingerprint: str) -> str | None:
+        _require("assessment_id", assessment_id)
         _require("fingerprint", fingerprint)
         with self._connection() as conn:
-            row = self._x(conn, "SELECT enrichment FROM findings WHERE fingerprint = ?", (fingerprint,)).fetchone()
+            row = self._x(
+                conn,
+                "SELECT COALESCE(a.enrichment, f.enrichment) FROM assessment_findings a "
+                "JOIN findings f ON f.fingerprint = a.fingerprint WHERE a.assessment_id = ? AND a.fingerprint = ?",
+                (assessment_id, fingerprint),
+            ).fetchone()
         return None if row is None else row[0]
 
     # -- scan locks -----------------------------------------------------------------------

@@ -101,7 +101,7 @@ def _enrichment(assessment_id: str) -> dict[str, list[dict]]:
     store = open_store()
     out = {}
     for f in store.list_findings(assessment_id):
-        raw = store.get_finding_enrichment(f.fingerprint)
+        raw = store.get_finding_enrichment(assessment_id, f.fingerprint)
         out[f.rule_id] = json.loads(raw)["cves"] if raw else []
     return out
 

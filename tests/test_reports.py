@@ -456,9 +456,9 @@ def test_store_reads_enrichment_back_onto_findings(tmp_path: Path) -> None:
     store.upsert_findings("a-enr", "deps", findings)
     assert all(f.enrichment is None for f in store.list_findings("a-enr"))
     p = _enrich_payloads()
-    store.set_finding_enrichment(findings[0].fingerprint, json.dumps({"cves": [p["fresh"]]}))
-    store.set_finding_enrichment(findings[1].fingerprint, json.dumps({"cves": [p["stale"]]}))
-    store.set_finding_enrichment(findings[2].fingerprint, '{"cves": [{"no_id": 1}]')  # truncated and wrong: unreadable
+    store.set_finding_enrichment("a-enr", findings[0].fingerprint, json.dumps({"cves": [p["fresh"]]}))
+    store.set_finding_enrichment("a-enr", findings[1].fingerprint, json.dumps({"cves": [p["stale"]]}))
+    store.set_finding_enrichment("a-enr", findings[2].fingerprint, '{"cves": [{"no_id": 1}]')  # truncated and wrong: unreadable
     got = {f.fingerprint: f for f in store.list_findings("a-enr")}
     assert {f.fingerprint for f in findings} == set(got)  # same identities
     assert got[findings[0].fingerprint].enrichment.cves[0].cvss3_score == 10.0
@@ -468,5 +468,15 @@ def test_store_reads_enrichment_back_onto_findings(tmp_path: Path) -> None:
     # a report is still written, and says what could not be read
     md = render_markdown(realistic_status(), list(got.values()), [])
     assert "could not be read" in md
+
+    # A later assessment that shares the finding keeps its own enrichment: it does not
+    # rewrite what the earlier assessment's report shows.
+    store.upsert_findings("a-later", "deps", findings[:1])
+    assert store.set_finding_enrichment("a-later", findings[0].fingerprint, json.dumps({"cves": [p["stale"]]}))
+    assert not store.set_finding_enrichment("a-nowhere", findings[0].fingerprint, "{}")
+    earlier = {f.fingerprint: f for f in store.list_findings("a-enr")}[findings[0].fingerprint]
+    later = {f.fingerprint: f for f in store.list_findings("a-later")}[findings[0].fingerprint]
+    assert earlier.enrichment.cves[0].cvss3_score == 10.0 and not earlier.enrichment.cves[0].stale
+    assert later.enrichment.cves[0].stale
     validate_sarif(render_sarif(realistic_status(), list(got.values()), []))
     store.close()

@@ -661,9 +661,14 @@ def test_enrichment_cache_and_finding_enrichment(store: FindingsStore) -> None:
 
     f = _finding(1)
     store.upsert_findings("a1", "s1", [f])
-    assert store.get_finding_enrichment(f.fingerprint) is None
-    assert store.set_finding_enrichment(f.fingerprint, '{"cve": "x"}') is True
-    assert store.get_finding_enrichment(f.fingerprint) == '{"cve": "x"}'
+    assert store.get_finding_enrichment("a1", f.fingerprint) is None
+    assert store.set_finding_enrichment("a1", f.fingerprint, '{"cve": "x"}') is True
+    assert store.get_finding_enrichment("a1", f.fingerprint) == '{"cve": "x"}'
     store.upsert_findings("a1", "s1", [f])  # a re-report keeps the enrichment
-    assert store.get_finding_enrichment(f.fingerprint) == '{"cve": "x"}'
-    assert store.set_finding_enrichment("0" * 64, "{}") is False
+    assert store.get_finding_enrichment("a1", f.fingerprint) == '{"cve": "x"}'
+    assert store.set_finding_enrichment("a1", "0" * 64, "{}") is False
+    # per assessment: a later assessment with the same finding has its own
+    store.upsert_findings("a2", "s1", [f])
+    assert store.set_finding_enrichment("a2", f.fingerprint, '{"cve": "y"}') is True
+    assert store.get_finding_enrichment("a1", f.fingerprint) == '{"cve": "x"}'
+    assert store.get_finding_enrichment("a2", f.fingerprint) == '{"cve": "y"}'

@@ -253,7 +253,9 @@ async def cve_enrich_tool(ctx: ToolContext) -> ToolOutput:
         for fp in fingerprints[cve]:
             by_finding.setdefault(fp, []).append(payloads[cve])
     for fp, entries in by_finding.items():
-        await asyncio.to_thread(store.set_finding_enrichment, fp, json.dumps({"cves": entries}, sort_keys=True))
+        await asyncio.to_thread(
+            store.set_finding_enrichment, ctx.input.assessment_id, fp, json.dumps({"cves": entries}, sort_keys=True)
+        )
 
     counts = {s: sum(1 for v in done.values() if v["status"] == s) for s in ("enriched", "partial", "stale")}
     outputs = {k: str(v) for k, v in counts.items()}
