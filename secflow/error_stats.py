@@ -31,14 +31,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from secflow.durations import parse_duration
 from secflow.http.breaker import DEPENDENCY_EXTENSION
 
-from secflow.store import ErrorEvent
+from secflow.store import ErrorEvent, _parse_ts
 
 if TYPE_CHECKING:
     from secflow.store import FindingsStore
@@ -219,8 +219,6 @@ def load_error_rows(store: "FindingsStore", since: datetime | None = None) -> li
 
 
 def load_dead_letter_marks(store: "FindingsStore") -> list[DeadLetterMark]:
-    from secflow.store import _parse_ts
-
     with store._connection() as conn:
         rows = store._x(conn, "SELECT workflow_id, stage_id, target, last_failure_at, state FROM dead_letters").fetchall()
     return [DeadLetterMark(workflow_id=r[0], stage_id=r[1], target=r[2], last_failure_at=_parse_ts(r[3]), state=r[4]) for r in rows]
@@ -237,8 +235,6 @@ def resolve_recovered(
     execution of the stage (before an operator retried it) are marked too but not
     counted as automatic.
     """
-    from secflow.store import _parse_ts
-
     with store._connection() as conn:
         rows = store._x(
             conn,

@@ -295,19 +295,27 @@ async def _merge_live_progress(client: Client, handle: WorkflowHandle, status: A
                 st.progress.total = int(progress.get("total", 0)) or 1
 
 
-async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
-    name = INTERVENTIONS[args.command]
-    decision = Decision(stage=getattr(args, "stage", None), by=args.by or getpass.getuser(), reason=args.reason)
+async def send_update(handle: WorkflowHandle, update: str, arg: object, *, command: str, gone: str) -> str:
+    """Run a validated Temporal update; a refusal or a missing workflow becomes a CliError
+    (`gone` is the message when the workflow is not running)."""
     try:
-        message = await handle.execute_update(name, decision, result_type=str)
+        return await handle.execute_update(update, arg, result_type=str)
     except WorkflowUpdateFailedError as err:
         cause = err.cause
         reason = getattr(cause, "message", None) or str(cause or err)
-        raise CliError(f"{args.command} refused: {reason}") from None
+        raise CliError(f"{command} refused: {reason}") from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(f"no running assessment with id {handle.id!r}") from None
-        raise CliError(f"{args.command} failed: {err.message}") from None
+            raise CliError(gone) from None
+        raise CliError(f"{command} failed: {err.message}") from None
+
+
+async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
+    name = INTERVENTIONS[args.command]
+    decision = Decision(stage=getattr(args, "stage", None), by=args.by or getpass.getuser(), reason=args.reason)
+    message = await send_update(
+        handle, name, decision, command=args.command, gone=f"no running assessment with id {handle.id!r}"
+    )
     print(message)
     return EXIT_OK
 

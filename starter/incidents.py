@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -157,7 +157,7 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_answer(client: Client, action: str, incident_id: str, answer: IncidentAnswer) -> int:
-    from starter.cli import CliError
+    from starter.cli import CliError, send_update
 
     handle = client.get_workflow_handle(incident_id)
     try:
@@ -168,16 +168,9 @@ async def cmd_answer(client: Client, action: str, incident_id: str, answer: Inci
         raise CliError(err.message) from None
     if desc.status is None or desc.status.name != "RUNNING":
         raise CliError(f"{action} refused: incident {incident_id} has ended (it is resolved)")
-    try:
-        message = await handle.execute_update(action, answer, result_type=str)
-    except WorkflowUpdateFailedError as err:
-        cause = err.cause
-        reason = getattr(cause, "message", None) or str(cause or err)
-        raise CliError(f"{action} refused: {reason}") from None
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(f"{action} refused: incident {incident_id} has ended") from None
-        raise CliError(f"{action} failed: {err.message}") from None
+    message = await send_update(
+        handle, action, answer, command=action, gone=f"{action} refused: incident {incident_id} has ended"
+    )
     print(message)
     sys.stdout.flush()
     return EXIT_OK

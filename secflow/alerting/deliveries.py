@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from secflow.incidents import AlertRequest, IncidentEvent, Severity
-from secflow.store import FindingsStore
+from secflow.store import FindingsStore, _parse_ts, _ts
 
 __all__ = ["Claim", "Delivery", "claim", "delivery_id_for", "external_ref_for", "finish", "get_delivery", "set_external_ref"]
 
@@ -71,10 +71,6 @@ class Claim:
     count: int = 0  # merged: the head's merged_count; capped: capped this hour
 
 
-def _ts(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
 def _row(r: Any) -> Delivery:
     return Delivery(
         delivery_id=r[0],
@@ -84,8 +80,8 @@ def _row(r: Any) -> Delivery:
         group_key=r[4],
         status=r[5],
         merged_count=int(r[6]),
-        created_at=datetime.fromisoformat(r[7]),
-        updated_at=datetime.fromisoformat(r[8]),
+        created_at=_parse_ts(r[7]),
+        updated_at=_parse_ts(r[8]),
         external_ref=r[9] or "",
     )
 

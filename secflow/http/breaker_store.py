@@ -31,6 +31,8 @@ from datetime import datetime, timedelta, timezone
 from pydantic import BaseModel
 
 from secflow.logging import get_logger
+from secflow.store import _parse_ts as store_parse_ts
+from secflow.store import _ts as store_ts
 
 __all__ = [
     "BreakerPublisher",
@@ -111,15 +113,13 @@ class BreakerRow(BaseModel):
 
 
 # --- store access (takes a FindingsStore; portable SQL) ---------------------------------------
+# The store's own timestamp text (fixed-width UTC, so SQL compares it as a string).
 def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return None if value is None else store_ts(value)
 
 
 def _parse(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    value = datetime.fromisoformat(text)
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return None if text is None else store_parse_ts(text)
 
 
 _UPSERT = (
