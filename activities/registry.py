@@ -8,6 +8,7 @@ from typing import Any
 from activities.alerts import plan_alerts, send_alert
 from activities.dlq import park_dead_letter
 from activities.incidents import open_incident
+from activities.locks import acquire_scan_locks, release_scan_locks
 from activities.report import report
 from activities.resources import (
     acquire_scan_lock,
@@ -45,4 +46,6 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     plan_alerts,
     send_alert,
     open_incident,
+    acquire_scan_locks,
+    release_scan_locks,
 ]

@@ -10,11 +10,10 @@ import asyncio
 import shutil
 
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.runner import classified
 from secflow.errors import InvalidInputError
+from secflow.liveness import workflow_is_gone
 from secflow.logging import get_logger
 from secflow.models import FinalizeRequest, FindingCounts, LockOutcome, LockRequest, WorkspaceInfo, WorkspaceRequest
 from secflow.settings import load_settings
@@ -57,7 +56,7 @@ async def remove_workspace(req: WorkspaceRequest) -> None:
 async def acquire_scan_lock(req: LockRequest) -> LockOutcome:
     store = open_store()
     result = await asyncio.to_thread(store.acquire_lock, req.target, req.holder)
-    if not result.acquired and await _holder_is_gone(result.holder):
+    if not result.acquired and await workflow_is_gone(activity.client(), result.holder):
         # A terminated (or reset-away) assessment never ran its compensations: its lock
         # is stale. Take it over rather than make every later scan of the host wait.
         get_logger(component="locks").warning(
@@ -66,19 +65,6 @@ async def acquire_scan_lock(req: LockRequest) -> LockOutcome:
         await asyncio.to_thread(store.release_lock, req.target, result.holder)
         result = await asyncio.to_thread(store.acquire_lock, req.target, req.holder)
     return LockOutcome(acquired=result.acquired, holder=result.holder)
-
-
-async def _holder_is_gone(holder: str) -> bool:
-    """True when the lock holder is an assessment workflow that is no longer running."""
-    try:
-        desc = await activity.client().get_workflow_handle(holder).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            # Unknown to Temporal: a lock taken by hand, or by another namespace. That is
-            # for a human to judge, not for us to break.
-            return False
-        raise
-    return desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING
 
 
 @activity.defn(name="release_scan_lock")

@@ -1,13 +1,18 @@
-"""The findings store: findings, their links to assessments, scan locks and the error ledger.
+"""The findings store: findings, their links to assessments, scan locks and the error ledger,
+per-target outcomes and documents addressed by digest.
 
 Who writes here: Temporal activities, which may run more than once, in several worker
 processes at once, and be killed at any moment; and the starter CLI, from yet another
 process. So every write is
 
 * keyed by a deterministic id (finding fingerprint, (assessment, fingerprint) link,
-  lock target, error event id) and written as an upsert or insert-or-ignore, so a retry
-  changes nothing it should not;
+  lock target, error event id, (assessment, stage, target) outcome, document digest)
+  and written as an upsert or insert-or-ignore, so a retry changes nothing it should not;
 * one transaction, so a process killed half-way leaves either all of it or none of it.
+
+Scan locks come in two shapes over one table: `acquire_lock` (one key; older workflow
+runs still use it) and `acquire_locks` (a batch of keys, all or nothing, first come first
+served through waiter tickets in `lock_waiters`). Both see each other's locks.
 
 SQLite is the default backend (one file, WAL journal, a busy timeout so concurrent
 writers queue instead of failing). PostgreSQL is used when ``SECFLOW_DB_URL`` is a
@@ -33,6 +38,7 @@ carries it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -40,7 +46,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,15 +65,19 @@ __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "DbLocation",
     "Dialect",
+    "BulkLockResult",
     "ErrorEvent",
     "FindingCounts",
     "FindingsStore",
     "LockInfo",
     "LockResult",
     "MIGRATIONS",
+    "MAX_LOCK_CONFLICTS",
     "Migration",
+    "TargetOutcome",
     "UpsertResult",
     "default_db_url",
+    "document_digest",
     "open_store",
     "parse_db_url",
 ]
@@ -112,6 +122,39 @@ class LockInfo(BaseModel):
     target: str
     holder: str
     acquired_at: datetime
+
+
+# At most this many entries in BulkLockResult.conflicts: enough to say who is in the
+# way, small enough for any payload whatever the number of keys asked for.
+MAX_LOCK_CONFLICTS = 20
+
+
+class BulkLockResult(BaseModel):
+    """Outcome of `acquire_locks`: all keys taken, or none and who is in the way.
+
+    `conflicts` maps a key to the holder blocking it: the holder of its lock, or an
+    older waiter (first come, first served); at most MAX_LOCK_CONFLICTS entries, the
+    first keys in sorted order.
+    """
+
+    acquired: bool
+    conflicts: dict[str, str] = Field(default_factory=dict)
+
+
+class TargetOutcome(BaseModel):
+    """Where one target of one stage of an assessment stands (one row, upserted)."""
+
+    assessment_id: str
+    stage_id: str
+    target: str
+    tool: str = ""
+    state: str
+    attempts: int = 0
+    findings: int = 0
+    error_category: str = ""
+    error_message: str = ""
+    # Set by the store when it writes the row, unless the caller gives one.
+    updated_at: datetime | None = None
 
 
 class ErrorEvent(BaseModel):
@@ -345,6 +388,10 @@ class Dialect:
     # bytewise; PostgreSQL would use the database's locale, under which ORDER BY and the
     # MAX of ISO timestamps stored as text could differ from SQLite. "C" is bytewise.
     text_collation: str | None = None
+    # Run first in every bulk scan-lock transaction (acquire_locks / release_locks) to
+    # serialise them, so waiter tickets are numbered in one order. SQLite's
+    # BEGIN IMMEDIATE already serialises every writer.
+    lock_queue_lock: str | None = None
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -362,6 +409,8 @@ SQLITE_DIALECT = Dialect(name="sqlite", placeholder="?", begin_write="BEGIN IMME
 # (an arbitrary constant; "SecFlow store migrate" in spirit). Transaction-scoped, so a
 # migrator killed half-way releases it with its rolled-back transaction.
 PG_MIGRATION_LOCK_KEY = 0x5EC_F10E_0001
+# Key of the advisory lock that serialises bulk scan-lock transactions (see Dialect).
+PG_LOCK_QUEUE_KEY = 0x5EC_F10E_0002
 POSTGRES_DIALECT = Dialect(
     name="postgresql",
     placeholder="%s",
@@ -372,6 +421,7 @@ POSTGRES_DIALECT = Dialect(
     greatest="GREATEST",
     migration_lock=f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK_KEY})",
     text_collation="C",
+    lock_queue_lock=f"SELECT pg_advisory_xact_lock({PG_LOCK_QUEUE_KEY})",
 )
 
 
@@ -690,6 +740,53 @@ MIGRATIONS: tuple[Migration, ...] = (
         # findings.enrichment (migration 4) is only read for links written before this.
         ("ALTER TABLE assessment_findings ADD COLUMN enrichment TEXT",),
     ),
+    Migration(
+        10,
+        "documents by digest, per-target outcomes, bulk scan locks with waiter tickets",
+        (
+            # Content-addressed documents (the spec and scope of an assessment, stored
+            # once and passed around by digest instead of copied into every payload).
+            """
+            CREATE TABLE documents (
+                digest     TEXT PRIMARY KEY,
+                body       TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            )
+            """,
+            # One row per (assessment, stage, target): the per-target state that used to
+            # live in workflow state. The primary key is also the paging order.
+            """
+            CREATE TABLE target_outcomes (
+                assessment_id  TEXT NOT NULL,
+                stage_id       TEXT NOT NULL,
+                target         TEXT NOT NULL,
+                tool           TEXT NOT NULL,
+                state          TEXT NOT NULL,
+                attempts       INTEGER NOT NULL,
+                findings       INTEGER NOT NULL,
+                error_category TEXT NOT NULL,
+                error_message  TEXT NOT NULL,
+                updated_at     TEXT NOT NULL,
+                PRIMARY KEY (assessment_id, stage_id, target)
+            )
+            """,
+            "CREATE INDEX target_outcomes_by_state ON target_outcomes (assessment_id, state, stage_id, target)",
+            # First come, first served for scan locks: a holder refused a set of keys
+            # leaves a ticket on each; a later asker is refused while an older ticket
+            # waits on one of its keys. Tickets of one refusal share one number.
+            """
+            CREATE TABLE lock_waiters (
+                target        TEXT NOT NULL,
+                holder        TEXT NOT NULL,
+                ticket        INTEGER NOT NULL,
+                waiting_since TEXT NOT NULL,
+                PRIMARY KEY (target, holder)
+            )
+            """,
+            "CREATE INDEX lock_waiters_by_holder ON lock_waiters (holder)",
+            "CREATE INDEX scan_locks_by_holder ON scan_locks (holder)",
+        ),
+    ),
 )
 
 
@@ -733,6 +830,28 @@ def _parse_ts(text: str) -> datetime:
 def _require(name: str, value: str) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
+
+
+def document_digest(body: str) -> str:
+    """The address of a document: "sha256:" and the hex SHA-256 of its UTF-8 bytes."""
+    return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+# Keys per IN (...) list: far below SQLite's variable limit and PostgreSQL's 65,535.
+_IN_CHUNK = 500
+
+
+def _lock_keys(keys: Sequence[str]) -> list[str]:
+    if isinstance(keys, str):
+        raise TypeError("keys must be a sequence of strings, not one string")
+    for key in keys:
+        _require("lock key", key)
+    return sorted(set(keys))
+
+
+def _chunks(items: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 _SEVERITY_RANK_SQL = (
@@ -871,6 +990,15 @@ class FindingsStore:
 
     def _x(self, conn: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return conn.execute(self._dialect.sql(sql), params)
+
+    def _many(self, conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One statement for many rows (sqlite3 loops in C; psycopg pipelines them)."""
+        if rows:
+            cursor = conn.cursor()
+            try:
+                cursor.executemany(self._dialect.sql(sql), rows)
+            finally:
+                cursor.close()
 
     # -- migrations -----------------------------------------------------------------------
 
@@ -1154,6 +1282,286 @@ class FindingsStore:
         with self._connection() as conn:
             rows = conn.execute("SELECT target, holder, acquired_at FROM scan_locks ORDER BY target").fetchall()
         return [LockInfo(target=t, holder=h, acquired_at=_parse_ts(a)) for t, h, a in rows]
+
+    # -- bulk scan locks (first come, first served) ----------------------------------------
+
+    def acquire_locks(self, keys: Sequence[str], holder: str) -> BulkLockResult:
+        """Take every key's scan lock for `holder`, or none of them, in one transaction.
+
+        Keys are deduplicated and taken in sorted order (two callers wanting overlapping
+        sets queue instead of deadlocking). Re-entrant: keys `holder` already holds
+        count as free. First come, first served: a key whose lock is free but on which
+        another holder has an older waiter ticket than `holder`'s own (or `holder` has
+        none) is refused too, naming that waiter.
+
+        On refusal `holder` gets a waiter ticket on every key it asked for (a ticket it
+        already had keeps its place); on success all of `holder`'s tickets are dropped.
+        """
+        _require("holder", holder)
+        wanted = _lock_keys(keys)
+        if not wanted:
+            return BulkLockResult(acquired=True)
+        now = _ts(_utcnow())
+        with self._write() as conn:
+            if self._dialect.lock_queue_lock:
+                conn.execute(self._dialect.lock_queue_lock)
+            # Keys already ours are free whoever queues on them (re-entrant).
+            held: set[str] = set()
+            for chunk in _chunks(wanted):
+                marks = ", ".join("?" * len(chunk))
+                rows = self._x(
+                    conn,
+                    f"SELECT target FROM scan_locks WHERE holder = ? AND target IN ({marks})",
+                    (holder, *chunk),
+                ).fetchall()
+                held.update(r[0] for r in rows)
+            # Insert first, then look: a conflict is then whatever row is not ours, even
+            # one that a concurrent single-key acquire_lock committed meanwhile
+            # (PostgreSQL's ON CONFLICT waits for it). The savepoint undoes the insert
+            # when the answer is "no".
+            conn.execute("SAVEPOINT bulk_acquire")
+            self._many(
+                conn,
+                "INSERT INTO scan_locks (target, holder, acquired_at) VALUES (?, ?, ?) ON CONFLICT (target) DO NOTHING",
+                [(key, holder, now) for key in wanted],
+            )
+            conflicts: dict[str, str] = {}
+            for chunk in _chunks(wanted):
+                marks = ", ".join("?" * len(chunk))
+                rows = self._x(
+                    conn,
+                    f"SELECT target, holder FROM scan_locks WHERE holder <> ? AND target IN ({marks})",
+                    (holder, *chunk),
+                ).fetchall()
+                conflicts.update({t: h for t, h in rows})
+            mine: dict[str, int] = {}
+            others: list[tuple[str, str, int]] = []
+            for chunk in _chunks(wanted):
+                marks = ", ".join("?" * len(chunk))
+                rows = self._x(
+                    conn,
+                    f"SELECT target, holder, ticket FROM lock_waiters WHERE target IN ({marks})",
+                    tuple(chunk),
+                ).fetchall()
+                for target, waiter, ticket in rows:
+                    if waiter == holder:
+                        mine[target] = int(ticket)
+                    else:
+                        others.append((target, waiter, int(ticket)))
+            # An older ticket (smaller number; ties by holder name, for a total order)
+            # of someone else goes first.
+            ahead: dict[str, tuple[int, str]] = {}
+            for target, waiter, ticket in others:
+                if target in held:
+                    continue
+                own = mine.get(target)
+                if own is not None and (ticket, waiter) >= (own, holder):
+                    continue
+                if target not in ahead or (ticket, waiter) < ahead[target]:
+                    ahead[target] = (ticket, waiter)
+            for target, (_, waiter) in ahead.items():
+                conflicts.setdefault(target, waiter)
+
+            if not conflicts:
+                conn.execute("RELEASE SAVEPOINT bulk_acquire")
+                self._x(conn, "DELETE FROM lock_waiters WHERE holder = ?", (holder,))
+                return BulkLockResult(acquired=True)
+
+            conn.execute("ROLLBACK TO SAVEPOINT bulk_acquire")
+            conn.execute("RELEASE SAVEPOINT bulk_acquire")
+            new = [key for key in wanted if key not in mine]
+            if new:
+                (top,) = self._x(conn, "SELECT COALESCE(MAX(ticket), 0) FROM lock_waiters").fetchone()
+                ticket = int(top) + 1
+                self._many(
+                    conn,
+                    "INSERT INTO lock_waiters (target, holder, ticket, waiting_since) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (target, holder) DO NOTHING",
+                    [(key, holder, ticket, now) for key in new],
+                )
+        shown = {key: conflicts[key] for key in sorted(conflicts)[:MAX_LOCK_CONFLICTS]}
+        return BulkLockResult(acquired=False, conflicts=shown)
+
+    def release_locks(self, holder: str, keys: Sequence[str] | None = None) -> int:
+        """Drop `holder`'s scan locks and waiter tickets (on `keys`, or all when None).
+
+        One transaction; returns how many locks were released (tickets not counted).
+        Locks of other holders are never touched, so releasing twice is harmless.
+        """
+        _require("holder", holder)
+        with self._write() as conn:
+            if self._dialect.lock_queue_lock:
+                conn.execute(self._dialect.lock_queue_lock)
+            if keys is None:
+                released = self._x(conn, "DELETE FROM scan_locks WHERE holder = ?", (holder,)).rowcount
+                self._x(conn, "DELETE FROM lock_waiters WHERE holder = ?", (holder,))
+                return int(released)
+            released = 0
+            for chunk in _chunks(_lock_keys(keys)):
+                marks = ", ".join("?" * len(chunk))
+                released += self._x(
+                    conn, f"DELETE FROM scan_locks WHERE holder = ? AND target IN ({marks})", (holder, *chunk)
+                ).rowcount
+                self._x(conn, f"DELETE FROM lock_waiters WHERE holder = ? AND target IN ({marks})", (holder, *chunk))
+            return released
+
+    def lock_holders(self) -> set[str]:
+        """Everyone who holds a scan lock or waits for one (for stale-holder reaping)."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT holder FROM scan_locks UNION SELECT holder FROM lock_waiters").fetchall()
+        return {r[0] for r in rows}
+
+    # -- documents ------------------------------------------------------------------------
+
+    def put_document(self, body: str) -> str:
+        """Store `body` once under its digest ("sha256:<hex>" of its UTF-8); returns the digest."""
+        if not isinstance(body, str):
+            raise TypeError(f"put_document takes a str, got {type(body).__name__}")
+        digest = document_digest(body)
+        with self._write() as conn:
+            self._x(
+                conn,
+                "INSERT INTO documents (digest, body, created_at) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+                (digest, body, _ts(_utcnow())),
+            )
+        return digest
+
+    def get_document(self, digest: str) -> str | None:
+        """The body stored under `digest`, or None."""
+        _require("digest", digest)
+        with self._connection() as conn:
+            row = self._x(conn, "SELECT body FROM documents WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else row[0]
+
+    # -- per-target outcomes --------------------------------------------------------------
+
+    def record_target_outcomes(self, outcomes: list[TargetOutcome]) -> int:
+        """Upsert each (assessment, stage, target)'s row, all in one transaction.
+
+        A key given twice keeps its last outcome. Returns the number of rows written.
+        """
+        batch: dict[tuple[str, str, str], TargetOutcome] = {}
+        for outcome in outcomes:
+            if not isinstance(outcome, TargetOutcome):
+                raise TypeError(f"record_target_outcomes takes TargetOutcome items, got {type(outcome).__name__}")
+            _require("assessment_id", outcome.assessment_id)
+            _require("stage_id", outcome.stage_id)
+            _require("target", outcome.target)
+            _require("state", outcome.state)
+            batch[(outcome.assessment_id, outcome.stage_id, outcome.target)] = outcome
+        if not batch:
+            return 0
+        now = _ts(_utcnow())
+        # Key order: PostgreSQL locks rows one by one, so two writers meeting on the same
+        # rows in opposite orders could deadlock; in one global order they queue.
+        rows = [
+            (
+                *key,
+                o.tool,
+                o.state,
+                int(o.attempts),
+                int(o.findings),
+                o.error_category,
+                o.error_message,
+                _ts(o.updated_at) if o.updated_at is not None else now,
+            )
+            for key, o in sorted(batch.items())
+        ]
+        with self._write() as conn:
+            self._many(
+                conn,
+                """
+                INSERT INTO target_outcomes (assessment_id, stage_id, target, tool, state, attempts, findings,
+                                             error_category, error_message, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (assessment_id, stage_id, target) DO UPDATE SET
+                    tool = excluded.tool, state = excluded.state, attempts = excluded.attempts,
+                    findings = excluded.findings, error_category = excluded.error_category,
+                    error_message = excluded.error_message, updated_at = excluded.updated_at
+                """,
+                rows,
+            )
+        return len(rows)
+
+    def list_target_outcomes(
+        self,
+        assessment_id: str,
+        *,
+        stage_id: str | None = None,
+        state: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[TargetOutcome]:
+        """One page of the assessment's outcomes in (stage_id, target) order.
+
+        Keyset paging: pass the (stage_id, target) of the last row of a page as `after`
+        to get the next one; an empty page means the end.
+        """
+        _require("assessment_id", assessment_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        sql = (
+            "SELECT stage_id, target, tool, state, attempts, findings, error_category, error_message, updated_at "
+            "FROM target_outcomes WHERE assessment_id = ?"
+        )
+        params: tuple[Any, ...] = (assessment_id,)
+        if stage_id is not None:
+            sql += " AND stage_id = ?"
+            params += (stage_id,)
+        if state is not None:
+            sql += " AND state = ?"
+            params += (state,)
+        if after is not None:
+            after_stage, after_target = after
+            sql += " AND (stage_id > ? OR (stage_id = ? AND target > ?))"
+            params += (after_stage, after_stage, after_target)
+        sql += " ORDER BY stage_id, target LIMIT ?"
+        params += (limit,)
+        with self._connection() as conn:
+            rows = self._x(conn, sql, params).fetchall()
+        return [
+            TargetOutcome(
+                assessment_id=assessment_id,
+                stage_id=r[0],
+                target=r[1],
+                tool=r[2],
+                state=r[3],
+                attempts=int(r[4]),
+                findings=int(r[5]),
+                error_category=r[6],
+                error_message=r[7],
+                updated_at=_parse_ts(r[8]),
+            )
+            for r in rows
+        ]
+
+    def count_target_outcomes(self, assessment_id: str) -> dict[str, dict[str, int]]:
+        """How many targets of each stage are in each state: {stage_id: {state: count}}."""
+        _require("assessment_id", assessment_id)
+        with self._connection() as conn:
+            rows = self._x(
+                conn,
+                "SELECT stage_id, state, COUNT(*) FROM target_outcomes WHERE assessment_id = ? "
+                "GROUP BY stage_id, state ORDER BY stage_id, state",
+                (assessment_id,),
+            ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for stage, state, count in rows:
+            counts.setdefault(stage, {})[state] = int(count)
+        return counts
+
+    def delete_target_outcomes(self, assessment_id: str, stage_id: str) -> int:
+        """Forget one stage's outcomes (a stage retried from scratch). Returns how many."""
+        _require("assessment_id", assessment_id)
+        _require("stage_id", stage_id)
+        with self._write() as conn:
+            return int(
+                self._x(
+                    conn,
+                    "DELETE FROM target_outcomes WHERE assessment_id = ? AND stage_id = ?",
+                    (assessment_id, stage_id),
+                ).rowcount
+            )
 
     # -- error events ---------------------------------------------------------------------
 
