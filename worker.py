@@ -5,12 +5,16 @@ SECFLOW_TASK_QUEUE (secflow), SECFLOW_DATA_DIR (.secflow), SECFLOW_DB_URL,
 SECFLOW_SHUTDOWN_GRACE (10s), SECFLOW_MAX_CONCURRENT_ACTIVITIES (50), SECFLOW_LOG_LEVEL,
 SECFLOW_METRICS_ADDR (host:port of a Prometheus /metrics endpoint; unset = none).
 SECFLOW_ALERTS_CONFIG (alert routing YAML; a bad one stops the worker before it connects).
+SECFLOW_REAPER_INTERVAL (600, seconds or a duration such as 10m): the reaper runs when the
+worker starts and then this often, removing workspaces and releasing scan locks of
+assessments that are no longer running (terminated runs skip their compensations).
 SIGTERM or Ctrl-C: stop polling, let running activities finish or hand them back, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -18,6 +22,7 @@ from secflow.alerting.config import AlertConfigError, load_alerts_config
 from secflow.exit import exit_now
 from secflow.logging import configure_logging, get_logger
 from secflow.metrics import configure_metrics
+from secflow.reaper import run_reaper
 from secflow.settings import SettingsError, load_settings
 from secflow.temporal_client import connect, ensure_search_attributes
 from secflow.worker_setup import build_worker
@@ -59,7 +64,14 @@ async def main() -> int:
 
     log.info("worker started", task_queue=settings.task_queue, address=settings.temporal_address)
     async with worker:
-        await stop.wait()
+        # Reclaim what terminated assessments left: once now, then periodically.
+        reaper = asyncio.create_task(run_reaper(client, settings, settings.reaper_interval), name="secflow-reaper")
+        try:
+            await stop.wait()
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
         log.info("worker stopping: finishing or handing back running activities")
     log.info("worker stopped")
     return 0

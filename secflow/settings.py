@@ -20,6 +20,9 @@ class Settings:
     max_concurrent_activities: int
     # host:port of the worker's Prometheus endpoint (SECFLOW_METRICS_ADDR); None = none.
     metrics_addr: str | None = None
+    # Seconds between reaper passes (SECFLOW_REAPER_INTERVAL): workspaces and scan locks
+    # left by assessments that are no longer running (secflow/reaper.py).
+    reaper_interval: float = 600.0
 
     @property
     def workspaces_dir(self) -> Path:
@@ -53,6 +56,16 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         metrics_addr = parse_metrics_addr(env.get("SECFLOW_METRICS_ADDR", ""))
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+    raw_reaper = env.get("SECFLOW_REAPER_INTERVAL", "600")
+    try:
+        reaper_interval = parse_duration(raw_reaper).total_seconds()
+        if not reaper_interval > 0:
+            raise ValueError
+    except ValueError:
+        raise SettingsError(
+            "SECFLOW_REAPER_INTERVAL: expected a positive number of seconds or a duration "
+            f"such as 10m, got {raw_reaper!r}"
+        ) from None
     task_queue = env.get("SECFLOW_TASK_QUEUE", "secflow").strip()
     if not task_queue:
         raise SettingsError("SECFLOW_TASK_QUEUE: must not be empty")
@@ -64,4 +77,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         shutdown_grace=grace,
         max_concurrent_activities=max_activities,
         metrics_addr=metrics_addr,
+        reaper_interval=reaper_interval,
     )
