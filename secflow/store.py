@@ -1292,7 +1292,9 @@ class FindingsStore:
         sets queue instead of deadlocking). Re-entrant: keys `holder` already holds
         count as free. First come, first served: a key whose lock is free but on which
         another holder has an older waiter ticket than `holder`'s own (or `holder` has
-        none) is refused too, naming that waiter.
+        none) is refused too, naming that waiter, unless `holder` already holds some
+        lock (it is part-way through its sorted batches; letting a ticket hold it back
+        could deadlock, see below).
 
         On refusal `holder` gets a waiter ticket on every key it asked for (a ticket it
         already had keeps its place); on success all of `holder`'s tickets are dropped.
@@ -1305,16 +1307,14 @@ class FindingsStore:
         with self._write() as conn:
             if self._dialect.lock_queue_lock:
                 conn.execute(self._dialect.lock_queue_lock)
-            # Keys already ours are free whoever queues on them (re-entrant).
-            held: set[str] = set()
-            for chunk in _chunks(wanted):
-                marks = ", ".join("?" * len(chunk))
-                rows = self._x(
-                    conn,
-                    f"SELECT target FROM scan_locks WHERE holder = ? AND target IN ({marks})",
-                    (holder, *chunk),
-                ).fetchall()
-                held.update(r[0] for r in rows)
+            # Waiter tickets only hold back a holder that holds no lock yet. One that is
+            # part-way through its batches waits on locks alone: it takes keys in the one
+            # global (sorted) order, so it cannot be in a cycle, whereas a ticket on a
+            # free key is a reservation out of that order. (Example: C holds k2 and wants
+            # k3; B queues on k1 and k3 behind A's k1; A waits for C's k2. If B's ticket
+            # on k3 held C back, all three would wait forever.) Ticket waits alone cannot
+            # cycle either: each points at an older ticket.
+            holds_locks = self._x(conn, "SELECT 1 FROM scan_locks WHERE holder = ? LIMIT 1", (holder,)).fetchone()
             # Insert first, then look: a conflict is then whatever row is not ours, even
             # one that a concurrent single-key acquire_lock committed meanwhile
             # (PostgreSQL's ON CONFLICT waits for it). The savepoint undoes the insert
@@ -1351,9 +1351,7 @@ class FindingsStore:
             # An older ticket (smaller number; ties by holder name, for a total order)
             # of someone else goes first.
             ahead: dict[str, tuple[int, str]] = {}
-            for target, waiter, ticket in others:
-                if target in held:
-                    continue
+            for target, waiter, ticket in others if holds_locks is None else ():
                 own = mine.get(target)
                 if own is not None and (ticket, waiter) >= (own, holder):
                     continue

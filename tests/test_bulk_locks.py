@@ -8,8 +8,10 @@ real files, a real PostgreSQL server (tests/pg.py), real threads and OS processe
 from __future__ import annotations
 
 import multiprocessing
+import random
 import sqlite3
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -134,6 +136,22 @@ def test_first_come_first_served(store: FindingsStore, db: Db) -> None:
     assert _held(db) == {"x": "B", "y": "C"}
 
 
+def test_a_holder_part_way_through_its_batches_is_not_held_back_by_tickets(store: FindingsStore) -> None:
+    # The cycle that tickets alone would make: C holds k2 and wants k3; B queues on k1 and
+    # k3 behind A's k1; A wants C's k2. B's ticket on the free k3 must not stop C.
+    assert store.acquire_locks(["k2"], "C").acquired
+    assert store.acquire_locks(["k1"], "A").acquired
+    assert store.acquire_locks(["k1", "k3"], "B").conflicts == {"k1": "A"}
+    assert store.acquire_locks(["k2"], "A").conflicts == {"k2": "C"}
+    assert store.acquire_locks(["k3"], "C").acquired
+    # A newcomer holding nothing still queues behind B.
+    store.release_locks("C")
+    assert store.acquire_locks(["k3"], "D").conflicts == {"k3": "B"}
+    assert store.acquire_locks(["k2"], "A").acquired
+    store.release_locks("A")
+    assert store.acquire_locks(["k1", "k3"], "B").acquired
+
+
 def test_release_all_drops_locks_and_tickets_of_that_holder_only(store: FindingsStore, db: Db) -> None:
     assert store.acquire_locks(["a", "b", "c"], "A").acquired
     assert store.acquire_locks(["z"], "Z").acquired
@@ -154,24 +172,33 @@ def test_release_all_drops_locks_and_tickets_of_that_holder_only(store: Findings
 
 
 def test_many_threads_exclusive_and_each_served(store: FindingsStore) -> None:
-    # Eight holders want overlapping sets; each retries until it gets its whole set, holds
-    # it a moment and releases. Nobody may ever see a key held twice.
+    # Eight holders want overlapping sets; each takes its set in three sorted batches (as
+    # an assessment does), retrying a refused batch until it gets it, holds the whole set
+    # a moment and releases. Nobody may ever see a key held twice, and nobody may wait
+    # forever: with tickets honoured by holders part-way through their batches, this
+    # very setup deadlocked every time.
+    rng = random.Random(9)
     holders = [f"wf-{i}" for i in range(8)]
-    sets = {h: [f"k{j:03d}" for j in range(i * 20, i * 20 + 60)] for i, h in enumerate(holders)}
+    sets = {h: sorted(rng.sample([f"k{j:03d}" for j in range(100)], 45)) for h in holders}
     inside: dict[str, str] = {}
     guard = threading.Lock()
     errors: list[str] = []
 
     def run(holder: str) -> None:
         try:
-            while not store.acquire_locks(sets[holder], holder).acquired:
-                threading.Event().wait(0.005)
+            started = time.monotonic()
+            for start in range(0, 45, 15):
+                batch = sets[holder][start : start + 15]
+                while not store.acquire_locks(batch, holder).acquired:
+                    if time.monotonic() - started > 30:
+                        raise AssertionError(f"{holder} waited 30 s for {batch[0]}..: deadlock")
+                    time.sleep(0.002)
             with guard:
                 clash = {k: inside[k] for k in sets[holder] if k in inside}
                 if clash:
                     errors.append(f"{holder} got keys held by {clash}")
                 inside.update({k: holder for k in sets[holder]})
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
             with guard:
                 for k in sets[holder]:
                     del inside[k]
