@@ -4,8 +4,8 @@ measured in the same run:
     .venv/bin/python -m bench.http_breaker [--outage 60] [--callers 10] [--refusals 20000]
 
 a. Refused-call latency with the breaker open (p50/p99 of `await http.get()` raising the
-   breaker's TransientError), vs the baseline's time to fail against a dead loopback port
-   (connection refused, nothing listening).
+   breaker's BreakerOpenError, a TransientError), vs the baseline's time to fail against a
+   dead loopback port (connection refused, nothing listening).
 b. Connection attempts reaching a dead dependency during an outage of `--outage` seconds
    (default 60). The dependency is a loopback listener that accepts every connection and
    resets it (counted), then, when the outage ends, answers HTTP 200. `--callers`
@@ -19,9 +19,11 @@ b. Connection attempts reaching a dead dependency during an outage of `--outage`
    (at most `--tail` seconds) to show what recovery costs.
 
 SecFlow's client uses the default settings of any dependency (`DependencySettings()`:
-3 attempts inside the transport, breaker opens after 5 failures within 60 s, 30 s open,
-doubling per failed trial). Metrics go to a real Prometheus-exporting Runtime, as in a
-worker; breaker states go to a throwaway store.
+3 attempts inside the transport, breaker opens when at least 50 % of at least 20 calls
+within 60 s failed, 30 s open, doubling per failed trial; refusals are not waited out
+here: `wait_for_half_open` is off by default and these callers are not activities).
+Metrics go to a real Prometheus-exporting Runtime, as in a worker; breaker states go to a
+throwaway store.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ async def refused_latency(refusals: int, baseline_calls: int) -> list[list[str]]
                 pass
             base.append(time.perf_counter() - t)
 
-    register_dependency("bench-refused", DependencySettings(retry_attempts=1, failure_threshold=3, open_timeout=3600.0))
+    register_dependency("bench-refused", DependencySettings(retry_attempts=1, minimum_calls=3, open_timeout=3600.0))
     refused: list[float] = []
     async with client_for("bench-refused", base_url=url, timeout=TIMEOUT) as http:
         for _ in range(3):

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 OPEN_FOR = 1.0  # seconds the breaker stays open before a trial
 SETTINGS = DependencySettings(
-    rate=1000.0, burst=1000, retry_attempts=1, failure_threshold=3, failure_window=60.0,
+    rate=1000.0, burst=1000, retry_attempts=1, minimum_calls=3, failure_window=60.0,
     open_timeout=OPEN_FOR, max_open_timeout=10.0, deadline=5.0,
 )
 TIMEOUT = httpx.Timeout(1.0)
@@ -253,7 +253,7 @@ from secflow.http import DependencySettings, client_for, register_dependency
 
 s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
 Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}"))))
-register_dependency("metrics-dep", DependencySettings(retry_attempts=1, failure_threshold=2, open_timeout=60.0))
+register_dependency("metrics-dep", DependencySettings(retry_attempts=1, minimum_calls=2, open_timeout=60.0))
 dead = socket.socket(); dead.bind(("127.0.0.1", 0)); dead_port = dead.getsockname()[1]; dead.close()
 
 async def main():
@@ -315,7 +315,7 @@ import httpx
 from secflow.http import DependencySettings, client_for, flush_breaker_states, register_dependency
 
 dep = sys.argv[1]
-register_dependency(dep, DependencySettings(retry_attempts=1, failure_threshold=1, open_timeout=600.0))
+register_dependency(dep, DependencySettings(retry_attempts=1, minimum_calls=1, open_timeout=600.0))
 s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
 
 async def main():

@@ -42,6 +42,8 @@ def osv(monkeypatch: pytest.MonkeyPatch) -> Iterator[OsvStandin]:
     server = OsvStandin()
     monkeypatch.setenv("SECFLOW_OSV_URL", server.url)
     monkeypatch.delenv("SECFLOW_CHAOS_CONFIG", raising=False)
+    # One try per request inside the transport: each injected 503 fails an attempt.
+    monkeypatch.setenv("SECFLOW_HTTP_OSV_RETRIES", "1")
     yield server
     server.close()
     reset_http_state()
@@ -62,7 +64,7 @@ async def test_spec_chaos_503_first_2_calls_recovers_per_assessment(
         handle = await start(client, chaos_spec(app), worker)
         status = await final_status(handle)
         assert status.outcome == "completed", status.reason
-        # OSV has no retries inside the transport: each injected 503 failed one attempt
+        # no retries inside the transport here: each injected 503 failed one attempt
         assert status.stages["deps"].attempts == 3
         # injected answers never reached the stand-in; the third attempt did, once
         assert osv.count("POST", "/v1/querybatch") == asked + 1

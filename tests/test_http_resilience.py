@@ -81,7 +81,7 @@ def dep() -> Iterator[str]:
 def dep1() -> Iterator[str]:
     """A dependency without retries inside the transport: every outcome reaches the caller."""
     name = f"test-{uuid.uuid4().hex[:8]}"
-    register_dependency(name, FAST.model_copy(update={"retry_attempts": 1, "failure_threshold": 1000}))
+    register_dependency(name, FAST.model_copy(update={"retry_attempts": 1, "minimum_calls": 1000}))
     yield name
     unregister_dependency(name)
 
@@ -194,7 +194,7 @@ async def test_connection_refused_is_retried_then_raised(dep: str) -> None:
 # --- circuit breaker ---------------------------------------------------------------------------
 def breaker_settings(**kw: object) -> DependencySettings:
     return FAST.model_copy(
-        update={"retry_attempts": 1, "failure_threshold": 3, "failure_window": 60.0, "open_timeout": 30.0,
+        update={"retry_attempts": 1, "minimum_calls": 3, "failure_window": 60.0, "open_timeout": 30.0,
                 "max_open_timeout": 100.0, **kw}
     )
 
@@ -285,7 +285,7 @@ async def test_half_open_success_closes_and_failure_reopens_longer(servers) -> N
 
 async def test_a_half_open_trial_is_one_attempt(servers) -> None:
     name = f"test-{uuid.uuid4().hex[:8]}"
-    register_dependency(name, breaker_settings(retry_attempts=3, failure_threshold=1))
+    register_dependency(name, breaker_settings(retry_attempts=3, minimum_calls=1))
     clock = FakeClock()
     breaker = breaker_for(name, settings_for(name), clock=clock)
     server = serve(servers, [Reply(503)])
@@ -308,7 +308,7 @@ async def test_half_open_allows_only_the_trial_calls() -> None:
     clock = FakeClock()
     from secflow.http.breaker import CircuitBreaker
 
-    breaker = CircuitBreaker("x", breaker_settings(failure_threshold=1), clock=clock)
+    breaker = CircuitBreaker("x", breaker_settings(minimum_calls=1), clock=clock)
     breaker.before_call()
     breaker.on_failure()
     clock.now += 30
@@ -323,7 +323,7 @@ async def test_half_open_allows_only_the_trial_calls() -> None:
 
 async def test_4xx_and_429_do_not_count_as_breaker_failures(servers) -> None:
     name = f"test-{uuid.uuid4().hex[:8]}"
-    register_dependency(name, breaker_settings(failure_threshold=2))
+    register_dependency(name, breaker_settings(minimum_calls=2))
     breaker = breaker_for(name, settings_for(name), clock=FakeClock())
     server = serve(servers, [Reply(404), Reply(429), Reply(401), Reply(404)])
     try:
@@ -339,7 +339,7 @@ async def test_refused_calls_neither_wait_for_nor_spend_rate_tokens(servers) -> 
     from secflow.http import limiter_for
 
     name = f"test-{uuid.uuid4().hex[:8]}"
-    register_dependency(name, breaker_settings(rate=1.0, burst=1, failure_threshold=1))
+    register_dependency(name, breaker_settings(rate=1.0, burst=1, minimum_calls=1))
     clock = FakeClock()
     limiter = limiter_for(name, settings_for(name), clock=clock, sleep=clock.sleep)
     breaker_for(name, settings_for(name), clock=clock)
@@ -462,8 +462,8 @@ async def test_chaos_sits_below_retries_and_breaker(monkeypatch, servers) -> Non
     # (each retry is a request and counts towards first_n) and the breaker counts every
     # failed attempt.
     name, other = f"test-{uuid.uuid4().hex[:8]}", f"test-{uuid.uuid4().hex[:8]}"
-    register_dependency(name, breaker_settings(retry_attempts=3, failure_threshold=10))
-    register_dependency(other, breaker_settings(retry_attempts=3, failure_threshold=2))
+    register_dependency(name, breaker_settings(retry_attempts=3, minimum_calls=10))
+    register_dependency(other, breaker_settings(retry_attempts=3, minimum_calls=2))
     server = serve(servers, [Reply(200, body=b"ok")])
     try:
         chaos(monkeypatch, name, [{"fault": "status", "status": 503, "first_n": 2}])

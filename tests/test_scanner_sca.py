@@ -61,6 +61,11 @@ def osv(monkeypatch: pytest.MonkeyPatch):
         servers.append(server)
         # The in-process worker reads this at call time.
         monkeypatch.setenv("SECFLOW_OSV_URL", server.url)
+        # These tests are about the activity's own recovery (a failed attempt resumes from
+        # its checkpoint): one try per request inside the transport, so a scripted 503
+        # fails the attempt. Riding through with the transport's retries is
+        # tests/test_degraded_dependency.py's subject.
+        monkeypatch.setenv("SECFLOW_HTTP_OSV_RETRIES", "1")
         return server
 
     yield make

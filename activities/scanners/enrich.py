@@ -4,12 +4,16 @@ Runs once per stage (no targets). Every call goes through `secflow.http.client_f
 NVD's public rate limit (5 per rolling 30 s) and each service's breaker are respected.
 Fresh cache entries (younger than `max_age`) are used without a request.
 
-When a service cannot answer (down, 5xx/429 after the transport's retries, breaker open)
-or answers with an unusable body (invalid/truncated JSON, the wrong shape: external_tool),
-an attempt that is not the stage's last checkpoints what it finished and fails with that
-classification, so Temporal retries it; a breaker's wait until half-open, or a server's
-Retry-After, becomes the retry's `next_retry_delay` (the outage is waited out, not
-hammered), and the next attempt resumes from the checkpoint. Only the last attempt
+The transport rides through intermittent failures itself (NVD, EPSS and KEV requests are
+idempotent: up to 8 jittered tries each), and while a service's breaker is open a request
+waits for the half-open trial inside the attempt when the attempt has time left for it.
+When a service still cannot answer (down, 5xx/429 after the transport's retries, breaker
+open beyond what the attempt can wait) or answers with an unusable body
+(invalid/truncated JSON, the wrong shape: external_tool), an attempt that is not the
+stage's last checkpoints what it finished and fails with that classification, so
+Temporal retries it; a breaker's wait until half-open, or a server's Retry-After, becomes
+the retry's `next_retry_delay` (the outage is waited out, not hammered), and the next
+attempt resumes from the checkpoint. Only the last attempt
 degrades: stale cache is used (and said to be stale, and how stale), else the CVE is
 marked partial with the reason, and the stage completes degraded. Permanent answers (401,
 404 for a bad API key) are raised at once: retrying will not fix them.

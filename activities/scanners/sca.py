@@ -16,10 +16,16 @@ Findings: one per (package, version, advisory), located at the first line that p
 After each batch, the batch's findings are stored and a checkpoint is heartbeated, so a
 retried attempt starts at the first unfinished batch.
 
-Failures: any non-2xx answer leaves as ``httpx.HTTPStatusError`` and the classifier decides
-(408/425/429/5xx transient, honouring ``Retry-After``; other 4xx never retried, since a retry
-sends the same request); a body that is not the OSV wire format is an
-`ExternalToolError` (the service misbehaved: limited retry).
+Through the resilience layer (`secflow.http`), every request, querybatch included (it only
+reads, so it is safe to repeat), gets up to 8 jittered tries, so a service failing a third
+of its requests at random costs time, not the attempt; while OSV's breaker is open the
+request waits for the half-open trial inside the attempt (as long as the attempt has time
+left), instead of failing it.
+
+Failures: any non-2xx answer left after those tries leaves as ``httpx.HTTPStatusError``
+and the classifier decides (408/425/429/5xx transient, honouring ``Retry-After``; other
+4xx never retried, since a retry sends the same request); a body that is not the OSV wire
+format is an `ExternalToolError` (the service misbehaved: limited retry).
 """
 
 from __future__ import annotations

@@ -7,11 +7,13 @@ read this process's breakers with `breaker_states()`, every worker's from the st
 """
 
 from secflow.http.breaker import (
+    BreakerOpenError,
     BreakerSnapshot,
     BreakerState,
     CircuitBreaker,
     breaker_for,
     breaker_states,
+    breaker_wait_budget,
     flush_breaker_states,
 )
 from secflow.http.chaos import SpecChaos, chaos_enabled, chaos_problems, load_chaos_config
@@ -22,6 +24,7 @@ from secflow.http.retry import RetryTransport, is_retryable_status
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "BreakerOpenError",
     "BreakerSnapshot",
     "BreakerState",
     "CircuitBreaker",
@@ -32,6 +35,7 @@ __all__ = [
     "TokenBucket",
     "breaker_for",
     "breaker_states",
+    "breaker_wait_budget",
     "build_transport",
     "chaos_enabled",
     "chaos_problems",

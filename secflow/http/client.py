@@ -5,12 +5,14 @@ The transport stack, outermost first:
     breaker gate -> rate limiter -> retry -> circuit breaker -> chaos (only with SECFLOW_CHAOS=1) -> httpx
 
 so a request is refused at once while the dependency's breaker is open (the gate: no
-token spent, no queueing behind the rate limiter), waits for its dependency's rate, gets a
-few jittered retries for transient outcomes within a total deadline (each re-attempt
-takes a rate token too), and every attempt asks the breaker and reports to it: a failed
-attempt counts as a failure, an attempt made while the breaker is open is refused (the
-retries stop there, with the breaker's wait as `retry_after`), and a half-open trial is
-exactly one attempt. Chaos sits innermost, where the network
+token spent, no queueing behind the rate limiter; or, for a dependency with
+`wait_for_half_open` called inside an activity attempt with time left, held at the gate
+until the half-open trial), waits for its dependency's rate, gets jittered retries for
+transient outcomes within a total deadline (each re-attempt takes a rate token too; 8
+tries for the idempotent read APIs), and every attempt asks the breaker and reports to
+it: each attempt's outcome goes into the breaker's failure-rate window, an attempt made
+while the breaker is open is refused (the retries stop there, with the breaker's wait as
+`retry_after`), and a half-open trial is exactly one attempt. Chaos sits innermost, where the network
 would be: an injected 503 is retried, counted by the breaker and the metrics like a real
 one, which is what fault injection is for. Limiter and breaker are per dependency and
 shared by every client in the process: ten activities calling NVD share NVD's 5-per-30s.

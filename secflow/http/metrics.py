@@ -8,6 +8,8 @@ such a runtime the default meter is a no-op and recording costs well under a mic
     secflow_http_breaker_state{dependency}              gauge: 0 closed, 1 half-open, 2 open
     secflow_http_breaker_transitions_total{dependency,to}  counter: to = closed|half_open|open
     secflow_http_refused_total{dependency}              counter: calls refused by an open breaker
+    secflow_http_breaker_waits_total{dependency}        counter: refusals waited out inside an
+        activity attempt (the call went on after the half-open time instead of failing)
     secflow_http_requests_total{dependency,outcome}     counter: requests sent (every attempt,
         retries included), by outcome: ok (< 400), client_error (4xx but 408/429), rate_limited (429),
         server_error (5xx, 408), transport_error (connect/read/timeout), cancelled
@@ -66,6 +68,10 @@ class HttpMetrics:
                     "refused": meter.create_counter(
                         "secflow_http_refused_total", "requests refused without I/O because the breaker was open"
                     ),
+                    "waits": meter.create_counter(
+                        "secflow_http_breaker_waits_total",
+                        "refusals of an open breaker waited out within the activity attempt",
+                    ),
                     "requests": meter.create_counter(
                         "secflow_http_requests_total", "requests sent (every attempt), by outcome"
                     ),
@@ -104,6 +110,9 @@ class HttpMetrics:
 
     def refused(self, dependency: str) -> None:
         self._instrument("refused", dependency=dependency).add(1)
+
+    def waited(self, dependency: str) -> None:
+        self._instrument("waits", dependency=dependency).add(1)
 
     def request(self, dependency: str, outcome: str) -> None:
         self._instrument("requests", dependency=dependency, outcome=outcome).add(1)

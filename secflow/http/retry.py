@@ -6,10 +6,14 @@ retries too), within the deadline. Retried: connect/read/write errors, timeouts,
 which will not change on a second try. Never retried: any other 4xx (the same request gets
 the same answer). POST and PATCH are retried only when the server surely did not act on
 them (no connection; 429 or 503) unless the dependency says they are idempotent. The delay is `secflow.retries.next_delay`'s: full jitter, and a
-``Retry-After`` (seconds or HTTP-date) wins. Attempts are few (default 3) and bounded by
-the request's total deadline: the activity's Temporal retry is the outer loop, so when
-the server asks for a wait longer than the deadline leaves, the answer goes back to the
-caller at once and the activity waits out ``Retry-After`` via ``next_retry_delay``.
+``Retry-After`` (seconds or HTTP-date) wins. Attempts are bounded by the dependency's
+`retry_attempts` (3 by default; 8 for the idempotent read APIs OSV, NVD, EPSS and KEV,
+enough to ride through a third of requests failing at random) and by the request's total
+deadline: the activity's Temporal retry is the outer loop, so when the server asks for a
+wait longer than the deadline leaves, the answer goes back to the caller at once and the
+activity waits out ``Retry-After`` via ``next_retry_delay``. An attempt the breaker
+refuses ends the retries (`BreakerOpenError`; the breaker gate above may wait for the
+half-open trial and send the request again).
 """
 
 from __future__ import annotations
@@ -124,7 +128,14 @@ class RetryTransport(httpx.AsyncBaseTransport):
                     raise error
                 return response  # type: ignore[return-value]
             if response is not None:
-                await response.aclose()
+                # Read the (small) error body before closing: an unread body would make
+                # httpx drop the connection, and every retry would open a new one.
+                try:
+                    await response.aread()
+                except httpx.HTTPError:
+                    pass  # the connection is gone anyway; the next attempt opens another
+                finally:
+                    await response.aclose()
             seconds = delay.total_seconds()
             self.delays.append(seconds)
             self._log.info(
