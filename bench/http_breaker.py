@@ -111,7 +111,10 @@ async def refused_latency(refusals: int, baseline_calls: int) -> list[list[str]]
                 pass
             base.append(time.perf_counter() - t)
 
-    register_dependency("bench-refused", DependencySettings(retry_attempts=1, minimum_calls=3, open_timeout=3600.0))
+    register_dependency(
+        "bench-refused",
+        DependencySettings(retry_attempts=1, minimum_calls=3, open_timeout=3600.0, max_open_timeout=3600.0),
+    )
     refused: list[float] = []
     async with client_for("bench-refused", base_url=url, timeout=TIMEOUT) as http:
         for _ in range(3):

@@ -13,6 +13,7 @@ Used by tests/test_degraded_dependency.py and bench/degraded_dependency.py. Loop
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,15 @@ class FlakyOsv(OsvStandin):
             serve_connection(request, client_address)
 
         self.httpd.finish_request = counted  # type: ignore[method-assign]
+        report = self.httpd.handle_error
+
+        def quiet(request: Any, client_address: Any) -> None:
+            # A client that gave up on a connection (closed it with an answer unread) is
+            # part of the scenario, not a stand-in error worth a traceback.
+            if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                report(request, client_address)
+
+        self.httpd.handle_error = quiet  # type: ignore[method-assign]
 
     def _log(self, request: Request) -> None:
         with self._lock:
