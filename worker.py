@@ -1,5 +1,8 @@
 """python worker.py: connect to Temporal and run SecFlow's workflows and activities.
 
+This is where workflows and activities meet (`WORKFLOWS`, `build_worker`); `secflow/` below
+knows neither.
+
 Environment: TEMPORAL_ADDRESS (localhost:7233), TEMPORAL_NAMESPACE (default),
 SECFLOW_TASK_QUEUE (secflow), SECFLOW_DATA_DIR (.secflow), SECFLOW_DB_URL,
 SECFLOW_SHUTDOWN_GRACE (10s), SECFLOW_MAX_CONCURRENT_ACTIVITIES (50), SECFLOW_LOG_LEVEL,
@@ -18,14 +21,38 @@ import contextlib
 import signal
 import sys
 
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.registry import ALL_ACTIVITIES
 from secflow.alerting.config import AlertConfigError, load_alerts_config
 from secflow.exit import exit_now
 from secflow.logging import configure_logging, get_logger
 from secflow.metrics import configure_metrics
 from secflow.reaper import run_reaper
-from secflow.settings import SettingsError, load_settings
+from secflow.settings import Settings, SettingsError, load_settings
 from secflow.temporal_client import connect, ensure_search_attributes
-from secflow.worker_setup import build_worker
+from workflows.assessment.targets import StageTargetsWorkflow
+from workflows.assessment.workflow import AssessmentWorkflow
+from workflows.incident import IncidentWorkflow
+from workflows.legacy.assessment_v1 import AssessmentWorkflow as AssessmentWorkflowV1
+
+# AssessmentWorkflowV1 (type "AssessmentWorkflow") serves runs started before the
+# sharded "Assessment" existed, until they drain (README, "Upgrading").
+WORKFLOWS = [AssessmentWorkflow, StageTargetsWorkflow, IncidentWorkflow, AssessmentWorkflowV1]
+
+
+def build_worker(client: Client, settings: Settings) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=ALL_ACTIVITIES,
+        # On SIGTERM, running activities get this long to finish; after it they are
+        # cancelled and hand their attempt back (see activities/runner.py).
+        graceful_shutdown_timeout=settings.shutdown_grace,
+        max_concurrent_activities=settings.max_concurrent_activities,
+    )
 
 
 async def main() -> int:

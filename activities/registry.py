@@ -18,6 +18,13 @@ from activities.resources import (
     remove_workspace,
 )
 from activities.scanning import http_headers, portscan
+from activities.stage_batches import (
+    count_stage_targets,
+    describe_spec,
+    load_target_batch,
+    park_stage_failures,
+    record_target_results,
+)
 from activities.scanners.bandit import bandit
 from activities.scanners.detect_secrets import detect_secrets
 from activities.scanners.enrich import cve_enrich
@@ -48,4 +55,9 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     open_incident,
     acquire_scan_locks,
     release_scan_locks,
+    describe_spec,
+    load_target_batch,
+    record_target_results,
+    count_stage_targets,
+    park_stage_failures,
 ]

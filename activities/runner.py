@@ -28,12 +28,14 @@ from temporalio.exceptions import ApplicationError
 
 from secflow import metrics
 from secflow.error_stats import dependency_of, resolve_recovered
+from secflow.documents import load_spec
 from secflow.errors import Category, Classification, PermanentError, ScopeViolation, classify, to_application_error
 from secflow.findings import Finding
 from secflow.logging import get_logger
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.retries import next_delay
 from secflow.scope import Scope
+from secflow.spec import Spec
 from secflow.store import ErrorEvent, FindingsStore, open_store
 
 HEARTBEAT_EVERY = 1.0  # seconds; the workflow's heartbeat timeout is 4 s
@@ -53,12 +55,17 @@ class ToolOutput:
 class ToolContext:
     """What a tool may use: its input, the scope, the store, checkpoints and a logger."""
 
-    def __init__(self, inp: StageTaskInput, store: FindingsStore, resume: dict[str, Any] | None) -> None:
+    def __init__(
+        self, inp: StageTaskInput, store: FindingsStore, resume: dict[str, Any] | None, spec: Spec | None = None
+    ) -> None:
         self.input = inp
         self.options = inp.options
         self.store = store
         self.resume = resume
-        self.scope = Scope.parse(inp.scope)
+        # The scope and chaos section come from the stored spec when the input names it
+        # (the sharded workflow never copies them per activity), else from the input.
+        self.scope = Scope.parse(list(spec.scope.allow) if spec is not None else inp.scope)
+        self._chaos = dict(spec.chaos) if spec is not None else inp.chaos
         self.log = get_logger(stage=inp.stage_id, target=inp.target, tool=inp.tool)
         self.heartbeat_payload: dict[str, Any] = resume or {}
         self.inserted = 0
@@ -68,7 +75,7 @@ class ToolContext:
         """The spec's `chaos:` section for `client_for(..., chaos=ctx.chaos)` (first_n per assessment)."""
         from secflow.http import SpecChaos
 
-        return SpecChaos(self.input.chaos, scope=self.input.assessment_id)
+        return SpecChaos(self._chaos, scope=self.input.assessment_id)
 
     def require_in_scope(self, *, url: str | None = None, host: str | None = None, path: str | None = None) -> None:
         """Defence in depth: the spec was validated, but check again right before touching."""
@@ -121,7 +128,8 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
     info = activity.info()
     store = open_store()
     resume = _last_checkpoint(info.heartbeat_details)
-    ctx = ToolContext(inp, store, resume)
+    spec = await asyncio.to_thread(load_spec, store, inp.spec_ref) if inp.spec_ref else None
+    ctx = ToolContext(inp, store, resume, spec)
     log = ctx.log.bind(attempt=info.attempt)
     log.info("tool attempt started", resumed=bool(resume))
     await _account_for_lost_attempt(store, inp, info)

@@ -171,7 +171,7 @@ async def main() -> None:
 
     from secflow.settings import load_settings
     from secflow.temporal_client import connect
-    from secflow.worker_setup import build_worker
+    from worker import build_worker
 
     work = Path(tempfile.mkdtemp(prefix="secflow-bench-enrich-"))
     root = work / "app"

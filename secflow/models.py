@@ -13,14 +13,45 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from secflow.retries import RetryPlan
-from secflow.spec import Spec
+from secflow.spec import LockPolicy, Spec, Stage
 
 # --- workflow input / result -------------------------------------------------------------
 
 
 class AssessmentInput(BaseModel):
+    """Input of the legacy `AssessmentWorkflow` (the whole spec inline); kept while its runs drain."""
+
     spec: Spec
     requested_by: str = ""
+
+
+# A workflow run continues as new once its history passes this many events: well under
+# Temporal's 10,240-event warning and 51,200-event limit.
+DEFAULT_EVENT_BUDGET = 8_000
+
+
+class AssessmentRequest(BaseModel):
+    """Input of the `Assessment` workflow: the spec travels by reference, stored once."""
+
+    spec_ref: str  # "sha256:<hex>" of the spec stored in the findings store
+    requested_by: str = ""
+    event_budget: int = DEFAULT_EVENT_BUDGET  # the assessment's own history
+    shard_event_budget: int = DEFAULT_EVENT_BUDGET  # each stage shard's history
+    carried: "AssessmentCarry | None" = None  # state handed over by continue-as-new
+
+
+class SpecSummary(BaseModel):
+    """What the workflow needs of a stored spec: its stages and counts, never its targets."""
+
+    name: str
+    stages: list[Stage]
+    locks: LockPolicy
+    lock_keys: int = 0  # hosts to lock (path targets need none)
+    targets_by_tool: dict[str, int] = Field(default_factory=dict)
+
+
+class SpecRef(BaseModel):
+    spec_ref: str
 
 
 AssessmentOutcome = Literal["completed", "completed_with_errors", "failed", "cancelled"]
@@ -59,6 +90,21 @@ class TargetStatus(BaseModel):
     error: ErrorInfo | None = None
 
 
+class TargetFailure(BaseModel):
+    """One target that failed, as shown among a stage's most recent failures."""
+
+    target: str
+    tool: str = ""
+    category: str
+    message: str
+    attempts: int = 0
+
+
+# A stage shows this many of its latest target failures; the rest are in the store
+# (`starter status ID --targets --state failed`).
+RECENT_FAILURES = 5
+
+
 class StageStatus(BaseModel):
     state: StageState = "pending"
     kind: str = ""
@@ -68,6 +114,12 @@ class StageStatus(BaseModel):
     error: ErrorInfo | None = None
     reason: str = ""  # why skipped / cancelled / partial, in one sentence
     degraded: bool = False
+    # Target states -> how many targets are in each (this stage's latest run of each
+    # target); per-target detail lives in the store, not here, so the status stays small.
+    counts: dict[str, int] = Field(default_factory=dict)
+    recent_failures: list[TargetFailure] = Field(default_factory=list)
+    rounds: int = 0  # how many times the stage's targets were run (retries, fallback)
+    # Legacy AssessmentWorkflow only: a per-target map (grows with the targets).
     targets: dict[str, TargetStatus] = Field(default_factory=dict)
     findings: int = 0
     outputs: dict[str, str] = Field(default_factory=dict)  # e.g. report paths
@@ -137,7 +189,10 @@ class Decision(BaseModel):
 
 
 class StageTaskInput(BaseModel):
-    """One tool run on one target (or once, for tools without targets)."""
+    """One tool run on one target (or once, for tools without targets).
+
+    With `spec_ref` set the activity reads the scope and the chaos section from the stored
+    spec, and `scope`/`chaos` stay empty: nothing of the spec is copied per activity."""
 
     assessment_id: str
     stage_id: str
@@ -154,6 +209,7 @@ class StageTaskInput(BaseModel):
     # The spec's `chaos:` section (HTTP fault injection per dependency); honoured by the
     # activity only when its worker runs with SECFLOW_CHAOS=1.
     chaos: dict[str, Any] = Field(default_factory=dict)
+    spec_ref: str = ""
 
 
 class StageTaskResult(BaseModel):
@@ -194,3 +250,135 @@ class FinalizeRequest(BaseModel):
     assessment_id: str
     # stage id -> final state, to mark the errors met in each as recovered/failed/skipped
     stage_outcomes: dict[str, str] = Field(default_factory=dict)
+
+
+# --- stage shards (child workflows) and their activities -----------------------------------
+
+
+class ShardProgress(BaseModel):
+    """What a stage shard has done so far: counts and a few failures, never a per-target map."""
+
+    counts: dict[str, int] = Field(default_factory=dict)  # target state -> targets
+    processed: int = 0
+    findings: int = 0
+    attempts: int = 0  # the most attempts any one target needed
+    recent_failures: list[TargetFailure] = Field(default_factory=list)
+    first_error: ErrorInfo | None = None
+    security_error: ErrorInfo | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    degraded_reason: str = ""
+    runs: int = 1  # workflow runs of the shard (continue-as-new adds one)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0) + self.counts.get("cancelled", 0)
+
+
+class StageShardInput(BaseModel):
+    """One round of one stage over its targets, run by a `StageTargets` child workflow."""
+
+    assessment_id: str
+    stage: Stage
+    tool: str
+    spec_ref: str
+    workspace: str = ""
+    round: int = 0
+    only_failed: bool = False  # a retry or fallback round runs the targets that failed
+    concurrency: int = 200
+    batch_size: int = 1000
+    event_budget: int = DEFAULT_EVENT_BUDGET
+    cursor: int = 0  # index into the stage tool's targets in the spec
+    progress: ShardProgress = Field(default_factory=ShardProgress)
+    paused: bool = False
+    # The report tool (run in the assessment itself, never as a shard) gets the status.
+    snapshot: AssessmentStatus | None = None
+
+
+class ShardReport(BaseModel):
+    """A stage shard's progress after a batch, signalled to its assessment."""
+
+    stage_id: str
+    round: int
+    only_failed: bool = False
+    progress: ShardProgress
+
+
+class TargetRef(BaseModel):
+    value: str
+    kind: str
+
+
+class TargetBatchRequest(BaseModel):
+    spec_ref: str
+    assessment_id: str
+    stage_id: str
+    tool: str
+    cursor: int
+    limit: int
+    only_failed: bool = False
+
+
+class TargetBatch(BaseModel):
+    targets: list[TargetRef] = Field(default_factory=list)
+    next_cursor: int = 0
+    exhausted: bool = True
+
+
+# The store's target key of a tool without targets (enrich, report): its one run.
+WHOLE_STAGE = "*"
+
+
+class TargetResult(BaseModel):
+    """One target's outcome in one round, as written to the store."""
+
+    target: str
+    tool: str = ""
+    state: Literal["succeeded", "failed", "cancelled", "skipped"]
+    attempts: int = 0
+    findings: int = 0
+    category: str = ""
+    message: str = ""
+
+
+class TargetResults(BaseModel):
+    assessment_id: str
+    stage_id: str
+    results: list[TargetResult] = Field(default_factory=list)
+
+
+class StageRef(BaseModel):
+    assessment_id: str
+    stage_id: str
+
+
+class ParkStageFailures(BaseModel):
+    """Park every failed target of a stage (read from the store) in the dead-letter queue."""
+
+    assessment_id: str
+    run_id: str
+    stage_id: str
+    spec_ref: str
+    reason: Literal["retries_exhausted", "security_violation"]
+    task_queue: str = ""
+    categories: list[str] = Field(default_factory=list)  # only these categories; empty: all but user_abort
+
+
+class ParkResult(BaseModel):
+    parked: int = 0
+
+
+class AssessmentCarry(BaseModel):
+    """The assessment's state handed to its next run by continue-as-new."""
+
+    status: AssessmentStatus
+    summary: SpecSummary
+    compensations: list[dict[str, Any]] = Field(default_factory=list)  # (name, activity, input) not yet run
+    waits: dict[str, str] = Field(default_factory=dict)
+    wait_deadlines: dict[str, datetime] = Field(default_factory=dict)
+    paused: bool = False
+    open_incidents: dict[str, dict[str, str]] = Field(default_factory=dict)
+    occurrence_seq: int = 0
+    lock_batches_done: int = 0
+
+
+AssessmentRequest.model_rebuild()

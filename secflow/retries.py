@@ -113,6 +113,34 @@ COMPENSATION_PLAN = RetryPlan(
     max_interval=timedelta(seconds=10),
 )
 
+# The workflow's own bookkeeping in the store (spec summary, target batches, outcomes,
+# dead letters, finalize): a store outage of a few seconds must not fail a stage whose
+# scans succeeded; a longer one surfaces as a transient error for the stage's policy.
+STORE_PLAN = RetryPlan(
+    max_attempts=8,
+    backoff=Backoff.EXPONENTIAL,
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    max_interval=timedelta(seconds=10),
+)
+
+# The incident workflow's calls: planning its alerts (a routing-file read) and sending one
+# alert on one channel (each alert activity already retries HTTP inside its attempt).
+INCIDENT_PLANNING_PLAN = RetryPlan(
+    max_attempts=5,
+    backoff=Backoff.EXPONENTIAL,
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    max_interval=timedelta(seconds=100),
+)
+ALERT_SEND_PLAN = RetryPlan(
+    max_attempts=4,
+    backoff=Backoff.EXPONENTIAL,
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    max_interval=timedelta(seconds=200),
+)
+
 
 def plan_for(
     retry_class: RetryClass,

@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from secflow.durations import Duration
 from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
 from secflow.scope import Scope
-from secflow.tools import DEFAULT_TOOL_FOR_KIND, STAGE_OPTIONS, TOOLS, RetryClass
+from secflow.tools import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TOOL_FOR_KIND,
+    MAX_BATCH_SIZE,
+    MAX_CONCURRENCY,
+    STAGE_OPTIONS,
+    TOOLS,
+    RetryClass,
+)
 
 StageKind = Literal[
     "discovery", "sast", "dast", "sca", "secrets", "enrich", "report", "ticket", "notify", "cleanup"
@@ -89,6 +98,16 @@ class Stage(_Strict):
     @property
     def tolerated_failure_percent(self) -> float:
         return float(self.options.get("tolerated_failure_percent", 0))
+
+    @property
+    def concurrency(self) -> int:
+        """Targets of this stage in flight at once (`options.concurrency`)."""
+        return int(self.options.get("concurrency", DEFAULT_CONCURRENCY))
+
+    @property
+    def batch_size(self) -> int:
+        """Targets loaded from the stored spec per batch (`options.batch_size`)."""
+        return int(self.options.get("batch_size", DEFAULT_BATCH_SIZE))
 
     def tool_options(self, tool: str | None = None) -> dict[str, Any]:
         """Options for `tool` (default: the stage's own). A fallback tool gets only the
@@ -363,6 +382,10 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
     tfp = stage.options.get("tolerated_failure_percent")
     if tfp is not None and (isinstance(tfp, bool) or not isinstance(tfp, (int, float)) or not 0 <= tfp <= 100):
         problems.append(Problem(path=f"{where}.options.tolerated_failure_percent", reason="must be a number from 0 to 100"))
+    for option, most in (("concurrency", MAX_CONCURRENCY), ("batch_size", MAX_BATCH_SIZE)):
+        value = stage.options.get(option)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
+            problems.append(Problem(path=f"{where}.options.{option}", reason=f"must be a whole number from 1 to {most}"))
     if stage.on_failure == "fallback":
         if not stage.fallback_tool:
             problems.append(Problem(path=f"{where}.fallback_tool", reason="on_failure: fallback needs a fallback_tool"))

@@ -283,7 +283,13 @@ TOOLS: dict[str, ToolInfo] = {
 DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report", "sca": "sca", "sast": "bandit", "secrets": "detect_secrets", "enrich": "cve-enrich"}
 
 # Options every stage accepts whatever its tool; the workflow reads them, not the tool.
-STAGE_OPTIONS = {"tolerated_failure_percent"}
+# Options of the stage itself, not of its tool: how failures are tolerated and how its
+# targets are fanned out (targets in flight at once; targets loaded per batch).
+STAGE_OPTIONS = {"tolerated_failure_percent", "concurrency", "batch_size"}
+DEFAULT_CONCURRENCY = 200
+MAX_CONCURRENCY = 1000  # well under Temporal's 2,000 pending activities per run
+DEFAULT_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 5000
 
 
 def parse_port_spec(spec: str) -> list[int]:

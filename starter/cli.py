@@ -21,7 +21,9 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from secflow.findings import SEVERITY_ORDER
-from secflow.models import AssessmentInput, AssessmentStatus, Decision
+from secflow import guidance
+from secflow.launch import start_assessment
+from secflow.models import AssessmentStatus, Decision
 from secflow.settings import Settings, SettingsError, load_settings
 from secflow.spec import SpecError, load_spec
 from secflow.temporal_client import connect
@@ -68,6 +70,16 @@ def _workflow_id(value: str) -> str:
     return value
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number from 1 to 10000")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m starter", description="Run and steer SecFlow assessments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -84,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what an assessment is doing or waiting for")
     p.add_argument("id", type=_workflow_id)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--targets", action="store_true", help="per-target outcomes, paged from the findings store")
+    p.add_argument("--stage", help="with --targets: only this stage")
+    p.add_argument("--state", choices=["succeeded", "failed", "cancelled", "skipped"], help="with --targets: only this state")
+    p.add_argument("--limit", type=_positive_int, default=50, help="with --targets: at most this many (default 50)")
+    p.add_argument("--after", default="", help="with --targets: continue after STAGE/TARGET (printed as 'next:' on the last page)")
 
     p = sub.add_parser("result", help="wait for an assessment's end and print its result")
     p.add_argument("id", type=_workflow_id)
@@ -173,13 +190,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 async def cmd_run(client: Client, settings: Settings, spec, args: argparse.Namespace) -> int:
     workflow_id = args.id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
     try:
-        handle = await client.start_workflow(
-            "AssessmentWorkflow",
-            AssessmentInput(spec=spec, requested_by=getpass.getuser()),
-            id=workflow_id,
+        handle = await start_assessment(
+            client,
+            spec,
+            workflow_id=workflow_id,
             task_queue=settings.task_queue,
+            requested_by=getpass.getuser(),
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-            result_type=AssessmentStatus,
         )
     except RPCError as err:
         if err.status == RPCStatusCode.ALREADY_EXISTS:
@@ -263,12 +280,43 @@ async def _stored_result(handle: WorkflowHandle) -> AssessmentStatus | None:
 
 
 async def cmd_status(client: Client, handle: WorkflowHandle, args: argparse.Namespace) -> int:
+    if args.targets:
+        return await cmd_status_targets(handle.id, args)
     status = await fetch_status(handle)
     await _merge_live_progress(client, handle, status)
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
         print(render_status(status))
+    return EXIT_OK
+
+
+async def cmd_status_targets(assessment_id: str, args: argparse.Namespace) -> int:
+    """Per-target detail lives in the store (the workflow keeps counts): page it from there."""
+    from secflow.store import open_store
+
+    after: tuple[str, str] | None = None
+    if args.after:
+        stage, sep, target = args.after.partition("/")
+        if not sep or not stage:
+            raise CliError(f"--after {args.after!r}: expected STAGE/TARGET, as printed after 'next:'", EXIT_BAD_INPUT)
+        after = (stage, target)
+    store = open_store()
+    rows = await asyncio.to_thread(
+        store.list_target_outcomes, assessment_id, stage_id=args.stage, state=args.state, after=after, limit=args.limit
+    )
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+        return EXIT_OK
+    if not rows:
+        print(f"no target outcomes for {assessment_id}" + (f" (stage {args.stage})" if args.stage else "") + (f" in state {args.state}" if args.state else ""))
+        return EXIT_OK
+    for r in rows:
+        error = f"  {r.error_category}: {r.error_message}" if r.error_category else ""
+        print(f"{r.stage_id:<16} {r.state:<10} attempts={r.attempts} findings={r.findings}  {r.target}{error}")
+    if len(rows) == args.limit:
+        last = rows[-1]
+        print(f"next: --after {last.stage_id}/{last.target}")
     return EXIT_OK
 
 
@@ -377,16 +425,23 @@ def render_status(status: AssessmentStatus) -> str:
         lines.append(f"  reason: {status.reason}")
     for sid, st in status.stages.items():
         extra = f" - {st.reason}" if st.reason else (f" - {st.error.category}: {st.error.message}" if st.error else "")
+        counts = " ".join(f"{state}={n}" for state, n in sorted(st.counts.items()) if state != "succeeded" and n)
         lines.append(
-            f"  {sid:<16} {st.state:<22} {st.progress.done}/{st.progress.total} attempts={st.attempts} findings={st.findings}{extra}"
+            f"  {sid:<16} {st.state:<22} {st.progress.done}/{st.progress.total} attempts={st.attempts} findings={st.findings}"
+            + (f" {counts}" if counts else "")
+            + extra
         )
+        for failure in st.recent_failures:
+            lines.append(f"      failed: {failure.target} ({failure.category}: {failure.message})")
+        if st.counts.get("failed", 0) > len(st.recent_failures):
+            lines.append(f"      all failed targets: {guidance.failed_targets_command(status.workflow_id, sid)}")
     if status.awaiting:
         lines.append(f"  awaiting a human: {', '.join(status.awaiting)}")
     for c in status.compensations:
         err = f" ({c.error.category}: {c.error.message})" if c.error else ""
         lines.append(f"  compensation {c.name}: {c.state}{err}")
     if status.incidents:
-        lines.append(f"  incidents: {', '.join(status.incidents)} (python -m starter incidents show ID)")
+        lines.append(f"  incidents: {', '.join(status.incidents)} ({guidance.incident_show_command()})")
     by = ", ".join(f"{n} {sev}" for sev, n in status.findings.by_severity.items() if n)
     lines.append(f"  findings: {status.findings.total}" + (f" ({by})" if by else ""))
     return "\n".join(lines)

@@ -42,7 +42,8 @@ from secflow.dead_letters import (
     purge,
     restore_replay_state,
 )
-from secflow.models import TERMINAL_STAGE_STATES, AssessmentInput, AssessmentStatus, Decision
+from secflow.launch import start_assessment
+from secflow.models import TERMINAL_STAGE_STATES, AssessmentStatus, Decision
 from secflow.settings import Settings
 from secflow.spec import Spec, SpecError, validate_spec_data
 from secflow.store import FindingsStore, open_store
@@ -378,12 +379,8 @@ async def _replay_as_new(store: FindingsStore, client: Client, settings: Setting
     if not await asyncio.to_thread(mark_replaying, store, entry.task_id, workflow_id, claim=True):
         raise CliError(f"entry {entry.ref} is already being replayed (or was just purged); see dlq show {entry.ref}")
     try:
-        handle = await client.start_workflow(
-            "AssessmentWorkflow",
-            AssessmentInput(spec=spec, requested_by=f"dlq replay {entry.ref}"),
-            id=workflow_id,
-            task_queue=task_queue,
-            result_type=AssessmentStatus,
+        handle = await start_assessment(
+            client, spec, workflow_id=workflow_id, task_queue=task_queue, requested_by=f"dlq replay {entry.ref}", store=store
         )
     except BaseException as exc:
         await asyncio.to_thread(restore_replay_state, store, entry, workflow_id)

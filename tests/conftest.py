@@ -57,7 +57,7 @@ def task_queue() -> str:
 async def worker(client: Client, task_queue: str) -> AsyncIterator[str]:
     """An in-process SecFlow worker on the test's queue; yields the queue name."""
     from secflow.settings import load_settings
-    from secflow.worker_setup import build_worker
+    from worker import build_worker
 
     settings = load_settings({**os.environ, "SECFLOW_TASK_QUEUE": task_queue})
     async with build_worker(client, settings):

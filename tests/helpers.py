@@ -12,7 +12,8 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from secflow.models import AssessmentInput, AssessmentStatus
+from secflow.launch import start_assessment
+from secflow.models import AssessmentStatus
 from secflow.spec import Spec, validate_spec_data
 
 
@@ -27,13 +28,9 @@ def make_spec(targets: list[dict[str, str]], stages: list[dict[str, Any]], **ext
     return validate_spec_data(json.loads(json.dumps(data)))
 
 
-async def start(client: Client, spec: Spec, task_queue: str, workflow_id: str | None = None) -> WorkflowHandle:
-    return await client.start_workflow(
-        "AssessmentWorkflow",
-        AssessmentInput(spec=spec, requested_by="tests"),
-        id=workflow_id or f"t-{uuid.uuid4().hex[:10]}",
-        task_queue=task_queue,
-        result_type=AssessmentStatus,
+async def start(client: Client, spec: Spec, task_queue: str, workflow_id: str | None = None, **options: Any) -> WorkflowHandle:
+    return await start_assessment(
+        client, spec, workflow_id=workflow_id or f"t-{uuid.uuid4().hex[:10]}", task_queue=task_queue, requested_by="tests", **options
     )
 
 
@@ -48,8 +45,11 @@ async def wait_for(
     last: AssessmentStatus | None = None
     while time.monotonic() < deadline:
         last = await status_of(handle)
-        if predicate(last):
-            return last
+        try:
+            if predicate(last):
+                return last
+        except KeyError:
+            pass  # the assessment has not read its spec's stages yet
         await asyncio.sleep(0.2)
     raise AssertionError(f"condition not reached in {timeout}s; last status: {last.model_dump_json(indent=1) if last else None}")
 
@@ -73,3 +73,10 @@ async def activity_order(handle: WorkflowHandle) -> list[str]:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             order.append(event.activity_task_scheduled_event_attributes.activity_type.name)
     return order
+
+
+def target_states(assessment_id: str, stage_id: str) -> dict[str, str]:
+    """Per-target outcomes of a stage, as the store holds them (the status keeps only counts)."""
+    from secflow.store import open_store
+
+    return {o.target: o.state for o in open_store().list_target_outcomes(assessment_id, stage_id=stage_id, limit=10_000)}

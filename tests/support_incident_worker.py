@@ -18,7 +18,7 @@ from temporalio.worker import Worker
 
 from activities.registry import ALL_ACTIVITIES
 from secflow.incidents import IncidentRef, Severity, dedup_key_for, incident_workflow_id
-from secflow.worker_setup import WORKFLOWS
+from worker import WORKFLOWS
 
 
 def incident_worker(client: Client, task_queue: str) -> Worker:

@@ -9,7 +9,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from secflow.settings import load_settings
-from secflow.worker_setup import build_worker
+from worker import build_worker
 from tests.devserver import SEARCH_ATTRIBUTES, temporal_binary
 from tests.helpers import final_status, make_spec, start
 from tests.servers import GOOD_HEADERS, Reply, ScriptedServer, closed_port

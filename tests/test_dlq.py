@@ -33,7 +33,7 @@ from secflow.error_stats import compute_stats, load_dead_letter_marks, load_erro
 from secflow.models import AssessmentStatus
 from secflow.spec import Spec
 from secflow.store import ErrorEvent, FindingsStore, open_store
-from secflow.worker_setup import WORKFLOWS
+from worker import WORKFLOWS
 from tests.helpers import final_status, make_spec, start, wait_for
 from tests.pg import pg_server  # noqa: F401  (pytest fixture)
 from tests.servers import GOOD_HEADERS, Reply, ScriptedServer, closed_port

@@ -118,7 +118,7 @@ async def test_abort_while_waiting_compensates_lifo(client: Client, worker: str,
     assert status.stages["report"].state == "succeeded"
     assert [c.state for c in status.compensations] == ["done", "done"]
     order = await activity_order(handle)
-    assert order[-2:] == ["release_scan_lock", "remove_workspace"]
+    assert order[-2:] == ["release_scan_locks", "remove_workspace"]
     assert target.requests == []
     assert all(lock.holder != handle.id for lock in open_store().list_locks())
 
@@ -253,7 +253,7 @@ async def test_temporal_cancel_compensates_and_ends_cancelled(client: Client, wo
         target.close()
     assert desc.status.name == "CANCELED"
     order = await activity_order(handle)
-    assert order[-2:] == ["release_scan_lock", "remove_workspace"]
+    assert order[-2:] == ["release_scan_locks", "remove_workspace"]
     assert all(lock.holder != handle.id for lock in open_store().list_locks())
 
 
@@ -278,7 +278,7 @@ async def test_failed_compensation_is_recorded_and_raised_for_a_human(client: Cl
     assert records["remove workspace"].state == "failed"
     assert records["remove workspace"].error.category == "permanent"
     # the other compensation still ran: one failure does not stop the unwind
-    assert records["release scan lock 127.0.0.1"].state == "done"
+    assert records["release 1 scan lock(s)"].state == "done"
     assert desc.status.name == "FAILED", "a failed compensation is raised, not swallowed"
     from temporalio.client import WorkflowFailureError
 
@@ -293,7 +293,7 @@ async def test_failed_compensation_is_recorded_and_raised_for_a_human(client: Cl
 async def test_status_of_a_finished_assessment_needs_no_worker(client: Client, task_queue: str) -> None:
     """After the demo the worker is gone; `status` still answers, from the stored result."""
     from secflow.settings import load_settings
-    from secflow.worker_setup import build_worker
+    from worker import build_worker
 
     target = ScriptedServer([Reply(200, GOOD_HEADERS)])
     try:

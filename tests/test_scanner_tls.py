@@ -21,7 +21,7 @@ from temporalio.client import Client
 
 from activities.scanners.tls import parse_certificate, probe_tls
 from secflow.store import open_store
-from tests.helpers import final_status, make_spec, start
+from tests.helpers import target_states, final_status, make_spec, start
 from tests.servers import closed_port
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the test certificates")
@@ -238,7 +238,7 @@ async def test_workflow_expired_self_signed_and_good_with_ca(client: Client, wor
     expired_finding = next(f for f in findings if f.target == expired.url)
     assert expired_finding.location == f"127.0.0.1:{expired.port}"
     assert expired_finding.cwe == ["CWE-298"] and "2020-01-01" in expired_finding.evidence
-    assert status.stages["tls"].targets[good.url].state == "succeeded"
+    assert target_states(handle.id, "tls")[good.url] == "succeeded"
 
 
 async def test_workflow_refused_port_is_transient(client: Client, worker: str) -> None:

@@ -10,8 +10,10 @@ unwind goes on with the others; the caller raises it for a human.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel
 from temporalio import workflow
@@ -29,7 +31,14 @@ COMPENSATION_TIMEOUT = timedelta(minutes=2)
 class _Step:
     record: CompensationRecord
     activity: str
-    arg: BaseModel
+    arg: BaseModel | dict[str, Any]  # a dict once carried through continue-as-new
+
+
+def activity_name(activity: str | Callable[..., Any]) -> str:
+    """An activity's registered name, from its name or its typed reference."""
+    if isinstance(activity, str):
+        return activity
+    return getattr(activity, "__temporal_activity_definition").name
 
 
 class Compensations:
@@ -39,17 +48,33 @@ class Compensations:
         self._steps: list[_Step] = []
         self._failed_steps: list[_Step] = []
 
-    def register(self, name: str, activity: str, arg: BaseModel) -> None:
+    def register(self, name: str, activity: str | Callable[..., Any], arg: BaseModel) -> None:
         record = CompensationRecord(name=name)
         self._records.append(record)
-        self._steps.append(_Step(record, activity, arg))
+        self._steps.append(_Step(record, activity_name(activity), arg))
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The compensations not yet run, as data a continue-as-new can carry."""
+        return [
+            {
+                "record": self._records.index(step.record),
+                "activity": step.activity,
+                "arg": step.arg.model_dump(mode="json") if isinstance(step.arg, BaseModel) else step.arg,
+            }
+            for step in self._steps
+        ]
+
+    def restore(self, pending: list[dict[str, Any]]) -> None:
+        """Take back what `pending()` gave (the records are already in the status)."""
+        for item in pending:
+            self._steps.append(_Step(self._records[item["record"]], item["activity"], item["arg"]))
 
     @property
     def failed(self) -> list[CompensationRecord]:
         return [r for r in self._records if r.state == "failed"]
 
     @property
-    def failed_steps(self) -> list[tuple[CompensationRecord, str, BaseModel]]:
+    def failed_steps(self) -> list[tuple[CompensationRecord, str, BaseModel | dict[str, Any]]]:
         """(record, activity name, its input) of each compensation that failed, in unwind
         order: what a dead-letter entry and an incident need to say what to clean up."""
         return [(s.record, s.activity, s.arg) for s in self._failed_steps]
@@ -78,7 +103,7 @@ class Compensations:
                 )
             except ActivityError as err:
                 step.record.state = "failed"
-                step.record.error = error_from_activity(err, COMPENSATION_PLAN.max_attempts)
+                step.record.error = error_from_activity(err, COMPENSATION_PLAN)
                 step.record.attempts = step.record.error.attempts
                 self._failed_steps.append(step)
                 workflow.logger.error(

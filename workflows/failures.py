@@ -18,13 +18,15 @@ from temporalio.exceptions import (
 
 from secflow.errors import Category
 from secflow.models import ErrorInfo
+from secflow.retries import RetryPlan
 
 _CATEGORIES = {c.value for c in Category}
 
 
-def error_from_activity(err: ActivityError, max_attempts: int) -> ErrorInfo:
+def error_from_activity(err: ActivityError, plan: RetryPlan) -> ErrorInfo:
+    """The failure as one category and message, with the attempts it took under `plan`."""
     cause = err.cause
-    attempts = max_attempts if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED else 0
+    attempts = plan.max_attempts if err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED else 0
     if isinstance(cause, ApplicationError):
         category = cause.type if cause.type in _CATEGORIES else Category.INTERNAL.value
         if cause.details and isinstance(cause.details[0], dict):

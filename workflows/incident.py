@@ -37,7 +37,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -59,17 +59,18 @@ with workflow.unsafe.imports_passed_through():
         Recurrence,
         default_plan,
     )
+    from secflow import guidance
+    from secflow.retries import ALERT_SEND_PLAN, INCIDENT_PLANNING_PLAN, to_retry_policy
     from workflows.failures import error_from_activity
 
 SA_SEVERITY = SearchAttributeKey.for_keyword("SecflowIncidentSeverity")
 SA_STATE = SearchAttributeKey.for_keyword("SecflowIncidentState")
 
 PLAN_TIMEOUT = timedelta(seconds=30)
-PLAN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+PLAN_RETRY = to_retry_policy(INCIDENT_PLANNING_PLAN)
 SEND_TIMEOUT = timedelta(seconds=60)
 # A channel gets a few tries; the alert activities already retry HTTP inside an attempt.
-SEND_ATTEMPTS = 4
-SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0, maximum_attempts=SEND_ATTEMPTS)
+SEND_RETRY = to_retry_policy(ALERT_SEND_PLAN)
 
 ANSWER_SHAPE = '{"by": "<who>", "note": "<optional>"}'
 
@@ -175,7 +176,7 @@ class IncidentWorkflow:
         except ActivityError as err:
             # Without a plan, the incident still exists, is visible and answerable, and
             # keeps the default timers; it just has nobody to page.
-            error = error_from_activity(err, PLAN_RETRY.maximum_attempts)
+            error = error_from_activity(err, INCIDENT_PLANNING_PLAN)
             workflow.logger.error(
                 "alert plan unavailable; using default timers without channels",
                 extra={"category": error.category, "error": error.message},
@@ -297,7 +298,7 @@ class IncidentWorkflow:
                 retry_policy=SEND_RETRY,
             )
         except ActivityError as err:
-            error = error_from_activity(err, SEND_ATTEMPTS)
+            error = error_from_activity(err, ALERT_SEND_PLAN)
             workflow.logger.warning(
                 "alert channel failed",
                 extra={"channel": channel, "event": event.value, "category": error.category, "error": error.message},
@@ -479,8 +480,7 @@ class IncidentWorkflow:
         if s.occurrences > 1:
             sentence += f" ({s.occurrences} occurrences)"
         return f"{sentence}. {s.title}" + (
-            f"\n\nAnswer: `python -m starter incidents ack {s.incident_id}` or "
-            f"`temporal workflow signal --workflow-id {s.incident_id} --name ack --input '{{\"by\": \"you\"}}'`"
+            f"\n\nAnswer: `{guidance.incident_ack_command(s.incident_id)}` or `{guidance.incident_commands(s.incident_id)[1]}`"
             if s.state != IncidentState.RESOLVED else ""
         )
 

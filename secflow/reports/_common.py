@@ -62,6 +62,9 @@ def redact_status(status: AssessmentStatus) -> AssessmentStatus:
             if ts.error:
                 ts.error.message = clean(ts.error.message)
         st.targets = {clean(k): v for k, v in st.targets.items()}
+        for failure in st.recent_failures:
+            failure.target = clean(failure.target)
+            failure.message = clean(failure.message)
     for i in s.interventions:
         i.reason = clean(i.reason)
         i.note = clean(i.note)
@@ -98,6 +101,11 @@ def stage_note(st: StageStatus) -> str:
     failed = [f"{t} ({ts.error.category}: {ts.error.message})" if ts.error else t for t, ts in st.targets.items() if ts.state in ("failed", "skipped", "cancelled")]
     if failed:
         return "targets not scanned: " + "; ".join(failed)
+    not_scanned = sum(st.counts.get(state, 0) for state in ("failed", "skipped", "cancelled"))
+    if not_scanned:
+        shown = "; ".join(f"{f.target} ({f.category}: {f.message})" for f in st.recent_failures)
+        more = f" (the last {len(st.recent_failures)}: {shown})" if shown else ""
+        return f"{not_scanned} target(s) not scanned{more}"
     return ""
 
 

@@ -25,7 +25,7 @@ async def main() -> None:
     from secflow.models import AssessmentStatus, Decision
     from secflow.settings import load_settings
     from secflow.temporal_client import connect
-    from secflow.worker_setup import build_worker
+    from worker import build_worker
     from tests.devserver import DevServer
     from tests.helpers import final_status, make_spec, start, wait_for
     from tests.servers import GOOD_HEADERS, Listeners, Reply, ScriptedServer

@@ -1,4 +1,10 @@
-"""AssessmentWorkflow: one assessment spec driven to a correct end.
+"""AssessmentWorkflow (legacy, v1): kept unchanged so runs started before `Assessment` drain.
+
+New assessments start the sharded `Assessment` workflow (workflows/assessment/). This
+type stays registered until no run of it is open: `temporal workflow list --query
+"WorkflowType='AssessmentWorkflow' AND ExecutionStatus='Running'"` says when (README,
+"Upgrading"). Its recorded histories in tests/histories still replay against it. Do not
+change its logic: every change here could break a running history.
 
 The process, as the code below reads:
 1. acquire what the assessment needs (a workspace, a scan lock per target host),
@@ -439,7 +445,7 @@ class AssessmentWorkflow:
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as err:
-            error = error_from_activity(err, plan.max_attempts)
+            error = error_from_activity(err, plan)
             now = workflow.now()
             first_failed = self._failure_times.get((stage.id, key), (now, now))[0]
             self._failure_times[(stage.id, key)] = (first_failed, now)
@@ -847,7 +853,7 @@ class AssessmentWorkflow:
                 retry_policy=to_retry_policy(plan_for(RetryClass.HTTP_API)),
             )
         except ActivityError as err:
-            error = error_from_activity(err, plan_for(RetryClass.HTTP_API).max_attempts)
+            error = error_from_activity(err, plan_for(RetryClass.HTTP_API))
             # Temporal itself is unreachable past the retries: the problem is still in the
             # status, the history and (for unrecoverable tasks) the DLQ; say loudly that
             # nobody was paged.
@@ -973,7 +979,7 @@ class AssessmentWorkflow:
                 retry_policy=to_retry_policy(plan_for(RetryClass.HTTP_API)),
             )
         except ActivityError as err:
-            error = error_from_activity(err, plan_for(RetryClass.HTTP_API).max_attempts)
+            error = error_from_activity(err, plan_for(RetryClass.HTTP_API))
             # The store is down past its retries: the failure itself is still in the
             # status, the history and the incident; say loudly that the DLQ missed it.
             workflow.logger.error(
@@ -1087,7 +1093,7 @@ class AssessmentWorkflow:
                 retry_policy=to_retry_policy(plan_for(RetryClass.HTTP_API)),
             )
         except ActivityError as err:
-            error = error_from_activity(err, 5)
+            error = error_from_activity(err, plan_for(RetryClass.HTTP_API))
             # The assessment's work is done; a store outage must not undo it. Keep the
             # workflow's own counts and say so.
             self._status.reason = (self._status.reason + "; " if self._status.reason else "") + (

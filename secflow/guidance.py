@@ -1,0 +1,82 @@
+"""The commands SecFlow suggests to people, in one catalogue.
+
+The assessment's current details (Web UI), incident texts, the starter's output and the
+dead-letter queue all tell a person what to type next; they build it here, so a renamed
+command or a new form changes in one place. Pure string building: safe in workflow code.
+"""
+
+from __future__ import annotations
+
+import json
+
+# How the command line is invoked from the project folder.
+CLI = "python -m starter"
+
+
+def _signal(workflow_id: str, name: str, payload: dict[str, str]) -> str:
+    return f"temporal workflow signal --workflow-id {workflow_id} --name {name} --input '{json.dumps(payload)}'"
+
+
+def approve_commands(workflow_id: str, stage_id: str) -> list[str]:
+    """A gate waiting for approval."""
+    return [
+        f"{CLI} approve {workflow_id} {stage_id}",
+        f"{CLI} reject {workflow_id} {stage_id}",
+        _signal(workflow_id, "approve", {"stage": stage_id, "by": "you"}),
+    ]
+
+
+def failure_commands(workflow_id: str, stage_id: str) -> list[str]:
+    """A stage that failed after its retries and waits for a decision."""
+    return [
+        f"{CLI} retry {workflow_id} {stage_id}",
+        f"{CLI} skip {workflow_id} {stage_id}",
+        f"{CLI} reject {workflow_id} {stage_id}",
+        _signal(workflow_id, "retry_stage", {"stage": stage_id, "by": "you"}),
+    ]
+
+
+def rerun_commands(workflow_id: str, stage_id: str) -> list[str]:
+    """A stage that ended failed or skipped while the assessment still runs."""
+    return [
+        f"{CLI} retry {workflow_id} {stage_id}",
+        f"{CLI} status {workflow_id}",
+        _signal(workflow_id, "retry_stage", {"stage": stage_id, "by": "you"}),
+    ]
+
+
+def status_command(workflow_id: str) -> str:
+    return f"{CLI} status {workflow_id}"
+
+
+def failed_targets_command(workflow_id: str, stage_id: str | None = None) -> str:
+    stage = f" --stage {stage_id}" if stage_id else ""
+    return f"{CLI} status {workflow_id} --targets --state failed{stage}"
+
+
+def abort_command(workflow_id: str) -> str:
+    return f"{CLI} abort {workflow_id}"
+
+
+def resume_command(workflow_id: str) -> str:
+    return f"{CLI} resume {workflow_id}"
+
+
+def incident_commands(incident_id: str) -> list[str]:
+    return [
+        f"{CLI} incidents ack {incident_id} --by you",
+        _signal(incident_id, "ack", {"by": "you"}),
+        f"{CLI} incidents resolve {incident_id} --by you --note 'what was done'",
+    ]
+
+
+def incident_ack_command(incident_id: str) -> str:
+    return f"{CLI} incidents ack {incident_id}"
+
+
+def incident_show_command() -> str:
+    return f"{CLI} incidents show ID"
+
+
+def dlq_replay_command(ref: str) -> str:
+    return f"{CLI} dlq replay {ref} --wait"

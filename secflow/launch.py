@@ -1,0 +1,49 @@
+"""Starting an assessment: store the spec once, start the `Assessment` workflow with its reference.
+
+Used by the starter, the dead-letter replay, the demo, the tests and the benches, so the
+workflow type and its input are named in one place. The spec goes to the findings store
+(`SECFLOW_DB_URL` / the data dir), which the workers read: a starter and its workers must
+share that store, as they share the Temporal namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from secflow.documents import save_spec
+from secflow.models import AssessmentRequest, AssessmentStatus
+from secflow.spec import Spec
+from secflow.store import FindingsStore, open_store
+
+ASSESSMENT_WORKFLOW = "Assessment"
+
+
+async def start_assessment(
+    client: Client,
+    spec: Spec,
+    *,
+    workflow_id: str,
+    task_queue: str,
+    requested_by: str = "",
+    store: FindingsStore | None = None,
+    **start_options: Any,
+) -> WorkflowHandle[Any, AssessmentStatus]:
+    """Store `spec` and start its assessment; returns the handle (raises as start_workflow does)."""
+    ref = await asyncio.to_thread(save_spec, store or open_store(), spec)
+    request = AssessmentRequest(spec_ref=ref, requested_by=requested_by, **_budgets(start_options))
+    return await client.start_workflow(
+        ASSESSMENT_WORKFLOW,
+        request,
+        id=workflow_id,
+        task_queue=task_queue,
+        result_type=AssessmentStatus,
+        **start_options,
+    )
+
+
+def _budgets(options: dict[str, Any]) -> dict[str, Any]:
+    """Event budgets are the request's, not the start call's (tests lower them)."""
+    return {k: options.pop(k) for k in ("event_budget", "shard_event_budget") if k in options}

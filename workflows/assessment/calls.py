@@ -1,0 +1,143 @@
+"""The activities the assessment calls, by typed reference, each with its timeout and retry plan.
+
+One place says how each bookkeeping activity is called; the workflow reads as the process.
+Tool activities are the exception: which tool runs is the spec's choice, so they are
+called by name (`run_tool_activity`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from activities.dlq import park_dead_letter
+    from activities.incidents import open_incident
+    from activities.locks import acquire_scan_locks, release_scan_locks
+    from activities.resources import create_workspace, finalize_assessment, remove_workspace
+    from activities.stage_batches import (
+        count_stage_targets,
+        describe_spec,
+        load_target_batch,
+        park_stage_failures,
+        record_target_results,
+    )
+    from secflow.dead_letters import DeadLetterInput, DeadLetterResult
+    from secflow.incidents import OpenIncidentRequest, OpenIncidentResult
+    from secflow.locking import BulkLockOutcome, BulkLockRequest
+    from secflow.models import (
+        FinalizeRequest,
+        FindingCounts,
+        ParkResult,
+        ParkStageFailures,
+        SpecRef,
+        SpecSummary,
+        StageRef,
+        StageTaskInput,
+        StageTaskResult,
+        TargetBatch,
+        TargetBatchRequest,
+        TargetResults,
+        WorkspaceInfo,
+        WorkspaceRequest,
+    )
+    from secflow.retries import STORE_PLAN, RetryPlan, plan_for, to_retry_policy
+    from secflow.tools import RetryClass
+
+# A killed worker stops heartbeating; Temporal notices after this long and retries the
+# attempt elsewhere. Activities heartbeat every second, so 4 s tolerates hiccups while
+# keeping detection under the 5 s the product promises.
+HEARTBEAT_TIMEOUT = timedelta(seconds=4)
+SHORT = timedelta(minutes=1)
+LONG = timedelta(minutes=10)  # parking thousands of dead letters, finalizing a large run
+
+_STORE = to_retry_policy(STORE_PLAN)
+_FILESYSTEM = to_retry_policy(plan_for(RetryClass.FILESYSTEM))
+_LOCKS = to_retry_policy(plan_for(RetryClass.FILESYSTEM, max_attempts=5))
+_TEMPORAL = to_retry_policy(plan_for(RetryClass.HTTP_API))
+
+INCIDENT_PLAN = plan_for(RetryClass.HTTP_API)
+
+
+async def describe(spec_ref: str) -> SpecSummary:
+    return await workflow.execute_activity(
+        describe_spec, SpecRef(spec_ref=spec_ref), start_to_close_timeout=SHORT, retry_policy=_STORE
+    )
+
+
+async def make_workspace(req: WorkspaceRequest) -> WorkspaceInfo:
+    return await workflow.execute_activity(
+        create_workspace, req, start_to_close_timeout=SHORT, retry_policy=_FILESYSTEM
+    )
+
+
+async def lock_batch(req: BulkLockRequest) -> BulkLockOutcome:
+    return await workflow.execute_activity(
+        acquire_scan_locks, req, start_to_close_timeout=SHORT, retry_policy=_LOCKS
+    )
+
+
+async def target_batch(req: TargetBatchRequest) -> TargetBatch:
+    return await workflow.execute_activity(
+        load_target_batch, req, start_to_close_timeout=SHORT, retry_policy=_STORE
+    )
+
+
+async def record_results(req: TargetResults) -> int:
+    return await workflow.execute_activity(
+        record_target_results, req, start_to_close_timeout=SHORT, retry_policy=_STORE
+    )
+
+
+async def count_targets(req: StageRef) -> dict[str, int]:
+    return await workflow.execute_activity(
+        count_stage_targets, req, start_to_close_timeout=SHORT, retry_policy=_STORE
+    )
+
+
+async def park_failures(req: ParkStageFailures) -> ParkResult:
+    return await workflow.execute_activity(
+        park_stage_failures,
+        req,
+        start_to_close_timeout=LONG,
+        heartbeat_timeout=timedelta(seconds=30),
+        retry_policy=_STORE,
+    )
+
+
+async def park_one(entry: DeadLetterInput) -> DeadLetterResult:
+    return await workflow.execute_activity(
+        park_dead_letter, entry, start_to_close_timeout=SHORT, retry_policy=_STORE
+    )
+
+
+async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
+    return await workflow.execute_activity(
+        open_incident, req, start_to_close_timeout=SHORT, retry_policy=to_retry_policy(INCIDENT_PLAN)
+    )
+
+
+async def finalize(req: FinalizeRequest) -> FindingCounts:
+    return await workflow.execute_activity(
+        finalize_assessment, req, start_to_close_timeout=LONG, retry_policy=_STORE
+    )
+
+
+async def run_tool_activity(tool: str, task: StageTaskInput, plan: RetryPlan, timeout: timedelta) -> StageTaskResult:
+    return await workflow.execute_activity(
+        tool,
+        task,
+        result_type=StageTaskResult,
+        start_to_close_timeout=timeout,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry_policy=to_retry_policy(plan),
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    )
+
+
+# Compensations are registered by activity (typed reference) and input; they run in
+# `Compensations.unwind` with their own plan.
+RELEASE_LOCKS = release_scan_locks
+REMOVE_WORKSPACE = remove_workspace

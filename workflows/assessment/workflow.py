@@ -1,0 +1,802 @@
+"""Assessment: one assessment spec driven to a correct end, at any number of targets.
+
+The process:
+1. read the stored spec's summary (stages and counts; the targets stay in the store);
+2. acquire a workspace and the scan locks of every host, in sorted batches taken all or
+   nothing, registering each compensation before acquiring;
+3. run the stage DAG: a stage starts when its dependencies are done, independent stages
+   run concurrently; a gate waits for a human; each round of a stage fans out over its
+   targets (in a `StageTargets` child workflow per round, or here when they are few) and
+   its failures go through the stage's `on_failure` policy (`policy.verdict`);
+4. `always` stages run whatever happened (the report);
+5. count findings from the store and close the error ledger;
+6. compensate LIFO and end as completed, completed_with_errors, failed or cancelled.
+
+The run continues as new when its history passes its budget at a quiet moment (nothing
+in flight but human waits), carrying its state. Decisions are pure functions in
+`policy.py`; incidents and dead letters go through `IncidentDesk`; the user API is
+`AssessmentAPI`; the text people read comes from `secflow.guidance`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.workflow import ChildWorkflowCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from secflow import guidance
+    from secflow.errors import Category
+    from secflow.locking import BulkLockRequest
+    from secflow.models import (
+        TERMINAL_STAGE_STATES,
+        AssessmentCarry,
+        AssessmentRequest,
+        AssessmentStatus,
+        Decision,
+        ErrorInfo,
+        FinalizeRequest,
+        Intervention,
+        ShardProgress,
+        ShardReport,
+        SpecSummary,
+        StageRef,
+        StageShardInput,
+        StageStatus,
+        WorkspaceRequest,
+    )
+    from secflow.retries import STORE_PLAN, plan_for
+    from secflow.spec import Stage
+    from secflow.tools import TOOLS, RetryClass
+    from workflows.assessment import calls, policy
+    from workflows.assessment.api import AssessmentAPI
+    from workflows.assessment.desk import IncidentDesk
+    from workflows.assessment.targets import StageTargetsWorkflow, TargetRunner
+    from workflows.compensations import Compensations
+    from workflows.failures import error_from_activity
+
+SA_STATUS = SearchAttributeKey.for_keyword("SecflowStatus")
+SA_AWAITING = SearchAttributeKey.for_keyword_list("SecflowAwaiting")
+
+LOCK_POLL_INTERVAL = timedelta(seconds=5)
+LOCK_BATCH = 1000  # hosts locked per activity (one transaction)
+# A round of at most this many targets runs in the assessment itself: a child workflow
+# costs more than it saves for a handful of targets, and this many cannot crowd the
+# assessment's history.
+INLINE_TARGETS = 100
+
+
+class AcquisitionFailed(Exception):
+    """Acquiring the workspace or the scan locks failed; carries the error to report."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@workflow.defn(name="Assessment")
+class AssessmentWorkflow(AssessmentAPI):
+    @workflow.init
+    def __init__(self, req: AssessmentRequest) -> None:
+        info = workflow.info()
+        self._req = req
+        carry = req.carried
+        self._summary: SpecSummary | None = carry.summary if carry else None
+        self._status = carry.status if carry else AssessmentStatus(workflow_id=info.workflow_id, name="", status="running")
+        self._stages: dict[str, Stage] = {s.id: s for s in self._summary.stages} if self._summary else {}
+        self._saga = Compensations(self._status.compensations)
+        self._desk = IncidentDesk(
+            workflow_id=info.workflow_id,
+            name=self._status.name,
+            spec_ref=req.spec_ref,
+            incidents=self._status.incidents,
+            open_incidents=carry.open_incidents if carry else None,
+            occurrence_seq=carry.occurrence_seq if carry else 0,
+        )
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._children: dict[str, workflow.ChildWorkflowHandle] = {}
+        self._waits: dict[str, str] = dict(carry.waits) if carry else {}  # stage id -> "approval" | "failure"
+        self._wait_since: dict[str, datetime] = dict(carry.wait_deadlines) if carry else {}
+        self._signals: list[asyncio.Task[None]] = []  # pause/resume sent to stage shards
+        self._answers: dict[str, str] = {}
+        self._paused = carry.paused if carry else False
+        self._stop_reason: str | None = None
+        self._stop_outcome: str | None = None
+        self._stop_error: ErrorInfo | None = None
+        self._lock_wait: str | None = None
+        self._compensating = False
+        self._version = 0
+        self._published: tuple[str, tuple[str, ...]] | None = None
+        if carry:
+            self._saga.restore(carry.compensations)
+
+    # ------------------------------------------------------------------ the process
+
+    @workflow.run
+    async def run(self, req: AssessmentRequest) -> AssessmentStatus:
+        cancelled = False
+        try:
+            if req.carried is None:
+                await self._begin(req.spec_ref)  # 1
+                await self._acquire()  # 2
+            await self._run_stage_dag()  # 3, 4
+        except AcquisitionFailed as failed:
+            self._stop(failed.error.message, "failed", failed.error)
+            self._desk.acquisition_failed(failed.error)
+            await self._run_stage_dag()  # nothing runs but `always` stages
+        except asyncio.CancelledError:
+            cancelled = True
+            self._stop("cancelled through Temporal (workflow cancel request)", "cancelled")
+            await self._cancel_running_stages()
+            self._skip_unstarted(self._stop_reason or "cancelled")
+        if not cancelled:
+            try:
+                await self._finalize()  # 5
+            except asyncio.CancelledError:
+                cancelled = True
+                self._stop("cancelled through Temporal (workflow cancel request)", "cancelled")
+        return await self._end(cancelled)  # 6
+
+    async def _begin(self, spec_ref: str) -> None:
+        self._status.started_at = workflow.now()
+        try:
+            summary = await calls.describe(spec_ref)
+        except ActivityError as err:
+            # Nothing was acquired yet: there is nothing to undo, only to say why.
+            error = error_from_activity(err, STORE_PLAN)
+            self._status.reason = f"the spec cannot be read: {error.message}"
+            self._status.outcome = "failed"
+            self._status.finished_at = workflow.now()
+            self._publish()
+            raise ApplicationError(self._status.reason, self._status, type=error.category, non_retryable=True) from None
+        self._summary = summary
+        self._stages = {s.id: s for s in summary.stages}
+        self._status.name = self._desk.name = summary.name
+        for stage in summary.stages:
+            total = summary.targets_by_tool.get(stage.tool_name, 1)
+            self._status.stages[stage.id] = StageStatus(kind=stage.kind, tool=stage.tool_name)
+            self._status.stages[stage.id].progress.total = total
+        self._publish()
+
+    async def _acquire(self) -> None:
+        """The workspace, then every host's scan lock in sorted batches (all or nothing each).
+
+        Sorted across batches, so two assessments wanting overlapping hosts never
+        deadlock; compensations are registered before acquiring, so nothing leaks."""
+        assert self._summary is not None
+        wid = self._status.workflow_id
+        try:
+            workspace = WorkspaceRequest(assessment_id=wid)
+            self._saga.register("remove workspace", calls.REMOVE_WORKSPACE, workspace)
+            self._status.workspace = (await calls.make_workspace(workspace)).path
+            keys = self._summary.lock_keys
+            if keys == 0:
+                return  # path targets are only read: they need no lock
+            self._saga.register(f"release {keys} scan lock(s)", calls.RELEASE_LOCKS, BulkLockRequest(holder=wid))
+            for batch in range((keys + LOCK_BATCH - 1) // LOCK_BATCH):
+                await self._lock_batch(batch)
+                if self._stop_reason:
+                    return
+        except ActivityError as err:
+            error = error_from_activity(err, plan_for(RetryClass.FILESYSTEM))
+            raise AcquisitionFailed(error) from None
+
+    async def _lock_batch(self, batch: int) -> None:
+        assert self._summary is not None
+        locks = self._summary.locks
+        deadline = workflow.now() + locks.wait_timeout
+        request = BulkLockRequest(holder=self._status.workflow_id, spec_ref=self._req.spec_ref, batch=batch, batch_size=LOCK_BATCH)
+        while True:
+            outcome = await calls.lock_batch(request)
+            if outcome.acquired:
+                self._lock_wait = None
+                self._publish()
+                return
+            target, holder = next(iter(outcome.conflicts.items()), ("?", "?"))
+            busy = f"target {target} is being scanned by assessment {holder}"
+            if len(outcome.conflicts) > 1:
+                busy += f" (and {len(outcome.conflicts) - 1} more host(s) are busy)"
+            if locks.on_conflict == "refuse":
+                raise AcquisitionFailed(ErrorInfo(category=Category.RESOURCE.value, message=f"{busy} (locks.on_conflict: refuse)"))
+            if workflow.now() >= deadline:
+                raise AcquisitionFailed(ErrorInfo(category=Category.RESOURCE.value, message=f"{busy}; gave up after locks.wait_timeout"))
+            self._lock_wait = busy
+            self._publish()
+            try:
+                await workflow.wait_condition(lambda: self._stop_reason is not None, timeout=LOCK_POLL_INTERVAL)
+                return  # aborted while waiting
+            except asyncio.TimeoutError:
+                continue
+
+    async def _end(self, cancelled: bool) -> AssessmentStatus:
+        outcome, reason = policy.assessment_outcome(self._stop_outcome, self._status.stages)
+        if reason and not self._status.reason:
+            self._status.reason = reason
+        await self._desk.drain()
+        self._compensating = True
+        self._publish()
+        await self._saga.unwind()
+        self._compensating = False
+        if self._saga.failed_steps:
+            self._desk.compensations_failed(self._saga.failed_steps)
+            await self._desk.drain()
+        self._status.outcome = outcome  # type: ignore[assignment]
+        self._status.finished_at = workflow.now()
+        self._publish()
+
+        failed = self._saga.failed
+        if failed:
+            first = failed[0]
+            raise ApplicationError(
+                f"compensation {first.name!r} failed and needs manual cleanup: "
+                f"{first.error.message if first.error else 'unknown error'}",
+                self._status,
+                type=first.error.category if first.error else Category.INTERNAL.value,
+                non_retryable=True,
+            )
+        if cancelled:
+            raise asyncio.CancelledError(self._status.reason)
+        if outcome == "failed":
+            error = self._stop_error or ErrorInfo(category=Category.INTERNAL.value, message=self._status.reason)
+            raise ApplicationError(f"assessment failed: {self._status.reason}", self._status, type=error.category, non_retryable=True)
+        return self._status
+
+    # ------------------------------------------------------------------ the stage DAG
+
+    async def _run_stage_dag(self) -> None:
+        self._resume_carried_waits()
+        while True:
+            self._start_ready_stages()
+            if not self._tasks and all(self._state(sid) in TERMINAL_STAGE_STATES for sid in self._stages):
+                return
+            seen = self._version
+            await workflow.wait_condition(lambda: self._version != seen or self._may_hand_over())
+            if self._may_hand_over():
+                self._hand_over()
+            for sid, task in list(self._tasks.items()):
+                if task.done():
+                    del self._tasks[sid]
+                    if not task.cancelled():
+                        task.result()  # a bug in stage code fails the workflow task, visibly
+
+    def _start_ready_stages(self) -> None:
+        for sid, stage in self._stages.items():
+            st = self._status.stages[sid]
+            states = self._states()  # live: a stage skipped just now frees those after it
+            if st.state != "pending" or sid in self._tasks or not policy.dependencies_done(stage, self._stages.values(), states):
+                continue
+            if self._stop_reason and not stage.always:
+                self._finish(st, "skipped", f"not started: {self._stop_reason}")
+                continue
+            if self._paused and not self._stop_reason:
+                continue
+            blocker = policy.failed_required_dependency(stage, self._stages, states)
+            if blocker and not stage.always:
+                self._finish(st, "skipped", f"required dependency {blocker!r} failed")
+                continue
+            st.state = "running"
+            self._tasks[sid] = asyncio.create_task(self._execute_stage(stage))
+            self._changed()
+
+    async def _execute_stage(self, stage: Stage, resume_wait: str | None = None) -> None:
+        st = self._status.stages[stage.id]
+        started = False
+        try:
+            if resume_wait == "approval" or (resume_wait is None and stage.requires_approval):
+                answer = await self._wait_for_human(stage, "approval")
+                if answer in ("reject", "skip"):
+                    self._finish(st, "skipped", self._answer_note(stage.id, answer))
+                    return
+                if answer == "fail":
+                    self._stage_failed(stage, ErrorInfo(category=Category.USER_ABORT.value, message=self._answer_note(stage.id, answer)))
+                    return
+                if answer == "abort":
+                    self._finish(st, "skipped", f"not started: {self._stop_reason}")
+                    return
+            started = True
+            await self._run_with_failure_policy(stage, ask_first=resume_wait == "failure")
+        except asyncio.CancelledError:
+            if started:
+                self._finish(st, "cancelled", self._stop_reason or "cancelled")
+            else:
+                self._finish(st, "skipped", f"not started: {self._stop_reason or 'cancelled'}")
+            raise
+
+    async def _run_with_failure_policy(self, stage: Stage, *, ask_first: bool = False) -> None:
+        """Rounds over the stage's targets until `policy.verdict` ends the stage."""
+        st = self._status.stages[stage.id]
+        tool = st.tool or stage.tool_name
+        fallback_used = tool != stage.tool_name
+        only_failed = ask_first  # after a carried failure wait, a retry runs the failed targets
+        while True:
+            if ask_first:
+                ask_first = False
+                decision = policy.Verdict("ask_human", "", st.error)
+            else:
+                st.state = "running"
+                self._changed()
+                try:
+                    progress = await self._run_round(stage, tool, only_failed=only_failed)
+                except ActivityError as err:
+                    # The round's bookkeeping (target batches, outcomes) failed past its
+                    # retries: the round failed with that error, for the stage's policy.
+                    progress = self._failed_round(st, error_from_activity(err, STORE_PLAN))
+                await self._absorb(stage, progress, only_failed=only_failed)
+                decision = policy.verdict(
+                    stage,
+                    policy.RoundOutcome(
+                        stage_total=st.progress.total,
+                        failed=progress.failed,
+                        first_error=progress.first_error,
+                        security_error=progress.security_error,
+                        all_aborted=progress.first_error is None,
+                    ),
+                    stopping=self._stop_reason is not None,
+                    fallback_used=fallback_used,
+                )
+            if decision.kind == "succeeded":
+                self._finish(st, "partial" if fallback_used else "succeeded", st.reason)
+                self._desk.stage_recovered(stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})")
+                return
+            if decision.kind == "cancelled":
+                self._finish(st, "cancelled", self._stop_reason or "cancelled")
+                return
+            error = decision.error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+            if decision.kind == "security":
+                st.error = error
+                self._finish(st, "failed", decision.reason)
+                self._desk.security_violation(stage, error)
+                self._stop(f"security violation in stage {stage.id!r}: {error.message}", "failed", error)
+                return
+            if decision.kind == "tolerated":
+                st.degraded = True
+                self._finish(st, "partial", decision.reason)
+                return
+            st.error = error
+            if decision.kind == "fallback":
+                assert stage.fallback_tool is not None
+                fallback_used = True
+                st.degraded = True
+                st.reason = decision.reason
+                tool = st.tool = stage.fallback_tool
+                only_failed = True
+                continue
+            if decision.kind == "ask_human":
+                answer = await self._wait_for_human(stage, "failure")
+                if answer == "retry":
+                    st.error = None
+                    only_failed = True
+                    continue
+                if answer == "abort":
+                    self._finish(st, "cancelled", self._stop_reason or "aborted")
+                    return
+                by_human = self._answered_by_human(stage.id)
+                if answer == "skip":
+                    self._finish(st, "skipped", f"{self._answer_note(stage.id, answer)} after: {error.message}")
+                    self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=by_human)
+                    return
+                self._desk.gave_up(stage, failed=True, error=error, attempts=st.attempts, by_human=by_human)
+                self._stage_failed(stage, error)
+                return
+            if decision.kind == "skip":
+                self._finish(st, "skipped", decision.reason)
+                self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=False)
+                return
+            self._desk.gave_up(stage, failed=True, error=error, attempts=st.attempts, by_human=False)
+            self._stage_failed(stage, error)
+            return
+
+    async def _run_round(self, stage: Stage, tool: str, *, only_failed: bool) -> ShardProgress:
+        """One round of the stage over its targets: here when few, else in a child workflow."""
+        assert self._summary is not None
+        st = self._status.stages[stage.id]
+        st.rounds += 1
+        shard = StageShardInput(
+            assessment_id=self._status.workflow_id,
+            stage=stage,
+            tool=tool,
+            spec_ref=self._req.spec_ref,
+            workspace=self._status.workspace,
+            round=st.rounds,
+            only_failed=only_failed,
+            concurrency=stage.concurrency,
+            batch_size=stage.batch_size,
+            event_budget=self._req.shard_event_budget,
+            paused=self._paused,
+        )
+        if not TOOLS[tool].target_kinds:
+            runner = TargetRunner(shard.model_copy(update={"snapshot": self._snapshot()}), paused=lambda: self._paused)
+            await runner.run_single()
+            return runner.progress
+        if self._summary.targets_by_tool.get(tool, 0) <= INLINE_TARGETS:
+            runner = TargetRunner(shard, paused=lambda: self._paused, on_progress=lambda: self._show_round(st, runner.progress))
+            await runner.run()
+            return runner.progress
+        return await self._run_child(stage, shard)
+
+    async def _run_child(self, stage: Stage, shard: StageShardInput) -> ShardProgress:
+        handle = await workflow.start_child_workflow(
+            StageTargetsWorkflow.run,
+            shard,
+            id=f"{self._status.workflow_id}/{stage.id}/round-{shard.round}",
+            task_queue=workflow.info().task_queue,
+            cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        self._children[stage.id] = handle
+        try:
+            return await asyncio.shield(handle)
+        except asyncio.CancelledError:
+            # Stopping: the shard cancels what runs, records it, and returns what it did.
+            await handle.signal(StageTargetsWorkflow.stop)
+            progress = await asyncio.shield(handle)
+            await self._absorb(stage, progress, only_failed=shard.only_failed)
+            raise
+        except ChildWorkflowError as err:
+            # The shard itself failed (e.g. the store stayed down past its retries): the
+            # round's targets count as failed with that error, for the stage's policy.
+            cause = err.cause
+            error = ErrorInfo(
+                category=getattr(cause, "type", None) or Category.INTERNAL.value,
+                message=getattr(cause, "message", None) or str(err),
+            )
+            return self._failed_round(self._status.stages[stage.id], error)
+        finally:
+            self._children.pop(stage.id, None)
+
+    @staticmethod
+    def _failed_round(st: StageStatus, error: ErrorInfo) -> ShardProgress:
+        total = max(st.progress.total, 1)
+        return ShardProgress(counts={"failed": total}, processed=total, first_error=error)
+
+    async def _absorb(self, stage: Stage, progress: ShardProgress, *, only_failed: bool) -> None:
+        """Fold a round's progress into the stage's status (counts, findings, failures)."""
+        st = self._status.stages[stage.id]
+        if only_failed:
+            # Which targets are failed now is the store's to say: the round re-ran some.
+            st.counts = await calls.count_targets(StageRef(assessment_id=self._status.workflow_id, stage_id=stage.id))
+        else:
+            st.counts = dict(progress.counts)
+        st.findings = (st.findings if only_failed else 0) + progress.findings
+        # attempts of the most-tried target, added up over the stage's rounds (a retry or a
+        # fallback round adds its own): 1 means no target needed a retry
+        st.attempts += progress.attempts
+        st.recent_failures = progress.recent_failures or st.recent_failures
+        st.outputs.update(progress.outputs)
+        if progress.degraded_reason:
+            st.degraded = True
+            st.reason = progress.degraded_reason
+        self._show_round(st, None)
+
+    def _show_round(self, st: StageStatus, live: ShardProgress | None) -> None:
+        if live is not None:
+            st.counts = dict(live.counts)
+            st.findings = live.findings
+            st.recent_failures = list(live.recent_failures)
+        st.progress.done = sum(n for state, n in st.counts.items() if state != "running")
+        self._status.findings.total = sum(s.findings for s in self._status.stages.values())
+        self._changed()
+
+    # ------------------------------------------------------------------ human in the loop
+
+    async def _wait_for_human(self, stage: Stage, kind: str) -> str:
+        """Park the stage until someone answers (or its deadline passes); return the action."""
+        st = self._status.stages[stage.id]
+        st.state = "awaiting_approval" if kind == "approval" else "awaiting_intervention"
+        resumed = stage.id in self._waits  # carried over by continue-as-new: already announced
+        self._waits[stage.id] = kind
+        self._answers.pop(stage.id, None)
+        self._changed()
+        if not resumed:
+            self._desk.wait_began(stage, kind, st.error, st.attempts)
+        try:
+            await workflow.wait_condition(
+                lambda: stage.id in self._answers or self._stop_reason is not None, timeout=self._wait_left(stage)
+            )
+            answer = self._answers.pop(stage.id, "abort")
+        except asyncio.TimeoutError:
+            answer = policy.timeout_answer(stage.on_wait_timeout)
+            self._status.interventions.append(
+                Intervention(
+                    action=answer,
+                    stage=stage.id,
+                    by="deadline",
+                    reason=f"no answer within wait_timeout; on_wait_timeout is {stage.on_wait_timeout}",
+                    at=workflow.now(),
+                    via="timeout",
+                )
+            )
+        except asyncio.CancelledError:
+            self._waits.pop(stage.id, None)
+            self._desk.wait_ended(stage, kind, "cancelled", f"wait ended: {self._stop_reason or 'assessment cancelled'}")
+            raise
+        self._waits.pop(stage.id, None)
+        self._wait_since.pop(stage.id, None)
+        self._desk.wait_ended(stage, kind, answer, self._wait_note(stage, answer))
+        self._changed()
+        return answer
+
+    def _wait_left(self, stage: Stage) -> timedelta | None:
+        """What remains of the stage's wait_timeout (a wait carried over keeps its deadline)."""
+        if stage.wait_timeout is None:
+            return None
+        since = self._wait_since.setdefault(stage.id, workflow.now())
+        return max(since + stage.wait_timeout - workflow.now(), timedelta(milliseconds=1))
+
+    def _wait_note(self, stage: Stage, answer: str) -> str:
+        if answer == "abort":
+            return f"wait ended: {self._stop_reason or 'assessment aborted'}"
+        last = next((i for i in reversed(self._status.interventions) if i.stage == stage.id), None)
+        if last is not None and last.via == "timeout":
+            return f"no answer within wait_timeout; on_wait_timeout: {answer}"
+        return f"answered: {self._answer_note(stage.id, answer)}"
+
+    def _answer_note(self, stage_id: str, answer: str) -> str:
+        for item in reversed(self._status.interventions):
+            if item.stage == stage_id and item.accepted:
+                who = f" by {item.by}" if item.by else ""
+                why = f": {item.reason}" if item.reason else ""
+                return f"{answer}{who}{why}"
+        return answer
+
+    def _answered_by_human(self, stage_id: str) -> bool:
+        last = next((i for i in reversed(self._status.interventions) if i.stage == stage_id and i.accepted), None)
+        return last is not None and last.via != "timeout"
+
+    def _view(self) -> policy.InterventionView:
+        return policy.InterventionView(
+            finished=self._status.outcome is not None or self._compensating,
+            stop_reason=self._stop_reason,
+            paused=self._paused,
+            stages=list(self._stages.values()),
+            states=self._states(),
+            waits=dict(self._waits),
+        )
+
+    def _on_signal(self, action: str, d: Decision) -> None:
+        problem = policy.intervention_problem(action, d, self._view())
+        if problem:
+            workflow.logger.warning("intervention ignored", extra={"action": action, "stage": d.stage, "reason": problem})
+            self._status.interventions.append(
+                Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), accepted=False, note=problem)
+            )
+            self._changed()
+            return
+        self._apply(action, d, "signal")
+
+    def _on_update(self, action: str, d: Decision) -> str:
+        return self._apply(action, d, "update")
+
+    def _refuse_update(self, action: str, d: Decision) -> None:
+        problem = policy.intervention_problem(action, d, self._view())
+        if problem:
+            raise ValueError(problem)
+
+    def _status_answer(self) -> AssessmentStatus:
+        return self._status
+
+    def _apply(self, action: str, d: Decision, via: str) -> str:
+        self._status.interventions.append(
+            Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), via=via)  # type: ignore[arg-type]
+        )
+        who = f" by {d.by}" if d.by else ""
+        if action == "abort":
+            self._stop(f"aborted{who}" + (f": {d.reason}" if d.reason else ""), "cancelled", None)
+            message = "aborting: running stages are being cancelled, then compensations run"
+        elif action in ("pause", "resume"):
+            self._paused = action == "pause"
+            self._tell_children(action)
+            message = "paused: running activities finish, nothing new starts until resume" if self._paused else "resumed"
+        else:
+            assert d.stage is not None
+            short = {"retry_stage": "retry", "skip_stage": "skip"}.get(action, action)
+            if d.stage in self._waits:
+                self._answers[d.stage] = short
+                message = f"stage {d.stage}: {short}"
+            elif action == "skip_stage":
+                self._finish(self._status.stages[d.stage], "skipped", f"skipped{who} before it ran" + (f": {d.reason}" if d.reason else ""))
+                message = f"stage {d.stage} will not run"
+            else:
+                reset = policy.stages_to_rerun(self._stages.values(), self._states(), d.stage)
+                for sid in reset:
+                    self._reset_stage(sid)
+                message = f"re-running {', '.join(reset)}"
+        self._changed()
+        return message
+
+    def _reset_stage(self, stage_id: str) -> None:
+        st = self._status.stages[stage_id]
+        stage = self._stages[stage_id]
+        st.state = "pending"
+        st.tool = stage.tool_name
+        st.error = None
+        st.reason = ""
+        st.degraded = False
+        st.counts = {}
+        st.recent_failures = []
+        st.findings = 0
+        st.progress.done = 0
+
+    def _tell_children(self, signal: str) -> None:
+        self._signals = [t for t in self._signals if not t.done()]
+        for handle in list(self._children.values()):
+            self._signals.append(asyncio.create_task(self._signal_child(handle, signal)))
+
+    @staticmethod
+    async def _signal_child(handle: workflow.ChildWorkflowHandle, signal: str) -> None:
+        try:
+            await handle.signal(signal)
+        except Exception as err:  # the child just finished: nothing left to pause
+            workflow.logger.info("stage shard not signalled", extra={"child": handle.id, "signal": signal, "error": str(err)})
+
+    # ------------------------------------------------------------------ endings
+
+    def _stop(self, reason: str, outcome: str, error: ErrorInfo | None = None) -> None:
+        """Fail fast / abort: nothing new starts (but `always` stages), running stages are cancelled."""
+        if self._stop_reason:
+            return
+        self._stop_reason = reason
+        self._stop_outcome = outcome
+        self._stop_error = error
+        self._status.reason = reason
+        for sid, task in self._tasks.items():
+            if not self._stages[sid].always and not task.done():
+                task.cancel()
+        self._changed()
+
+    async def _cancel_running_stages(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in list(self._tasks.values()):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass  # the stage recorded itself as cancelled in _execute_stage
+        self._tasks.clear()
+
+    def _skip_unstarted(self, reason: str) -> None:
+        for st in self._status.stages.values():
+            if st.state == "pending":
+                self._finish(st, "skipped", f"not started: {reason}")
+
+    def _stage_failed(self, stage: Stage, error: ErrorInfo) -> None:
+        st = self._status.stages[stage.id]
+        st.error = error
+        self._finish(st, "failed", f"{error.category}: {error.message}")
+        if stage.criticality == "required":
+            self._stop(f"required stage {stage.id!r} failed: {error.category}: {error.message}", "failed", error)
+
+    async def _finalize(self) -> None:
+        """Count findings from the store (the truth) and close the error ledger."""
+        try:
+            self._status.findings = await calls.finalize(
+                FinalizeRequest(
+                    assessment_id=self._status.workflow_id,
+                    stage_outcomes={sid: st.state for sid, st in self._status.stages.items()},
+                )
+            )
+        except ActivityError as err:
+            error = error_from_activity(err, STORE_PLAN)
+            # The assessment's work is done; a store outage must not undo it. Keep the
+            # workflow's own counts and say so.
+            self._status.reason = (self._status.reason + "; " if self._status.reason else "") + (
+                f"findings could not be counted from the store ({error.category}: {error.message}); counts are the workflow's own"
+            )
+            workflow.logger.error("finalize failed", extra={"error": error.message, "category": error.category})
+
+    # ------------------------------------------------------------------ continue-as-new
+
+    def _may_hand_over(self) -> bool:
+        """Continue as new only at a quiet moment: the history is past its budget and
+        nothing is in flight but human waits (which the next run takes up again)."""
+        info = workflow.info()
+        if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._req.event_budget):
+            return False
+        if self._stop_reason or self._compensating or not self._desk.idle or not workflow.all_handlers_finished():
+            return False
+        return all(sid in self._waits for sid in self._tasks)
+
+    def _hand_over(self) -> None:
+        assert self._summary is not None
+        carry = AssessmentCarry(
+            status=self._status,
+            summary=self._summary,
+            compensations=self._saga.pending(),
+            waits=dict(self._waits),
+            wait_deadlines={sid: at for sid, at in self._wait_since.items()},
+            paused=self._paused,
+            open_incidents=self._desk.open_incidents,
+            occurrence_seq=self._desk.occurrence_seq,
+        )
+        workflow.continue_as_new(self._req.model_copy(update={"carried": carry}))
+
+    def _resume_carried_waits(self) -> None:
+        carry = self._req.carried
+        if carry is None or self._tasks:
+            return
+        for sid, kind in carry.waits.items():
+            self._tasks[sid] = asyncio.create_task(self._execute_stage(self._stages[sid], resume_wait=kind))
+
+    @workflow.signal(name="shard_progress")
+    def shard_progress(self, report: ShardReport) -> None:
+        """A stage shard's counts after each batch, so `status` shows a round as it goes."""
+        st = self._status.stages.get(report.stage_id)
+        if st is not None and st.rounds == report.round and st.state == "running" and not report.only_failed:
+            self._show_round(st, report.progress)
+
+    # ------------------------------------------------------------------ what people see
+
+    def _states(self) -> dict[str, str]:
+        return {sid: st.state for sid, st in self._status.stages.items()}
+
+    def _state(self, sid: str) -> str:
+        return self._status.stages[sid].state
+
+    def _snapshot(self) -> AssessmentStatus:
+        return self._status.model_copy(deep=True)
+
+    def _finish(self, st: StageStatus, state: str, reason: str = "") -> None:
+        st.state = state  # type: ignore[assignment]
+        if reason:
+            st.reason = reason
+        self._changed()
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._publish()
+
+    def _derive_status(self) -> str:
+        if self._status.outcome:
+            return self._status.outcome
+        if self._compensating:
+            return "compensating"
+        if self._stop_reason:
+            return "stopping"
+        if self._lock_wait:
+            return "waiting_for_lock"
+        if self._waits:
+            return "awaiting_intervention"
+        if self._paused:
+            return "paused"
+        return "running"
+
+    def _publish(self) -> None:
+        """Mirror state into the Web UI: search attributes (on change) and current details."""
+        status = self._derive_status()
+        self._status.status = status
+        self._status.awaiting = sorted(self._waits)
+        key = (status, tuple(self._status.awaiting))
+        if key != self._published:
+            self._published = key
+            workflow.upsert_search_attributes([SA_STATUS.value_set(status), SA_AWAITING.value_set(list(self._status.awaiting))])
+        workflow.set_current_details(self._details())
+
+    def _details(self) -> str:
+        wid = self._status.workflow_id
+        lines = [f"**{self._status.name}**: {self._status.status}"]
+        if self._lock_wait:
+            lines.append(f"Waiting for a scan lock: {self._lock_wait}. `{guidance.abort_command(wid)}` gives up.")
+        for sid, kind in sorted(self._waits.items()):
+            st = self._status.stages[sid]
+            if kind == "approval":
+                first, second, signal = guidance.approve_commands(wid, sid)
+                lines.append(f"Stage `{sid}` waits for approval. Answer: `{first}` or `{second}`; or `{signal}`")
+            else:
+                err = st.error.message if st.error else "failed"
+                retry, skip, reject, signal = guidance.failure_commands(wid, sid)
+                lines.append(f"Stage `{sid}` failed after retries ({err}) and waits for a decision: `{retry}`, `{skip}` or `{reject}`; or `{signal}`")
+        running = [(sid, st) for sid, st in self._status.stages.items() if st.state == "running"]
+        if running:
+            lines.append("Running: " + ", ".join(f"{sid} ({st.progress.done}/{st.progress.total} targets)" for sid, st in running))
+        failed = sum(st.counts.get("failed", 0) for st in self._status.stages.values())
+        if failed:
+            lines.append(f"{failed} target(s) failed: `{guidance.failed_targets_command(wid)}`")
+        if self._paused:
+            lines.append(f"Paused. `{guidance.resume_command(wid)}` continues.")
+        if self._status.reason:
+            lines.append(self._status.reason)
+        lines.append(f"Findings so far: {self._status.findings.total}")
+        return "\n\n".join(lines)
