@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-deps clean demo-stop
+.PHONY: demo test lint system-deps clean demo-stop
+
+# What `make lint` checks (the configuration is in pyproject.toml; tests/ and bench/ are not linted).
+LINT_PATHS := secflow workflows activities starter worker.py
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is required (python3.11 or python3 on PATH)"; exit 1; }
@@ -24,8 +27,13 @@ demo: $(STAMP)
 demo-stop:
 	$(BIN)/python examples/run_demo.py --stop-server
 
-test: $(STAMP) system-deps
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy $(LINT_PATHS)
+
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .secflow .pytest_cache
+	rm -rf $(VENV) .secflow .pytest_cache .mypy_cache .ruff_cache

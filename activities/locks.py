@@ -71,7 +71,7 @@ async def acquire_scan_locks(req: BulkLockRequest) -> BulkLockOutcome:
         blockers = sorted(set(result.conflicts.values()) - {req.holder})
         client = activity.client()
         gone = await asyncio.gather(*(workflow_is_gone(client, holder) for holder in blockers))
-        stale = [holder for holder, is_gone in zip(blockers, gone) if is_gone]
+        stale = [holder for holder, is_gone in zip(blockers, gone, strict=True) if is_gone]
         if stale:
             log = get_logger(component="locks")
             for holder in stale:

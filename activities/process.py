@@ -112,7 +112,7 @@ async def run_process(
     )
     try:
         stdout, stderr = await asyncio.wait_for(_read_all(proc, max_output), timeout=timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await _kill_group(proc, grace=0)
         raise TransientError(f"{tool} exceeded its timeout of {timeout:g}s; its process group was killed") from None
     except asyncio.CancelledError:
@@ -122,9 +122,14 @@ async def run_process(
         await _kill_group(proc, grace=0)
         raise ToolProcessError(
             f"{tool} produced more than {max_output} bytes of output; stopped",
-            category=Category.EXTERNAL_TOOL, exit_code=None, stdout_tail="", stderr_tail="",
+            category=Category.EXTERNAL_TOOL,
+            exit_code=None,
+            stdout_tail="",
+            stderr_tail="",
         ) from None
-    result = ProcessResult(argv, proc.returncode if proc.returncode is not None else -1, stdout, stderr, time.monotonic() - started)
+    result = ProcessResult(
+        argv, proc.returncode if proc.returncode is not None else -1, stdout, stderr, time.monotonic() - started
+    )
     if result.returncode not in ok_codes:
         how = _describe_exit(result.returncode)
         classification = classify(f"{tool} {how}: {result.stderr_tail[-500:]}", exit_code=result.returncode, tool=tool)
@@ -174,7 +179,7 @@ async def _kill_group(proc: asyncio.subprocess.Process, *, grace: float) -> None
         try:
             await asyncio.wait_for(proc.wait(), timeout=wait)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
 
 

@@ -17,6 +17,13 @@ from activities.resources import (
     release_scan_lock,
     remove_workspace,
 )
+from activities.scanners.bandit import bandit
+from activities.scanners.detect_secrets import detect_secrets
+from activities.scanners.enrich import cve_enrich
+from activities.scanners.nmap import nmap
+from activities.scanners.sca import sca
+from activities.scanners.semgrep import semgrep
+from activities.scanners.tls import tls
 from activities.scanning import http_headers, portscan
 from activities.stage_batches import (
     count_stage_targets,
@@ -25,13 +32,6 @@ from activities.stage_batches import (
     park_stage_failures,
     record_target_results,
 )
-from activities.scanners.bandit import bandit
-from activities.scanners.detect_secrets import detect_secrets
-from activities.scanners.enrich import cve_enrich
-from activities.scanners.nmap import nmap
-from activities.scanners.sca import sca
-from activities.scanners.semgrep import semgrep
-from activities.scanners.tls import tls
 
 ALL_ACTIVITIES: list[Callable[..., Any]] = [
     portscan,

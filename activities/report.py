@@ -23,6 +23,7 @@ from secflow.reports import RENDERERS
 from secflow.settings import load_settings
 from secflow.tools import ReportOptions
 
+
 async def report_tool(ctx: ToolContext) -> ToolOutput:
     opts = ReportOptions.model_validate(ctx.options)
     snapshot = ctx.input.snapshot

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from pathlib import Path
 
 from temporalio import activity
 
@@ -29,7 +30,7 @@ _ERROR_OUTCOME = {
 }
 
 
-def _workspace_path(assessment_id: str):
+def _workspace_path(assessment_id: str) -> Path:
     if not assessment_id or "/" in assessment_id or assessment_id in (".", "..") or "\x00" in assessment_id:
         raise InvalidInputError(f"assessment id {assessment_id!r} cannot name a workspace directory")
     return load_settings().workspaces_dir / assessment_id

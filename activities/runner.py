@@ -20,15 +20,15 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from secflow import metrics
-from secflow.error_stats import dependency_of, resolve_recovered
 from secflow.documents import load_spec
+from secflow.error_stats import dependency_of, resolve_recovered
 from secflow.errors import Category, Classification, PermanentError, ScopeViolation, classify, to_application_error
 from secflow.findings import Finding
 from secflow.logging import get_logger
@@ -109,9 +109,7 @@ class ToolContext:
     async def save_findings(self, findings: list[Finding]) -> None:
         if not findings:
             return
-        result = await asyncio.to_thread(
-            self.store.upsert_findings, self.input.assessment_id, self.input.stage_id, findings
-        )
+        result = await asyncio.to_thread(self.store.upsert_findings, self.input.assessment_id, self.input.stage_id, findings)
         self.inserted += result.inserted
 
     async def checkpoint(self, payload: dict[str, Any], findings: list[Finding] | None = None) -> None:
@@ -164,7 +162,9 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
         # earlier attempts' errors were lived with, not recovered from.
         await asyncio.to_thread(store.resolve_errors, inp.assessment_id, inp.stage_id, inp.target, "degraded")
     elif info.attempt > 1:
-        recovered = await asyncio.to_thread(resolve_recovered, store, inp.assessment_id, inp.stage_id, inp.target, _attempt_prefix(info))
+        recovered = await asyncio.to_thread(
+            resolve_recovered, store, inp.assessment_id, inp.stage_id, inp.target, _attempt_prefix(info)
+        )
         for category, seconds in recovered.items():
             metrics.record_recoveries(category, seconds)
     counts = _by_severity(output.findings)
@@ -220,7 +220,7 @@ def _event(
         category=category.value,
         message=message,
         retryable=retryable,
-        occurred_at=datetime.now(timezone.utc),
+        occurred_at=datetime.now(UTC),
         outcome=None,
     )
 

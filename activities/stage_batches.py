@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from temporalio import activity
 
@@ -22,6 +22,7 @@ from secflow.documents import load_spec
 from secflow.errors import Category
 from secflow.locking import lock_keys
 from secflow.models import (
+    WHOLE_STAGE,
     ParkResult,
     ParkStageFailures,
     SpecRef,
@@ -31,7 +32,6 @@ from secflow.models import (
     TargetBatchRequest,
     TargetRef,
     TargetResults,
-    WHOLE_STAGE,
 )
 from secflow.redaction import redact
 from secflow.spec import Spec, Target
@@ -128,7 +128,7 @@ async def load_target_batch(req: TargetBatchRequest) -> TargetBatch:
 @activity.defn(name="record_target_results")
 @classified
 async def record_target_results(req: TargetResults) -> int:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     outcomes = [
         TargetOutcome(
             assessment_id=req.assessment_id,
@@ -183,7 +183,7 @@ async def _park_failures(req: ParkStageFailures) -> int:
                     continue
                 if req.categories and o.error_category not in req.categories:
                     continue
-                at = o.updated_at or datetime.now(timezone.utc)
+                at = o.updated_at or datetime.now(UTC)
                 await park_dead_letter_now(
                     DeadLetterInput(
                         task_id=dead_letter_task_id(

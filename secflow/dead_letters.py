@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -99,7 +99,7 @@ STATES: tuple[str, ...] = ("parked", "replaying", "replayed")
 # characters of its SHA-256. `dlq` commands accept it wherever they accept the id.
 REF_LENGTH = 10
 MIN_REF_LENGTH = 6
-_REF_RE = re.compile(r"^[0-9a-f]{%d,64}$" % MIN_REF_LENGTH)
+_REF_RE = re.compile(r"^[0-9a-f]{%d,64}$" % MIN_REF_LENGTH)  # noqa: UP031 - an f-string would need the braces doubled
 MAX_ID_LENGTH = 2048
 
 _COLUMNS = (
@@ -190,8 +190,19 @@ def park(store: FindingsStore, inp: DeadLetterInput) -> DeadLetterResult:
             f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'parked', NULL, NULL, NULL) "
             "ON CONFLICT (task_id) DO NOTHING",
             (
-                inp.task_id, inp.workflow_id, inp.run_id, inp.stage_id, inp.target, inp.tool, inp.reason,
-                inp.category, inp.message, inp.attempts, first, last, replay,
+                inp.task_id,
+                inp.workflow_id,
+                inp.run_id,
+                inp.stage_id,
+                inp.target,
+                inp.tool,
+                inp.reason,
+                inp.category,
+                inp.message,
+                inp.attempts,
+                first,
+                last,
+                replay,
             ),
         )
         if cursor.rowcount == 1:
@@ -359,7 +370,7 @@ def purge(
 
 def counts_by_state(store: FindingsStore) -> dict[str, int]:
     """Entries per state, every state present (zero included)."""
-    counts = {s: 0 for s in STATES}
+    counts = dict.fromkeys(STATES, 0)
     with store._connection() as conn:
         for state, n in store._x(conn, "SELECT state, COUNT(*) FROM dead_letters GROUP BY state").fetchall():
             counts[state] = counts.get(state, 0) + int(n)
@@ -407,6 +418,5 @@ def _parse_ts(text: str) -> datetime:
 
 
 def _utcnow() -> datetime:
-    from datetime import timezone
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -32,9 +32,7 @@ def parse_duration(value: Any) -> timedelta:
                 seconds += float(match.group(1)) * _UNITS[match.group(2)]
                 pos = match.end()
             if pos != len(text) or not text:
-                raise ValueError(
-                    f"unparsable duration {value!r}: use e.g. 500ms, 30s, 10m, 1h30m, 2d"
-                )
+                raise ValueError(f"unparsable duration {value!r}: use e.g. 500ms, 30s, 10m, 1h30m, 2d")
     else:
         raise ValueError(f"expected a duration such as 30s or 10m, got {type(value).__name__}")
     if seconds < 0:

@@ -189,8 +189,8 @@ def parse_epss(payload: dict[str, Any]) -> dict[str, EpssScore]:
         if not isinstance(cve_id, str) or not CVE_ID.fullmatch(cve_id):
             raise _bad("EPSS", f"data[].cve {cve_id!r} is not a CVE id")
         try:
-            out[cve_id] = EpssScore(
-                cve_id=cve_id, probability=row.get("epss"), percentile=row.get("percentile"), date=row.get("date")
+            out[cve_id] = EpssScore.model_validate(
+                {"cve_id": cve_id, "probability": row.get("epss"), "percentile": row.get("percentile"), "date": row.get("date")}
             )
         except ValidationError as exc:
             raise _bad("EPSS", f"{cve_id}: {_fields(exc)}") from None
@@ -210,16 +210,18 @@ def parse_kev(payload: dict[str, Any]) -> dict[str, KevEntry]:
         if not isinstance(cve_id, str) or not CVE_ID.fullmatch(cve_id):
             raise _bad("KEV", f"cveID {cve_id!r} is not a CVE id")
         try:
-            out[cve_id] = KevEntry(
-                cve_id=cve_id,
-                vendor_project=str(row.get("vendorProject", "")),
-                product=str(row.get("product", "")),
-                name=str(row.get("vulnerabilityName", "")),
-                date_added=row.get("dateAdded"),
-                due_date=row.get("dueDate") or None,
-                # "Known" or "Unknown" in the catalog.
-                known_ransomware_use=str(row.get("knownRansomwareCampaignUse", "")).lower() == "known",
-                required_action=str(row.get("requiredAction", "")),
+            out[cve_id] = KevEntry.model_validate(
+                {
+                    "cve_id": cve_id,
+                    "vendor_project": str(row.get("vendorProject", "")),
+                    "product": str(row.get("product", "")),
+                    "name": str(row.get("vulnerabilityName", "")),
+                    "date_added": row.get("dateAdded"),
+                    "due_date": row.get("dueDate") or None,
+                    # "Known" or "Unknown" in the catalog.
+                    "known_ransomware_use": str(row.get("knownRansomwareCampaignUse", "")).lower() == "known",
+                    "required_action": str(row.get("requiredAction", "")),
+                }
             )
         except ValidationError as exc:
             raise _bad("KEV", f"{cve_id}: {_fields(exc)}") from None

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from secflow.durations import parse_duration
 from secflow.http.breaker import DEPENDENCY_EXTENSION
-
 from secflow.store import ErrorEvent, _parse_ts
 
 if TYPE_CHECKING:
@@ -155,9 +154,7 @@ def compute_stats(
     resolved = [r for r in rows if r.outcome is not None]
     recovered = [r for r in resolved if r.outcome == "recovered"]
     automatic = [r for r in recovered if not _human_needed(r, marks)]
-    durations = [
-        (r.resolved_at - r.occurred_at).total_seconds() for r in recovered if r.resolved_at is not None
-    ]
+    durations = [(r.resolved_at - r.occurred_at).total_seconds() for r in recovered if r.resolved_at is not None]
 
     groups: dict[tuple[str, str, str], list[ErrorEvent]] = {}
     for r in rows:
@@ -213,19 +210,21 @@ def parse_since(value: str, now: datetime) -> datetime:
 # --- reading the store ----------------------------------------------------------------------
 
 
-def load_error_rows(store: "FindingsStore", since: datetime | None = None) -> list[ErrorEvent]:
+def load_error_rows(store: FindingsStore, since: datetime | None = None) -> list[ErrorEvent]:
     """Every error event (of every assessment) that occurred at or after `since`."""
     return store.list_errors_since(since)
 
 
-def load_dead_letter_marks(store: "FindingsStore") -> list[DeadLetterMark]:
+def load_dead_letter_marks(store: FindingsStore) -> list[DeadLetterMark]:
     with store._connection() as conn:
         rows = store._x(conn, "SELECT workflow_id, stage_id, target, last_failure_at, state FROM dead_letters").fetchall()
-    return [DeadLetterMark(workflow_id=r[0], stage_id=r[1], target=r[2], last_failure_at=_parse_ts(r[3]), state=r[4]) for r in rows]
+    return [
+        DeadLetterMark(workflow_id=r[0], stage_id=r[1], target=r[2], last_failure_at=_parse_ts(r[3]), state=r[4]) for r in rows
+    ]
 
 
 def resolve_recovered(
-    store: "FindingsStore", assessment_id: str, stage_id: str, target: str, execution_prefix: str
+    store: FindingsStore, assessment_id: str, stage_id: str, target: str, execution_prefix: str
 ) -> dict[str, list[float]]:
     """A later attempt succeeded: mark the stage/target's open events `recovered`.
 
@@ -243,7 +242,7 @@ def resolve_recovered(
             (assessment_id, stage_id, target),
         ).fetchall()
     store.resolve_errors(assessment_id, stage_id, target, "recovered")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     recovered: dict[str, list[float]] = {}
     for event_id, category, occurred_at in rows:
         if event_id.startswith(execution_prefix):
@@ -253,6 +252,7 @@ def resolve_recovered(
 
 
 # --- attribution ----------------------------------------------------------------------------
+
 
 def dependency_of(exc: BaseException | None) -> str | None:
     """The outbound HTTP dependency an exception came from, if it says so.
@@ -270,7 +270,7 @@ def dependency_of(exc: BaseException | None) -> str | None:
         request = None
         try:
             request = getattr(exc, "request", None)  # httpx raises RuntimeError when unset
-        except Exception:  # noqa: BLE001 - an exception without a request is simply not HTTP
+        except Exception:  # an exception without a request is simply not HTTP
             request = None
         extensions = getattr(request, "extensions", None)
         if isinstance(extensions, dict):

@@ -44,8 +44,9 @@ import urllib.error
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import Any
 from xml.parsers import expat
 
 from temporalio.exceptions import ApplicationError
@@ -53,12 +54,12 @@ from temporalio.exceptions import ApplicationError
 from secflow.redaction import redact
 
 __all__ = [
+    "NON_RETRYABLE",
     "Category",
     "Classification",
     "ExternalToolError",
     "InternalError",
     "InvalidInputError",
-    "NON_RETRYABLE",
     "PermanentError",
     "ResourceError",
     "ScopeViolation",
@@ -221,10 +222,10 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if when is None:
         return None
     if when.tzinfo is None:  # "-0000" and obsolete forms: HTTP-dates are always UTC
-        when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -241,7 +242,7 @@ def _retry_hint_from_text(text: str) -> float | None:
         return None
     amount = float(m.group(1))
     unit = (m.group(2) or "s").lower()
-    if unit.startswith("ms") or unit.startswith("milli"):
+    if unit.startswith(("ms", "milli")):
         return amount / 1000.0
     if unit.startswith("m"):
         return amount * 60.0
@@ -471,7 +472,11 @@ _SECURITY_STRONG = [
         "scope violation",
     ),
     _p(r"sandbox (?:escape|breakout|violation)|escaped? (?:from )?the sandbox|container escape", _S, "sandbox escape"),
-    _p(r"sandbox\b.{0,40}\b(?:denied|blocked|refused|not permitted|killed)|denied by (?:the )?sandbox|seccomp", _S, "sandbox denied an action"),
+    _p(
+        r"sandbox\b.{0,40}\b(?:denied|blocked|refused|not permitted|killed)|denied by (?:the )?sandbox|seccomp",
+        _S,
+        "sandbox denied an action",
+    ),
     _p(
         r"(?:command|sql|shell|os|template|ldap|xpath|header|crlf|prompt|code|argument) injection|injection (?:attempt|detected|blocked)",
         _S,
@@ -520,7 +525,11 @@ _PATTERNS: list[_Pattern] = [
         _I,
         "database schema/query bug",
     ),
-    _p(r"file is not a database|database disk image is malformed|attempt to write a readonly database|unable to open database file", _P, "database file unusable"),
+    _p(
+        r"file is not a database|database disk image is malformed|attempt to write a readonly database|unable to open database file",
+        _P,
+        "database file unusable",
+    ),
     _p(
         r"database is locked|database table is locked|SQLITE_BUSY|could not serialize access|deadlock detected|lock wait timeout|"
         r"the database system is (?:starting up|shutting down|in recovery mode|not yet accepting connections)|"
@@ -716,7 +725,9 @@ def _status_in_text(text: str) -> int | None:
 
 
 _PY_TRACEBACK = "Traceback (most recent call last)"
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*?(?:Error|Exception|Exit|Interrupt|Timeout|Refused|Failure|Fault|Expired)):?(?: (.*))?$", re.MULTILINE)
+_EXC_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*?(?:Error|Exception|Exit|Interrupt|Timeout|Refused|Failure|Fault|Expired)):?(?: (.*))?$", re.MULTILINE
+)
 
 
 _MAX_SCAN = 16000  # head + tail of long stderr: the verdict is at the start or the end
@@ -727,7 +738,7 @@ def _from_message(text: str, tool: str | None = None) -> Classification | None:
     if not text:
         return None
     if len(text) > _MAX_SCAN:
-        text = text[:4000] + "\n" + text[-(_MAX_SCAN - 4000):]
+        text = text[:4000] + "\n" + text[-(_MAX_SCAN - 4000) :]
     found = _security_in(text)
     if found:
         return found
@@ -872,7 +883,7 @@ def _from_type_name(name: str, message: str, tool: str | None) -> Classification
 # Exceptions
 # ======================================================================================
 @functools.cache
-def _lib(name: str):  # noqa: ANN202 - a module or None
+def _lib(name: str) -> Any:  # a module or None; Any: callers read its attributes by name
     """Import a library on first use (httpx, pydantic, yaml, parts of temporalio).
 
     All are SecFlow dependencies; importing them lazily keeps `secflow.errors` cheap for
@@ -938,8 +949,8 @@ def _status_with_body(status: int, body: str, retry_after: float | None) -> Clas
     return verdict
 
 
-def _from_http_status_error(exc: object) -> Classification:
-    response = exc.response  # type: ignore[attr-defined]
+def _from_http_status_error(exc: Any) -> Classification:  # an httpx.HTTPStatusError (httpx is imported lazily)
+    response = exc.response
     status = response.status_code
     headers = response.headers
     retry_after = parse_retry_after(headers.get("retry-after"))
@@ -958,8 +969,8 @@ def _from_http_status_error(exc: object) -> Classification:
     return verdict
 
 
-def _ratelimit_reset(headers: object) -> float | None:
-    value = headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset")  # type: ignore[attr-defined]
+def _ratelimit_reset(headers: Any) -> float | None:  # httpx.Headers (httpx is imported lazily)
+    value = headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset")
     if not value:
         return None
     try:
@@ -967,7 +978,7 @@ def _ratelimit_reset(headers: object) -> float | None:
     except ValueError:
         return None
     if number > 1_000_000_000:  # an epoch timestamp (GitHub), not a delta
-        return max(0.0, number - datetime.now(timezone.utc).timestamp())
+        return max(0.0, number - datetime.now(UTC).timestamp())
     return max(0.0, number)
 
 
@@ -1014,7 +1025,13 @@ def _from_sqlite(exc: sqlite3.Error) -> Classification:
             return _c(_T, "sqlite: database is locked")
         if "database or disk is full" in low or "disk i/o error" in low:
             return _c(_R, f"sqlite: {text}")
-        if "no such table" in low or "no such column" in low or "syntax error" in low or "no such function" in low or "has no column named" in low:
+        if (
+            "no such table" in low
+            or "no such column" in low
+            or "syntax error" in low
+            or "no such function" in low
+            or "has no column named" in low
+        ):
             return _c(_I, f"sqlite: {text}")
         if "readonly database" in low or "unable to open database file" in low:
             return _c(_P, f"sqlite: {text}")
@@ -1075,9 +1092,9 @@ def _from_temporal(exc: BaseException, tool: str | None) -> Classification | Non
     return None
 
 
-def _from_rpc_status(exc: object) -> Classification:
+def _from_rpc_status(exc: Any) -> Classification:  # a temporalio.service.RPCError (imported lazily)
     code = _lib("temporalio.service").RPCStatusCode
-    status = exc.status  # type: ignore[attr-defined]
+    status = exc.status
     table = {
         code.UNAVAILABLE: _T,
         code.DEADLINE_EXCEEDED: _T,
@@ -1203,9 +1220,7 @@ def _from_smtp(exc: BaseException) -> Classification | None:
 _SEVERITY_ORDER = [_S, _I, _U, _P, _V, _R, _X, _T]  # for exception groups: the worst member wins
 
 
-def _classify_exception(
-    exc: BaseException, http_status: int | None, exit_code: int | None, tool: str | None
-) -> Classification:
+def _classify_exception(exc: BaseException, http_status: int | None, exit_code: int | None, tool: str | None) -> Classification:
     if isinstance(exc, SecFlowError):
         return _c(exc.category, type(exc).__name__, exc.retry_after)
     if isinstance(exc, BaseExceptionGroup):
@@ -1233,7 +1248,7 @@ def _classify_exception(
     if exit_code not in (None, 0):
         if isinstance(exc, subprocess.CalledProcessError):  # its str() is the command line
             message = (_text_of(exc.stderr) + "\n" + _text_of(exc.output)).strip()
-        return _from_exit_code(exit_code, message, tool)  # type: ignore[arg-type]
+        return _from_exit_code(exit_code, message, tool)
     if http_status is not None and http_status >= 300:
         verdict = _from_http_status(http_status)
         if verdict is not None:
@@ -1286,7 +1301,7 @@ def classify(
     if found:
         return found
     if exit_code not in (None, 0):
-        return _from_exit_code(exit_code, text, tool)  # type: ignore[arg-type]
+        return _from_exit_code(exit_code, text, tool)
     if http_status is not None and http_status >= 300:
         verdict = _status_with_body(http_status, text, _retry_hint_from_text(text))
         if verdict is not None:
@@ -1347,7 +1362,7 @@ class _RedactedApplicationError(ApplicationError):
     (same type names, redacted messages) instead of the raw exceptions.
     """
 
-    @property  # type: ignore[override]
+    @property
     def __cause__(self) -> BaseException | None:
         raw = _RAW_CAUSE.__get__(self)
         cached = self.__dict__.get("_sanitised_cause")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Any, Literal
 
@@ -47,7 +47,7 @@ def fingerprint(tool: str, rule_id: str, target: str, location: str) -> str:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class CveEnrichment(BaseModel):
@@ -95,12 +95,14 @@ class CveEnrichment(BaseModel):
         return self.cvss3_score if self.cvss3_score is not None else self.cvss4_score
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> "CveEnrichment":
+    def from_payload(cls, payload: dict[str, Any]) -> CveEnrichment:
         """From what `cve-enrich` writes onto a finding (an `EnrichedCve` dump + status)."""
         nvd = payload.get("nvd") or {}
         epss = payload.get("epss") or {}
         kev = payload.get("kev") or {}
-        status = payload.get("status") or ("partial" if payload.get("partial") else "enriched")
+        status: Literal["enriched", "stale", "partial"] = payload.get("status") or (
+            "partial" if payload.get("partial") else "enriched"
+        )
         return cls(
             cve_id=payload["cve_id"],
             status=status,
@@ -154,7 +156,7 @@ class FindingEnrichment(BaseModel):
         return max(scores) if scores else None
 
     @classmethod
-    def from_stored(cls, raw: str | None) -> "FindingEnrichment | None":
+    def from_stored(cls, raw: str | None) -> FindingEnrichment | None:
         """Parse the `findings.enrichment` column (``{"cves": [payload, ...]}``); None if unset."""
         if raw is None or raw == "":
             return None
@@ -169,7 +171,10 @@ class FindingEnrichment(BaseModel):
 
             verdict = classify(exc)
             get_logger(component="findings").error(
-                "stored finding enrichment unreadable", category=verdict.category.value, reason=verdict.reason, error=str(exc)[:200]
+                "stored finding enrichment unreadable",
+                category=verdict.category.value,
+                reason=verdict.reason,
+                error=str(exc)[:200],
             )
             return cls(unreadable=f"{type(exc).__name__}: {str(exc)[:200]}")
 
@@ -211,7 +216,7 @@ class Finding(BaseModel):
         cve: list[str] | None = None,
         evidence: str = "",
         assessment_id: str = "",
-    ) -> "Finding":
+    ) -> Finding:
         """Build a finding and derive its fingerprint, so callers cannot get it wrong."""
         return cls(
             fingerprint=fingerprint(tool, rule_id, target, location),

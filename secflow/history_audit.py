@@ -46,7 +46,9 @@ class PayloadLocation(BaseModel):
     run_id: str
     event_id: int
     event_type: str = Field(description="e.g. EVENT_TYPE_ACTIVITY_TASK_COMPLETED")
-    field: str = Field(description="dotted path inside the event, e.g. activity_task_completed_event_attributes.result.payloads[0]")
+    field: str = Field(
+        description="dotted path inside the event, e.g. activity_task_completed_event_attributes.result.payloads[0]"
+    )
 
 
 class RunAudit(BaseModel):

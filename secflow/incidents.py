@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DEFAULT_TIMERS",
     "AlertPlan",
     "AlertRequest",
     "AlertResult",
@@ -27,13 +28,12 @@ __all__ = [
     "IncidentRef",
     "IncidentState",
     "IncidentStatus",
+    "Notification",
     "OpenIncidentRequest",
     "OpenIncidentResult",
-    "Notification",
     "PlanRequest",
     "Recurrence",
     "Severity",
-    "DEFAULT_TIMERS",
     "dedup_key_for",
     "default_plan",
     "incident_workflow_id",
@@ -163,9 +163,7 @@ DEFAULT_TIMERS: dict[Severity, tuple[float | None, float | None]] = {
 def default_plan(severity: Severity) -> AlertPlan:
     """The timers of the seeds' table with no channels (used when no plan can be read)."""
     ack, resolve = DEFAULT_TIMERS[severity]
-    return AlertPlan(
-        severity=severity, ack_within=ack, resolve_within=resolve, summary_only=severity == Severity.P4
-    )
+    return AlertPlan(severity=severity, ack_within=ack, resolve_within=resolve, summary_only=severity == Severity.P4)
 
 
 class AlertRequest(BaseModel):

@@ -97,11 +97,11 @@ def temporal_context(logger: WrappedLogger, method_name: str, event_dict: EventD
             event_dict.setdefault("attempt", info.attempt)
             event_dict.setdefault("task_queue", info.task_queue)
         elif _in_workflow():
-            info = workflow.info()
-            event_dict.setdefault("workflow_id", info.workflow_id)
-            event_dict.setdefault("run_id", info.run_id)
-            event_dict.setdefault("workflow_type", info.workflow_type)
-            event_dict.setdefault("task_queue", info.task_queue)
+            winfo = workflow.info()
+            event_dict.setdefault("workflow_id", winfo.workflow_id)
+            event_dict.setdefault("run_id", winfo.run_id)
+            event_dict.setdefault("workflow_type", winfo.workflow_type)
+            event_dict.setdefault("task_queue", winfo.task_queue)
     except Exception:  # context lookups must never break a log call
         pass
     return event_dict
@@ -133,9 +133,7 @@ def _resolve_level(level: str | int | None) -> int:
         name = "WARNING"
     value = logging.getLevelName(name)
     if not isinstance(value, int):
-        raise ValueError(
-            f"{_ENV_LEVEL}/level: unknown log level {raw!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL"
-        )
+        raise ValueError(f"{_ENV_LEVEL}/level: unknown log level {raw!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return value
 
 

@@ -149,7 +149,9 @@ def record_recoveries(category: str, seconds: list[float]) -> None:
         for value in seconds:
             histogram.record(value, {"category": category})
     except Exception as exc:  # metrics are never worth failing an activity for; say so
-        get_logger(component="metrics").warning("could not record metric", metric="secflow_error_recovery_seconds", error=str(exc))
+        get_logger(component="metrics").warning(
+            "could not record metric", metric="secflow_error_recovery_seconds", error=str(exc)
+        )
 
 
 def record_dead_letter(reason: str, category: str) -> None:

@@ -37,7 +37,7 @@ class AssessmentRequest(BaseModel):
     requested_by: str = ""
     event_budget: int = DEFAULT_EVENT_BUDGET  # the assessment's own history
     shard_event_budget: int = DEFAULT_EVENT_BUDGET  # each stage shard's history
-    carried: "AssessmentCarry | None" = None  # state handed over by continue-as-new
+    carried: AssessmentCarry | None = None  # state handed over by continue-as-new
 
 
 class SpecSummary(BaseModel):

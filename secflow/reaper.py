@@ -75,9 +75,7 @@ async def reap_once(
     return report
 
 
-async def _reap_workspaces(
-    client: Client, root: Path, grace: timedelta, limit: asyncio.Semaphore, report: ReapReport
-) -> None:
+async def _reap_workspaces(client: Client, root: Path, grace: timedelta, limit: asyncio.Semaphore, report: ReapReport) -> None:
     def listing() -> list[Path]:
         if not root.is_dir():
             return []

@@ -19,7 +19,7 @@ When in doubt we over-redact: a log line that says `password=[REDACTED]` where i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 __all__ = [
@@ -252,7 +252,7 @@ _rule(
 # 12. --key value (space separated CLI flag). The value must not be another flag or an
 #     English word ("--token is required").
 _rule(
-    rf"""((?:^|\s)--?(?:[A-Za-z0-9-]*-)?(?:password|passwd|token|secret|api-key|apikey|access-key|secret-key|client-secret|auth-token)\s+)(?!-)(?!\[REDACTED\])(?!(?:is|are|was|must|should|cannot|not|and|or|the|flag|option|required|missing|given)\b)(["']?)[^\s"']+\2""",
+    r"""((?:^|\s)--?(?:[A-Za-z0-9-]*-)?(?:password|passwd|token|secret|api-key|apikey|access-key|secret-key|client-secret|auth-token)\s+)(?!-)(?!\[REDACTED\])(?!(?:is|are|was|must|should|cannot|not|and|or|the|flag|option|required|missing|given)\b)(["']?)[^\s"']+\2""",
     lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}",
     re.IGNORECASE,
 )
@@ -322,7 +322,8 @@ def redact_value(value: object) -> object:
     if isinstance(value, tuple):
         items = [redact_value(v) for v in value]
         if hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*items)
+            namedtuple_class: Any = type(value)  # its constructor takes the fields one by one
+            return namedtuple_class(*items)
         return tuple(items)
     if isinstance(value, (set, frozenset)):
         return type(value)(redact_value(v) for v in value)
@@ -369,7 +370,7 @@ def _redact_for_log(value: object) -> object:
     return redact(repr(value))
 
 
-def redact_event(logger: object, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_event(logger: object, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: redact every value of the event (put it last before rendering).
 
     An ``exc_info`` that no earlier processor formatted is rendered to an ``exception``

@@ -48,7 +48,7 @@ class Scope:
     path_prefixes: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, entries: list[str]) -> "Scope":
+    def parse(cls, entries: list[str]) -> Scope:
         scope = cls()
         for raw in entries:
             entry = raw.strip()
@@ -105,10 +105,7 @@ class Scope:
             return True
         path = parts.path or "/"
         return any(
-            p.scheme == parts.scheme
-            and p.host == parts.hostname.lower()
-            and p.port == port
-            and _path_within(path, p.path)
+            p.scheme == parts.scheme and p.host == parts.hostname.lower() and p.port == port and _path_within(path, p.path)
             for p in self.url_prefixes
         )
 

@@ -63,8 +63,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             raise ValueError
     except ValueError:
         raise SettingsError(
-            "SECFLOW_REAPER_INTERVAL: expected a positive number of seconds or a duration "
-            f"such as 10m, got {raw_reaper!r}"
+            f"SECFLOW_REAPER_INTERVAL: expected a positive number of seconds or a duration such as 10m, got {raw_reaper!r}"
         ) from None
     task_queue = env.get("SECFLOW_TASK_QUEUE", "secflow").strip()
     if not task_queue:

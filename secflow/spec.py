@@ -29,9 +29,7 @@ from secflow.tools import (
     RetryClass,
 )
 
-StageKind = Literal[
-    "discovery", "sast", "dast", "sca", "secrets", "enrich", "report", "ticket", "notify", "cleanup"
-]
+StageKind = Literal["discovery", "sast", "dast", "sca", "secrets", "enrich", "report", "ticket", "notify", "cleanup"]
 
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -53,7 +51,7 @@ class Target(_Strict):
     path: str | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Target":
+    def _exactly_one(self) -> Target:
         given = [k for k in ("host", "url", "path") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("a target has exactly one of host, url or path")
@@ -212,14 +210,14 @@ def parse_spec_text(text: str, *, source: str = "<spec>") -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SpecError([Problem(path="", reason=f"invalid JSON at line {exc.lineno}: {exc.msg}")])
+            raise SpecError([Problem(path="", reason=f"invalid JSON at line {exc.lineno}: {exc.msg}")]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([Problem(path="", reason=f"invalid YAML{where}: {problem}")])
+        raise SpecError([Problem(path="", reason=f"invalid YAML{where}: {problem}")]) from None
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -228,7 +226,7 @@ def load_spec(path: str | Path) -> Spec:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError([Problem(path="", reason=f"cannot read {p}: {exc.strerror or exc}")])
+        raise SpecError([Problem(path="", reason=f"cannot read {p}: {exc.strerror or exc}")]) from None
     data = parse_spec_text(text, source=p.name)
     return validate_spec_data(resolve_paths(data, p.resolve().parent))
 
@@ -241,7 +239,7 @@ def resolve_paths(data: Any, base: Path) -> Any:
         return data
 
     def absolute(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(("./", "../")) or value == ".":
+        if (isinstance(value, str) and value.startswith(("./", "../"))) or value == ".":
             return str((base / value).resolve())
         return value
 
@@ -366,7 +364,10 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
         problems.append(Problem(path=f"{where}.tool", reason=f"unknown tool {tool!r}; known tools: {sorted(TOOLS)}"))
     elif stage.kind not in info.kinds:
         problems.append(
-            Problem(path=f"{where}.tool", reason=f"tool {tool!r} does not run in a {stage.kind!r} stage (it is for {sorted(info.kinds)})")
+            Problem(
+                path=f"{where}.tool",
+                reason=f"tool {tool!r} does not run in a {stage.kind!r} stage (it is for {sorted(info.kinds)})",
+            )
         )
     if info is not None:
         try:
@@ -375,7 +376,10 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
             problems.extend(_pydantic_problems(exc, prefix=f"{where}.options"))
         if info.target_kinds and not (info.target_kinds & target_kinds):
             problems.append(
-                Problem(path=f"{where}.tool", reason=f"tool {tool!r} needs a {'/'.join(sorted(info.target_kinds))} target and the spec has none")
+                Problem(
+                    path=f"{where}.tool",
+                    reason=f"tool {tool!r} needs a {'/'.join(sorted(info.target_kinds))} target and the spec has none",
+                )
             )
         if info.retry_class is RetryClass.SANDBOX and stage.retry and (stage.retry.max_attempts or 1) > 1:
             problems.append(Problem(path=f"{where}.retry.max_attempts", reason="sandbox launches are never retried"))
@@ -392,9 +396,19 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
         else:
             fb = TOOLS.get(stage.fallback_tool)
             if fb is None:
-                problems.append(Problem(path=f"{where}.fallback_tool", reason=f"unknown tool {stage.fallback_tool!r}; known tools: {sorted(TOOLS)}"))
+                problems.append(
+                    Problem(
+                        path=f"{where}.fallback_tool",
+                        reason=f"unknown tool {stage.fallback_tool!r}; known tools: {sorted(TOOLS)}",
+                    )
+                )
             elif stage.kind not in fb.kinds:
-                problems.append(Problem(path=f"{where}.fallback_tool", reason=f"tool {stage.fallback_tool!r} does not run in a {stage.kind!r} stage"))
+                problems.append(
+                    Problem(
+                        path=f"{where}.fallback_tool",
+                        reason=f"tool {stage.fallback_tool!r} does not run in a {stage.kind!r} stage",
+                    )
+                )
             else:
                 try:
                     fb.options.model_validate(stage.tool_options(stage.fallback_tool))
@@ -404,10 +418,15 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
         problems.append(Problem(path=f"{where}.fallback_tool", reason="only used with on_failure: fallback"))
     if stage.on_wait_timeout == "approve" and not stage.requires_approval:
         problems.append(
-            Problem(path=f"{where}.on_wait_timeout", reason="approve only answers an approval gate (requires_approval: true); a failure wait ends with skip or fail")
+            Problem(
+                path=f"{where}.on_wait_timeout",
+                reason="approve only answers an approval gate (requires_approval: true); a failure wait ends with skip or fail",
+            )
         )
     if stage.always and stage.requires_approval:
-        problems.append(Problem(path=f"{where}.requires_approval", reason="an always stage runs unconditionally and cannot be gated"))
+        problems.append(
+            Problem(path=f"{where}.requires_approval", reason="an always stage runs unconditionally and cannot be gated")
+        )
     return problems
 
 
@@ -444,7 +463,7 @@ def _dag_problems(raw_stages: Any) -> list[Problem]:
             if dep not in graph or dep == node:
                 continue
             if state.get(dep) == 1:
-                cycle = path[path.index(dep):] + [dep]
+                cycle = path[path.index(dep) :] + [dep]
                 problems.append(
                     Problem(path=f"stages[{index[dep]}].depends_on", reason="dependency cycle: " + " -> ".join(cycle))
                 )

@@ -48,7 +48,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,20 +59,20 @@ from secflow.findings import SEVERITY_ORDER, Confidence, Finding, FindingEnrichm
 from secflow.models import FindingCounts
 
 __all__ = [
-    "DB_URL_ENV",
-    "DATA_DIR_ENV",
     "BUSY_TIMEOUT_ENV",
+    "DATA_DIR_ENV",
+    "DB_URL_ENV",
     "DEFAULT_BUSY_TIMEOUT",
+    "MAX_LOCK_CONFLICTS",
+    "MIGRATIONS",
+    "BulkLockResult",
     "DbLocation",
     "Dialect",
-    "BulkLockResult",
     "ErrorEvent",
     "FindingCounts",
     "FindingsStore",
     "LockInfo",
     "LockResult",
-    "MIGRATIONS",
-    "MAX_LOCK_CONFLICTS",
     "Migration",
     "TargetOutcome",
     "UpsertResult",
@@ -199,7 +199,7 @@ class ErrorEvent(BaseModel):
         # A naive time would sort wrongly against the others; refuse rather than guess.
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("occurred_at must be timezone-aware")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
 
 # --- database URL ------------------------------------------------------------------------
@@ -293,9 +293,7 @@ def parse_db_url(url: str) -> DbLocation:
     if not path_text:
         raise ValueError(f"{DB_URL_ENV}: the SQLite URL has no file path ({_URL_HINT})")
     if path_text == ":memory:" or path_text.startswith("file:"):
-        raise ValueError(
-            f"{DB_URL_ENV}: in-memory SQLite is not supported (workers and the CLI must share one file)"
-        )
+        raise ValueError(f"{DB_URL_ENV}: in-memory SQLite is not supported (workers and the CLI must share one file)")
     path = Path(path_text).expanduser()
     if path_text.endswith("/") or path.name in {"", ".", ".."}:
         raise ValueError(f"{DB_URL_ENV}: the SQLite path names a directory, not a file ({_URL_HINT})")
@@ -320,9 +318,7 @@ def _parse_postgres_url(scheme: str, rest: str) -> DbLocation:
         if not re.fullmatch(r"[a-z_]{1,40}", key):
             raise ValueError(f"{DB_URL_ENV}: the PostgreSQL URL has a malformed query parameter name ({_PG_URL_HINT})")
         if key in {"host", "hostaddr", "port", "dbname", "user", "password"}:
-            raise ValueError(
-                f"{DB_URL_ENV}: give {key} in the URL itself, not as a query parameter ({_PG_URL_HINT})"
-            )
+            raise ValueError(f"{DB_URL_ENV}: give {key} in the URL itself, not as a query parameter ({_PG_URL_HINT})")
         options[key] = value
     netloc = parts.netloc.rpartition("@")[2]
     if "," in netloc:
@@ -518,7 +514,7 @@ class _PostgresBackend:
         self._psycopg = psycopg
         self._location = location
         # lock_timeout = 0 would mean "wait forever"; SQLite's 0 means "do not wait".
-        self._lock_timeout_ms = max(1, int(round(busy_timeout * 1000)))
+        self._lock_timeout_ms = max(1, round(busy_timeout * 1000))
 
     def connect(self) -> Any:
         # Keyword arguments, not a conninfo string: libpq never echoes a password it
@@ -811,20 +807,20 @@ CREATE TABLE IF NOT EXISTS schema_version (
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _ts(value: datetime) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamps must be timezone-aware")
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _parse_ts(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:  # never written that way, but do not hand out naive times
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _require(name: str, value: str) -> None:
@@ -920,7 +916,7 @@ class FindingsStore:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "FindingsStore":
+    def __enter__(self) -> FindingsStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1259,8 +1255,7 @@ class FindingsStore:
         with self._write() as conn:
             self._x(
                 conn,
-                "INSERT INTO scan_locks (target, holder, acquired_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (target) DO NOTHING",
+                "INSERT INTO scan_locks (target, holder, acquired_at) VALUES (?, ?, ?) ON CONFLICT (target) DO NOTHING",
                 (target, holder, _ts(_utcnow())),
             )
             row = self._x(conn, "SELECT holder, acquired_at FROM scan_locks WHERE target = ?", (target,)).fetchone()
@@ -1333,7 +1328,7 @@ class FindingsStore:
                     f"SELECT target, holder FROM scan_locks WHERE holder <> ? AND target IN ({marks})",
                     (holder, *chunk),
                 ).fetchall()
-                conflicts.update({t: h for t, h in rows})
+                conflicts.update(dict(rows))
             mine: dict[str, int] = {}
             others: list[tuple[str, str, int]] = []
             for chunk in _chunks(wanted):

@@ -50,12 +50,17 @@ class HttpHeadersOptions(_Options):
     verify_tls: bool = True
 
 
+ReportFormat = Literal["sarif", "md", "html", "json"]
+
+
+def _all_report_formats() -> list[ReportFormat]:
+    return ["sarif", "md", "html", "json"]
+
+
 class ReportOptions(_Options):
     """`report`: SARIF 2.1.0 (code scanning), Markdown and HTML (people), JSON (machines)."""
 
-    formats: list[Literal["sarif", "md", "html", "json"]] = Field(
-        default_factory=lambda: ["sarif", "md", "html", "json"], min_length=1
-    )
+    formats: list[ReportFormat] = Field(default_factory=_all_report_formats, min_length=1)
 
 
 class ScaOptions(_Options):
@@ -140,7 +145,9 @@ class SemgrepOptions(_Options):
     def _local_rule_files(cls, value: list[str]) -> list[str]:
         for item in value:
             if "://" in item or not item.startswith("/") or not item.endswith((".yml", ".yaml")):
-                raise ValueError(f"{item!r} is not a local rules file: give an absolute path to a .yml/.yaml file (registry ids and URLs are not allowed)")
+                raise ValueError(
+                    f"{item!r} is not a local rules file: give an absolute path to a .yml/.yaml file (registry ids and URLs are not allowed)"
+                )
             if any(c in item for c in "\n\r\x00"):
                 raise ValueError(f"{item!r} contains control characters")
         return value
@@ -280,7 +287,15 @@ TOOLS: dict[str, ToolInfo] = {
 }
 
 # The tool a stage gets when its spec names none.
-DEFAULT_TOOL_FOR_KIND: dict[str, str] = {"discovery": "portscan", "dast": "http_headers", "report": "report", "sca": "sca", "sast": "bandit", "secrets": "detect_secrets", "enrich": "cve-enrich"}
+DEFAULT_TOOL_FOR_KIND: dict[str, str] = {
+    "discovery": "portscan",
+    "dast": "http_headers",
+    "report": "report",
+    "sca": "sca",
+    "sast": "bandit",
+    "secrets": "detect_secrets",
+    "enrich": "cve-enrich",
+}
 
 # Options every stage accepts whatever its tool; the workflow reads them, not the tool.
 # Options of the stage itself, not of its tool: how failures are tolerated and how its

@@ -18,7 +18,7 @@ import asyncio
 import json
 import os
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from secflow.http.breaker_store import STALE_AFTER_REFRESHES, BreakerRow, list_breaker_rows, refresh_interval
@@ -79,21 +79,23 @@ def describe(rows: list[BreakerRow], *, now: datetime, stale_after: float) -> li
         half_open_in = None
         if r.state == "open" and r.next_half_open_at is not None:
             half_open_in = round((r.next_half_open_at - now).total_seconds(), 3)
-        out.append({
-            "worker_id": r.worker_id,
-            "dependency": r.dependency,
-            "state": r.state,
-            "failures": r.failures,
-            "trips": r.trips,
-            "opened_at": r.opened_at.isoformat() if r.opened_at else None,
-            "next_half_open_at": r.next_half_open_at.isoformat() if r.next_half_open_at else None,
-            "half_open_in_seconds": half_open_in,
-            "updated_at": r.updated_at.isoformat(),
-            "updated_seconds_ago": round((now - r.updated_at).total_seconds(), 3),
-            "worker_last_seen_seconds": round(heard, 3),
-            "stale": bool(stale_reason),
-            "stale_reason": stale_reason,
-        })
+        out.append(
+            {
+                "worker_id": r.worker_id,
+                "dependency": r.dependency,
+                "state": r.state,
+                "failures": r.failures,
+                "trips": r.trips,
+                "opened_at": r.opened_at.isoformat() if r.opened_at else None,
+                "next_half_open_at": r.next_half_open_at.isoformat() if r.next_half_open_at else None,
+                "half_open_in_seconds": half_open_in,
+                "updated_at": r.updated_at.isoformat(),
+                "updated_seconds_ago": round((now - r.updated_at).total_seconds(), 3),
+                "worker_last_seen_seconds": round(heard, 3),
+                "stale": bool(stale_reason),
+                "stale_reason": stale_reason,
+            }
+        )
     return out
 
 
@@ -116,7 +118,7 @@ def _table(items: list[dict[str, Any]]) -> str:
         updated = f"{_clock(datetime.fromisoformat(it['updated_at']))} ({_ago(it['updated_seconds_ago'])} ago)"
         lines.append([it["worker_id"], it["dependency"], state, str(it["failures"]), str(it["trips"]), opened, half, updated])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines)
 
 
 def _load() -> list[BreakerRow]:
@@ -142,7 +144,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
         c = classify(exc)
         raise CliError(f"cannot read breaker states from the store ({c.category.value}: {redact(str(exc))})") from None
-    items = describe(rows, now=datetime.now(timezone.utc), stale_after=stale_after)
+    items = describe(rows, now=datetime.now(UTC), stale_after=stale_after)
     hidden = [it for it in items if it["stale"]] if not args.all else []
     shown = [it for it in items if args.all or not it["stale"]]
     if args.json:

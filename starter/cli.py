@@ -20,16 +20,21 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from secflow.findings import SEVERITY_ORDER
 from secflow import guidance
+from secflow.findings import SEVERITY_ORDER
 from secflow.launch import start_assessment
 from secflow.models import AssessmentStatus, Decision
 from secflow.settings import Settings, SettingsError, load_settings
-from secflow.spec import SpecError, load_spec
+from secflow.spec import Spec, SpecError, load_spec
 from secflow.temporal_client import connect
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WITH_ERRORS, EXIT_CANCELLED = 0, 1, 2, 3, 4
-OUTCOME_EXIT = {"completed": EXIT_OK, "completed_with_errors": EXIT_WITH_ERRORS, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+OUTCOME_EXIT = {
+    "completed": EXIT_OK,
+    "completed_with_errors": EXIT_WITH_ERRORS,
+    "failed": EXIT_FAILED,
+    "cancelled": EXIT_CANCELLED,
+}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # starter command -> workflow update/signal name
@@ -100,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", help="with --targets: only this stage")
     p.add_argument("--state", choices=["succeeded", "failed", "cancelled", "skipped"], help="with --targets: only this state")
     p.add_argument("--limit", type=_positive_int, default=50, help="with --targets: at most this many (default 50)")
-    p.add_argument("--after", default="", help="with --targets: continue after STAGE/TARGET (printed as 'next:' on the last page)")
+    p.add_argument(
+        "--after", default="", help="with --targets: continue after STAGE/TARGET (printed as 'next:' on the last page)"
+    )
 
     p = sub.add_parser("result", help="wait for an assessment's end and print its result")
     p.add_argument("id", type=_workflow_id)
@@ -171,7 +178,7 @@ async def connect_or_fail(settings: Settings) -> Client:
         raise CliError(f"cannot connect to Temporal at {settings.temporal_address}: {exc}") from None
 
 
-def _load_spec_or_exit(path: str):
+def _load_spec_or_exit(path: str) -> Spec:
     try:
         return load_spec(path)
     except SpecError as exc:
@@ -187,7 +194,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_run(client: Client, settings: Settings, spec, args: argparse.Namespace) -> int:
+async def cmd_run(client: Client, settings: Settings, spec: Spec, args: argparse.Namespace) -> int:
     workflow_id = args.id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
     try:
         handle = await start_assessment(
@@ -245,7 +252,7 @@ def _status_from_failure(err: WorkflowFailureError) -> AssessmentStatus | None:
 
 def _failure_message(err: WorkflowFailureError) -> str:
     cause = err.cause
-    return getattr(cause, "message", None) or str(cause or err)
+    return getattr(cause, "message", None) or str(cause)
 
 
 def _rpc_error(err: RPCError, workflow_id: str) -> CliError:
@@ -309,7 +316,11 @@ async def cmd_status_targets(assessment_id: str, args: argparse.Namespace) -> in
         print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return EXIT_OK
     if not rows:
-        print(f"no target outcomes for {assessment_id}" + (f" (stage {args.stage})" if args.stage else "") + (f" in state {args.state}" if args.state else ""))
+        print(
+            f"no target outcomes for {assessment_id}"
+            + (f" (stage {args.stage})" if args.stage else "")
+            + (f" in state {args.state}" if args.state else "")
+        )
         return EXIT_OK
     for r in rows:
         error = f"  {r.error_category}: {r.error_message}" if r.error_category else ""
@@ -350,7 +361,7 @@ async def send_update(handle: WorkflowHandle, update: str, arg: object, *, comma
         return await handle.execute_update(update, arg, result_type=str)
     except WorkflowUpdateFailedError as err:
         cause = err.cause
-        reason = getattr(cause, "message", None) or str(cause or err)
+        reason = getattr(cause, "message", None) or str(cause)
         raise CliError(f"{command} refused: {reason}") from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
@@ -361,9 +372,7 @@ async def send_update(handle: WorkflowHandle, update: str, arg: object, *, comma
 async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
     name = INTERVENTIONS[args.command]
     decision = Decision(stage=getattr(args, "stage", None), by=args.by or getpass.getuser(), reason=args.reason)
-    message = await send_update(
-        handle, name, decision, command=args.command, gone=f"no running assessment with id {handle.id!r}"
-    )
+    message = await send_update(handle, name, decision, command=args.command, gone=f"no running assessment with id {handle.id!r}")
     print(message)
     return EXIT_OK
 

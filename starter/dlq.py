@@ -24,7 +24,7 @@ import getpass
 import json
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
@@ -117,7 +117,7 @@ def _since(value: str | None, flag: str) -> datetime | None:
     from secflow.error_stats import parse_since
 
     try:
-        return parse_since(value, datetime.now(timezone.utc))
+        return parse_since(value, datetime.now(UTC))
     except ValueError as exc:
         raise CliError(f"{flag}: {str(exc).replace('--since', flag)}", EXIT_BAD_INPUT) from None
 
@@ -343,7 +343,7 @@ async def _replay_in_place(store: FindingsStore, client: Client, entry: DeadLett
     except BaseException as exc:
         await asyncio.to_thread(restore_replay_state, store, entry, entry.workflow_id)
         if isinstance(exc, WorkflowUpdateFailedError):
-            reason = getattr(exc.cause, "message", None) or str(exc.cause or exc)
+            reason = getattr(exc.cause, "message", None) or str(exc.cause)
             raise _InPlaceRefused(reason) from None
         if isinstance(exc, RPCError):
             raise CliError(f"replay failed: {exc.message}") from None

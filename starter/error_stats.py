@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from secflow.error_stats import (
@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     since: datetime | None = None
     if not args.all:
         try:
@@ -75,8 +75,8 @@ async def count_open_incidents(settings: Settings) -> tuple[int | None, str]:
     try:
         running = (await client.count_workflows(_RUNNING_INCIDENTS)).count
         resolved = (
-            await client.count_workflows(f"{_RUNNING_INCIDENTS} AND SecflowIncidentState = 'resolved'")
-        ).count if running else 0
+            (await client.count_workflows(f"{_RUNNING_INCIDENTS} AND SecflowIncidentState = 'resolved'")).count if running else 0
+        )
     except Exception as exc:  # visibility refused the query (attribute not registered, ...)
         return None, f"visibility query failed: {getattr(exc, 'message', None) or exc}"
     return running - resolved, ""
@@ -122,4 +122,3 @@ def render(stats: ErrorStats) -> str:
         for g in stats.top_recurring:
             lines.append(f"  {g.count:>4}x  {g.category:<13} {g.tool or '-':<14} {g.message}")
     return "\n".join(lines)
-

@@ -45,7 +45,9 @@ def add_parser(sub: Any) -> None:
 
     q = isub.add_parser("list", help="incidents from Temporal visibility")
     q.add_argument(
-        "--state", choices=STATES, default="active",
+        "--state",
+        choices=STATES,
+        default="active",
         help="open, acknowledged, resolved, active (open or acknowledged; the default) or all",
     )
     q.add_argument("--json", action="store_true")
@@ -54,7 +56,10 @@ def add_parser(sub: Any) -> None:
     q.add_argument("id", type=_incident_id)
     q.add_argument("--json", action="store_true")
 
-    for action, what in (("ack", "acknowledge: stops the acknowledgement escalation"), ("resolve", "resolve: tells the channels and ends it")):
+    for action, what in (
+        ("ack", "acknowledge: stops the acknowledgement escalation"),
+        ("resolve", "resolve: tells the channels and ends it"),
+    ):
         q = isub.add_parser(action, help=what)
         q.add_argument("id", type=_incident_id)
         q.add_argument("--by", default=None, help="who answers (default: your user name)")
@@ -103,7 +108,7 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
                     "severity": sa.get(SA_SEVERITY) or "",
                     "state": sa.get(SA_STATE) or "",
                     "workflow_status": wf.status.name if wf.status else "",
-                    "opened_at": wf.start_time.isoformat() if wf.start_time else None,
+                    "opened_at": wf.start_time.isoformat(),
                     "closed_at": wf.close_time.isoformat() if wf.close_time else None,
                     "title": memo.get("title", ""),
                     "assessment_id": memo.get("assessment_id", ""),
@@ -179,7 +184,11 @@ async def cmd_answer(client: Client, action: str, incident_id: str, answer: Inci
 def render_incident(s: IncidentStatus) -> str:
     lines = [f"{s.incident_id}: {s.severity.value} {s.state.value} - {s.title}"]
     lines.append(f"  reason: {s.reason} ({s.category}); occurrences: {s.occurrences}; tier: {s.tier}")
-    lines.append(f"  assessment: {s.assessment_id}" + (f", stage {s.stage_id}" if s.stage_id else "") + (f", target {s.target}" if s.target else ""))
+    lines.append(
+        f"  assessment: {s.assessment_id}"
+        + (f", stage {s.stage_id}" if s.stage_id else "")
+        + (f", target {s.target}" if s.target else "")
+    )
     lines.append(f"  message: {s.message}")
     if s.opened_at:
         lines.append(f"  opened: {s.opened_at:%Y-%m-%d %H:%M:%S} UTC")

@@ -33,12 +33,13 @@ def error_from_activity(err: ActivityError, plan: RetryPlan) -> ErrorInfo:
             attempts = int(cause.details[0].get("attempt", attempts) or attempts)
         return ErrorInfo(category=category, message=cause.message, attempts=attempts or 1)
     if isinstance(cause, TimeoutError):
-        kind = {
+        kinds: dict[TimeoutType | None, str] = {
             TimeoutType.HEARTBEAT: "no heartbeat (worker lost or hung)",
             TimeoutType.START_TO_CLOSE: "attempt exceeded the stage timeout",
             TimeoutType.SCHEDULE_TO_START: "no worker picked the task up",
             TimeoutType.SCHEDULE_TO_CLOSE: "stage deadline exceeded",
-        }.get(cause.type, "timed out")
+        }
+        kind = kinds.get(cause.type, "timed out")
         last = cause.cause
         detail = f"; last error: {last.message}" if isinstance(last, ApplicationError) else ""
         return ErrorInfo(category=Category.TRANSIENT.value, message=f"{kind}{detail}", attempts=attempts or 1)

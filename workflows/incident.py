@@ -33,8 +33,8 @@ whole record (IncidentStatus), which is also the workflow's result.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
@@ -43,6 +43,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from secflow import guidance
     from secflow.incidents import (
         AlertPlan,
         AlertRequest,
@@ -59,7 +60,6 @@ with workflow.unsafe.imports_passed_through():
         Recurrence,
         default_plan,
     )
-    from secflow import guidance
     from secflow.retries import ALERT_SEND_PLAN, INCIDENT_PLANNING_PLAN, to_retry_policy
     from workflows.failures import error_from_activity
 
@@ -73,6 +73,9 @@ SEND_TIMEOUT = timedelta(seconds=60)
 SEND_RETRY = to_retry_policy(ALERT_SEND_PLAN)
 
 ANSWER_SHAPE = '{"by": "<who>", "note": "<optional>"}'
+
+
+_Answer = Literal["ack", "resolve"]  # what a person may answer to an incident
 
 
 def _answer_problem(payload: Any) -> tuple[IncidentAnswer | None, str]:
@@ -193,11 +196,9 @@ class IncidentWorkflow:
         while s.state != IncidentState.RESOLVED:
             if s.state == IncidentState.ACKNOWLEDGED and not ack_told:
                 ack_told = True
-                self._send(
-                    IncidentEvent.ACKNOWLEDGE, list(self._notified.items()), by=s.acknowledged_by, note=self._ack_note
-                )
+                self._send(IncidentEvent.ACKNOWLEDGE, list(self._notified.items()), by=s.acknowledged_by, note=self._ack_note)
                 continue
-            pending = []
+            pending: list[tuple[datetime, Literal["ack_deadline", "resolve_deadline"]]] = []
             if ack_at is not None and s.state == IncidentState.OPEN:
                 pending.append((ack_at, "ack_deadline"))
             if resolve_at is not None:
@@ -206,7 +207,7 @@ class IncidentWorkflow:
             if not pending:
                 s.next_escalation_at = None
                 self._publish()
-                await workflow.wait_condition(lambda: s.state != before)
+                await workflow.wait_condition(lambda: s.state != before)  # noqa: B023 - awaited in this iteration
                 continue
             when, why = min(pending)
             s.next_escalation_at = when
@@ -214,16 +215,16 @@ class IncidentWorkflow:
             remaining = (when - workflow.now()).total_seconds()
             if remaining > 0:
                 try:
-                    await workflow.wait_condition(lambda: s.state != before, timeout=remaining)
+                    await workflow.wait_condition(lambda: s.state != before, timeout=remaining)  # noqa: B023 - awaited in this iteration
                     continue  # acked or resolved: look again at what is still due
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             if why == "ack_deadline":
                 ack_at = None
             else:
                 resolve_at = None
             tier = self._next_tier(plan)
-            s.escalations.append(Escalation(at=workflow.now(), tier=tier, why=why))  # type: ignore[arg-type]
+            s.escalations.append(Escalation(at=workflow.now(), tier=tier, why=why))
             self._count("secflow_incident_escalations_total", "Incident escalations to a next tier, by severity", why=why)
             self._page(IncidentEvent.ESCALATE, tier)
 
@@ -238,7 +239,7 @@ class IncidentWorkflow:
             try:
                 await workflow.wait_condition(lambda: s.state == IncidentState.RESOLVED, timeout=every)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             channels = plan.tiers[0] if plan.tiers else []
             s.tier = max(s.tier, 1)
@@ -286,9 +287,7 @@ class IncidentWorkflow:
     ) -> None:
         if previous is not None:
             await previous
-        request = AlertRequest(
-            incident=ref, event=event, channel=channel, tier=tier, sequence=sequence, by=by, note=note
-        )
+        request = AlertRequest(incident=ref, event=event, channel=channel, tier=tier, sequence=sequence, by=by, note=note)
         try:
             result = await workflow.execute_activity(
                 "send_alert",
@@ -304,13 +303,24 @@ class IncidentWorkflow:
                 extra={"channel": channel, "event": event.value, "category": error.category, "error": error.message},
             )
             notification = Notification(
-                at=at, event=event, tier=tier, channel=channel, sequence=sequence, status="failed",
+                at=at,
+                event=event,
+                tier=tier,
+                channel=channel,
+                sequence=sequence,
+                status="failed",
                 error=f"{error.category}: {error.message}",
             )
         else:
             notification = Notification(
-                at=at, event=event, tier=tier, channel=channel, sequence=sequence, status=result.status,
-                merged_count=result.merged_count, external_ref=result.external_ref,
+                at=at,
+                event=event,
+                tier=tier,
+                channel=channel,
+                sequence=sequence,
+                status=result.status,
+                merged_count=result.merged_count,
+                external_ref=result.external_ref,
             )
         self._s.notifications.append(notification)
         self._publish()
@@ -318,9 +328,7 @@ class IncidentWorkflow:
     def _count(self, name: str, description: str, **labels: str) -> None:
         """A counter through Temporal's workflow metric meter: not emitted on replay, so a
         worker restart does not count an incident twice. Open = opened - resolved."""
-        workflow.metric_meter().create_counter(name, description).add(
-            1, {"severity": self._s.severity.value, **labels}
-        )
+        workflow.metric_meter().create_counter(name, description).add(1, {"severity": self._s.severity.value, **labels})
 
     def _current_ref(self) -> IncidentRef:
         return self._ref.model_copy(
@@ -336,7 +344,7 @@ class IncidentWorkflow:
 
     # ------------------------------------------------------------------ answers
 
-    def _check(self, action: str, payload: Any) -> tuple[IncidentAnswer | None, str]:
+    def _check(self, action: _Answer, payload: Any) -> tuple[IncidentAnswer | None, str]:
         answer, problem = _answer_problem(payload)
         if answer is None:
             return None, problem
@@ -347,10 +355,10 @@ class IncidentWorkflow:
             return None, f"incident already acknowledged by {s.acknowledged_by}"
         return answer, ""
 
-    def _apply(self, action: str, answer: IncidentAnswer, via: str) -> str:
+    def _apply(self, action: _Answer, answer: IncidentAnswer, via: Literal["signal", "update"]) -> str:
         s = self._s
         now = workflow.now()
-        s.answers.append(AnswerRecord(action=action, at=now, via=via, by=answer.by, note=answer.note))  # type: ignore[arg-type]
+        s.answers.append(AnswerRecord(action=action, at=now, via=via, by=answer.by, note=answer.note))
         if action == "ack":
             s.state = IncidentState.ACKNOWLEDGED
             s.acknowledged_by, s.acknowledged_at = answer.by, now
@@ -361,25 +369,26 @@ class IncidentWorkflow:
             s.resolved_by, s.resolved_at, s.resolution_note = answer.by, now, answer.note
             message = f"{s.incident_id} resolved by {answer.by}"
             self._count(
-                "secflow_incidents_resolved_total", "Incidents resolved, by severity and by whom (secflow or a person)",
+                "secflow_incidents_resolved_total",
+                "Incidents resolved, by severity and by whom (secflow or a person)",
                 by="secflow" if answer.by == "secflow" else "human",
             )
         self._publish()
         return message
 
-    def _handle_signal(self, action: str, payload: Any) -> None:
+    def _handle_signal(self, action: _Answer, payload: Any) -> None:
         answer, problem = self._check(action, payload)
         if answer is None:
             by = payload.get("by", "") if isinstance(payload, dict) and isinstance(payload.get("by"), str) else ""
             workflow.logger.warning("incident answer ignored", extra={"action": action, "reason": problem})
             self._s.answers.append(
-                AnswerRecord(action=action, at=workflow.now(), via="signal", by=by[:200], accepted=False, problem=problem)  # type: ignore[arg-type]
+                AnswerRecord(action=action, at=workflow.now(), via="signal", by=by[:200], accepted=False, problem=problem)
             )
             self._publish()
             return
         self._apply(action, answer, "signal")
 
-    def _validate(self, action: str, payload: Any) -> None:
+    def _validate(self, action: _Answer, payload: Any) -> None:
         answer, problem = self._check(action, payload)
         if answer is None:
             raise ValueError(problem)
@@ -412,7 +421,9 @@ class IncidentWorkflow:
             self._reopen = recurrence
             s.answers.append(
                 AnswerRecord(
-                    action="recur", at=workflow.now(), by="secflow",
+                    action="recur",
+                    at=workflow.now(),
+                    by="secflow",
                     note=f"after the resolve: reopens as a new run. {recurrence.message}"[:2000],
                 )
             )
@@ -474,14 +485,15 @@ class IncidentWorkflow:
                 told += f", acknowledged by {s.acknowledged_by}"
             sentence = f"{head}, {told}"
             if s.next_escalation_at is not None and s.plan is not None:
-                nxt = min(s.tier + 1, len(s.plan.tiers)) if s.plan.tiers else s.tier + 1
+                next_tier = min(s.tier + 1, len(s.plan.tiers)) if s.plan.tiers else s.tier + 1
                 unless = "acknowledged" if s.state == IncidentState.OPEN and self._ack_deadline_next() else "resolved"
-                sentence += f", escalates to tier {nxt} at {s.next_escalation_at:%H:%M} UTC unless {unless}"
+                sentence += f", escalates to tier {next_tier} at {s.next_escalation_at:%H:%M} UTC unless {unless}"
         if s.occurrences > 1:
             sentence += f" ({s.occurrences} occurrences)"
         return f"{sentence}. {s.title}" + (
             f"\n\nAnswer: `{guidance.incident_ack_command(s.incident_id)}` or `{guidance.incident_commands(s.incident_id)[1]}`"
-            if s.state != IncidentState.RESOLVED else ""
+            if s.state != IncidentState.RESOLVED
+            else ""
         )
 
     def _ack_deadline_next(self) -> bool:

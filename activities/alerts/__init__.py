@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.alerts import channels
+from secflow import metrics
 from secflow.alerting import deliveries
 from secflow.alerting.config import ENV_VAR, AlertConfigError, AlertsConfig, load_alerts_config, plan_for
 from secflow.alerting.render import build_message, group_key
 from secflow.errors import Category, InvalidInputError, classify, to_application_error
 from secflow.incidents import AlertPlan, AlertRequest, AlertResult, PlanRequest
-from secflow import metrics
 from secflow.logging import get_logger
 from secflow.store import ErrorEvent, open_store
 
-__all__ = ["plan_alerts", "send_alert", "current_config"]
+__all__ = ["current_config", "plan_alerts", "send_alert"]
 
 _cache: tuple[tuple[str, float, int], AlertsConfig] | None = None
 
@@ -97,8 +97,9 @@ async def send_alert(req: AlertRequest) -> AlertResult:
         status = claim.delivery.status
         if status in ("merged", "capped"):
             log.info(f"alert {status}", count=claim.count)
-        return AlertResult(
-            channel=req.channel, status=status, merged_count=claim.count, external_ref=claim.delivery.external_ref  # type: ignore[arg-type]
+        # The row's status, read back from the store, is one of deliveries.FINAL: validated, not assumed.
+        return AlertResult.model_validate(
+            {"channel": req.channel, "status": status, "merged_count": claim.count, "external_ref": claim.delivery.external_ref}
         )
 
     message = build_message(req, delivery_id, merged_since=claim.merged_since, capped_since=claim.capped_since)
@@ -122,8 +123,12 @@ async def send_alert(req: AlertRequest) -> AlertResult:
     await asyncio.to_thread(deliveries.finish, store, delivery_id, outcome.status, external_ref=outcome.external_ref or None)
     if activity.info().attempt > 1:
         await _ledger(lambda: store.resolve_errors(_ledger_assessment(req), LEDGER_STAGE, req.channel, "recovered"), log)
-    log.info("alert delivered" if outcome.status == "sent" else "alert skipped", status=outcome.status, merged_since=claim.merged_since)
-    return AlertResult(channel=req.channel, status=outcome.status, merged_count=claim.merged_since, external_ref=outcome.external_ref)  # type: ignore[arg-type]
+    log.info(
+        "alert delivered" if outcome.status == "sent" else "alert skipped", status=outcome.status, merged_since=claim.merged_since
+    )
+    return AlertResult(
+        channel=req.channel, status=outcome.status, merged_count=claim.merged_since, external_ref=outcome.external_ref
+    )
 
 
 # Channel failures go to the error ledger under this pseudo-stage of the incident's
@@ -176,7 +181,7 @@ async def _failed(exc: BaseException, ctx: channels.SendContext, log: Any) -> Ap
         category=verdict.category.value,
         message=text,
         retryable=verdict.retryable,
-        occurred_at=datetime.now(timezone.utc),
+        occurred_at=datetime.now(UTC),
         outcome="failed" if final else None,
         dependency=channels.dependency_name(ctx.channel, ctx.name),
     )
@@ -186,8 +191,12 @@ async def _failed(exc: BaseException, ctx: channels.SendContext, log: Any) -> Ap
         await _ledger(lambda: ctx.store.resolve_errors(_ledger_assessment(ctx.req), LEDGER_STAGE, ctx.name, "failed"), log)
     level = "error" if verdict.category in (Category.PERMANENT, Category.VALIDATION, Category.INTERNAL) else "warning"
     getattr(log, level)(
-        "alert delivery failed", category=verdict.category.value, reason=verdict.reason,
-        retryable=verdict.retryable, attempt=activity.info().attempt, error=text,
+        "alert delivery failed",
+        category=verdict.category.value,
+        reason=verdict.reason,
+        retryable=verdict.retryable,
+        attempt=activity.info().attempt,
+        error=text,
     )
     delay = timedelta(seconds=verdict.retry_after) if verdict.retry_after else None
     return to_application_error(text, verdict, next_retry_delay=delay)

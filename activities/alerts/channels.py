@@ -20,10 +20,10 @@ import smtplib
 import ssl
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -47,7 +47,7 @@ from secflow.store import FindingsStore
 __all__ = ["ChannelError", "Outcome", "SendContext", "applies", "dependency_name", "secret_values", "send", "sign"]
 
 # One try per request inside the transport; Temporal retries the activity.
-ALERT_HTTP = DependencySettings(rate=5.0, burst=10, retry_attempts=1, failure_threshold=5, open_timeout=30.0, deadline=30.0)
+ALERT_HTTP = DependencySettings(rate=5.0, burst=10, retry_attempts=1, minimum_calls=5, open_timeout=30.0, deadline=30.0)
 # Slack: about one message per second per webhook, with short bursts.
 SLACK_HTTP = ALERT_HTTP.model_copy(update={"rate": 1.0, "burst": 10})
 _registered: set[str] = set()
@@ -73,7 +73,7 @@ class ChannelError(Exception):
 
 @dataclass
 class Outcome:
-    status: str = "sent"  # or "skipped"
+    status: Literal["sent", "skipped"] = "sent"
     external_ref: str = ""
 
 
@@ -158,7 +158,12 @@ def _client(ctx: SendContext, url: str) -> tuple[httpx.AsyncClient, str]:
 
 
 async def _request(
-    ctx: SendContext, method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None,
+    ctx: SendContext,
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
     path: str | None = None,
 ) -> httpx.Response:
     """One request through the channel's resilient client; a non-2xx answer raises ChannelError."""
@@ -205,7 +210,9 @@ def slack_payload(msg: AlertMessage) -> dict[str, Any]:
     if msg.event in (IncidentEvent.ACKNOWLEDGE, IncidentEvent.RESOLVE):
         who = f"by {msg.by}" if msg.by else ""
         note = f": {msg.note}" if msg.note else ""
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(f"{msg.event.value.capitalize()} {who}{note}")[:2900]}})
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(f"{msg.event.value.capitalize()} {who}{note}")[:2900]}}
+        )
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Error*\n```{_mrkdwn(msg.message or '-')[:2800]}```"}})
     notices = [n for n in msg.notices() if n]
     if notices:
@@ -255,7 +262,7 @@ def webhook_payload(ctx: SendContext) -> dict[str, Any]:
         "correlation": msg.correlation,
         "merged_since": msg.merged_since,
         "capped_since": msg.capped_since,
-        "sent_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sent_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -317,7 +324,9 @@ async def _pagerduty(ctx: SendContext) -> Outcome:
     channel: PagerDutyChannel = ctx.channel
     key = _secret(ctx, channel.routing_key_env)
     url = channel.base_url.rstrip("/") + "/v2/enqueue"
-    response = await _request(ctx, "POST", url, body=_json(pagerduty_event(ctx, key)), headers={"Content-Type": "application/json"})
+    response = await _request(
+        ctx, "POST", url, body=_json(pagerduty_event(ctx, key)), headers={"Content-Type": "application/json"}
+    )
     try:
         answer = response.json()
     except ValueError:
@@ -430,7 +439,9 @@ async def _jira(ctx: SendContext) -> Outcome:
         created = (await _jira_call(ctx, "POST", "/rest/api/2/issue", doc)).json()
         key = str(created.get("key") or "")
         if not key:
-            raise ChannelError(f"channel {ctx.name} (jira): issue created without a key", classify("malformed answer", tool="jira"))
+            raise ChannelError(
+                f"channel {ctx.name} (jira): issue created without a key", classify("malformed answer", tool="jira")
+            )
         # Remember it at once: a later event (or a retry) comments on this issue.
         await asyncio.to_thread(deliveries.set_external_ref, ctx.store, ctx.delivery_id, key)
         return Outcome(external_ref=key)

@@ -63,7 +63,9 @@ def build_argv(path: str, opts: BanditOptions) -> list[str]:
     return argv
 
 
-def parse_bandit_json(stdout: bytes, *, root: str, target: str, opts: BanditOptions, stderr: bytes = b"") -> tuple[list[Finding], list[str]]:
+def parse_bandit_json(
+    stdout: bytes, *, root: str, target: str, opts: BanditOptions, stderr: bytes = b""
+) -> tuple[list[Finding], list[str]]:
     """(findings, files bandit could not scan) from ``-f json`` output.
 
     `root` is the directory locations are made relative to. Output that is not bandit's

@@ -45,7 +45,9 @@ BINARY = "detect-secrets"
 BINARY_ENV = "SECFLOW_DETECT_SECRETS"  # a name (looked up on PATH) or a path; overrides the search below
 # Relative paths never scanned: VCS internals, caches and installed third-party code
 # (full of test keys that are nobody's secret).
-DEFAULT_EXCLUDE = r"(^|/)(\.git|\.hg|\.svn|__pycache__|\.tox|\.nox|\.venv|venv|node_modules|site-packages|\.mypy_cache|\.pytest_cache)(/|$)"
+DEFAULT_EXCLUDE = (
+    r"(^|/)(\.git|\.hg|\.svn|__pycache__|\.tox|\.nox|\.venv|venv|node_modules|site-packages|\.mypy_cache|\.pytest_cache)(/|$)"
+)
 _HEURISTIC = {"Base64 High Entropy String", "Hex High Entropy String"}
 _INFORMATIONAL = {"Public IP (ipv4)"}
 _KEYWORDISH = {"Secret Keyword", "Basic Auth Credentials"}

@@ -93,7 +93,7 @@ def port_argument(spec: str) -> str:
     ports = parse_port_spec(spec)
     ranges: list[str] = []
     start = prev = ports[0]
-    for port in ports[1:] + [None]:  # type: ignore[list-item]
+    for port in ports[1:] + [None]:
         if port is not None and port == prev + 1:
             prev = port
             continue

@@ -238,7 +238,7 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
         timeout=time_budget(opts.timeout.total_seconds()),
         # 0: done; 1: findings with --error (not passed, accepted anyway). Other codes are
         # read below, with semgrep's JSON error list; signals stay run_process's to classify.
-        ok_codes=tuple(range(0, 126)),
+        ok_codes=tuple(range(126)),
     )
     if result.returncode not in (0, 1):
         raise failure(result.returncode, result.stdout, result.stderr)

@@ -27,7 +27,7 @@ import socket
 import ssl
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from temporalio import activity
@@ -75,7 +75,9 @@ class TlsReport:
 # ======================================================================================
 # Handshakes
 # ======================================================================================
-def _permissive(minimum: ssl.TLSVersion | None = None, maximum: ssl.TLSVersion | None = None, ciphers: str = "ALL:@SECLEVEL=0") -> ssl.SSLContext:
+def _permissive(
+    minimum: ssl.TLSVersion | None = None, maximum: ssl.TLSVersion | None = None, ciphers: str = "ALL:@SECLEVEL=0"
+) -> ssl.SSLContext:
     """A client that accepts anything: probes ask 'would the server agree?', not 'is it safe?'."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -95,7 +97,9 @@ def _handshake(host: str, port: int, ctx: ssl.SSLContext, timeout: float, sni: s
         raw.settimeout(timeout)
         with ctx.wrap_socket(raw, server_hostname=sni) as tls:
             cipher = tls.cipher()
-            return Handshake(version=tls.version() or "", cipher=cipher[0] if cipher else "", der=tls.getpeercert(binary_form=True))
+            return Handshake(
+                version=tls.version() or "", cipher=cipher[0] if cipher else "", der=tls.getpeercert(binary_form=True)
+            )
 
 
 def _accepted(host: str, port: int, ctx: ssl.SSLContext, timeout: float, sni: str | None) -> Handshake | None:
@@ -154,7 +158,7 @@ def _time(data: bytes, tag: int) -> datetime:
     if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
         year = int(text[:2])
         text = ("19" if year >= 50 else "20") + text
-    return datetime.strptime(text.rstrip("Z"), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text.rstrip("Z"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
 
 
 _OID_RSA = bytes.fromhex("2a864886f70d010101")
@@ -170,8 +174,8 @@ _EC_CURVE_BITS = {
 
 
 def parse_certificate(der: bytes) -> CertInfo:
-    _, cstart, cend = _tlv(der, 0)
-    tbs_tag, tbs_start, tbs_end = _tlv(der, cstart)
+    _, cstart, _cend = _tlv(der, 0)
+    _tbs_tag, tbs_start, tbs_end = _tlv(der, cstart)
     fields = _children(der, tbs_start, tbs_end)
     if fields and fields[0][0] == 0xA0:  # explicit version
         fields = fields[1:]
@@ -211,10 +215,21 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     sni = host
 
-    def finding(rule: str, title: str, severity: Severity, cwe: str, evidence: str, confidence: Confidence = Confidence.HIGH) -> None:
+    def finding(
+        rule: str, title: str, severity: Severity, cwe: str, evidence: str, confidence: Confidence = Confidence.HIGH
+    ) -> None:
         report.findings.append(
-            Finding.new(tool=TOOL, rule_id=f"tls-{rule}", title=title, severity=severity, target=target,
-                        location=where, cwe=[cwe], evidence=evidence, confidence=confidence)
+            Finding.new(
+                tool=TOOL,
+                rule_id=f"tls-{rule}",
+                title=title,
+                severity=severity,
+                target=target,
+                location=where,
+                cwe=[cwe],
+                evidence=evidence,
+                confidence=confidence,
+            )
         )
 
     # 1. First contact with anything goes. Refused / reset / timeout leave from here as-is.
@@ -235,12 +250,22 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
             report.accepted.append(name)
     for name, rule in (("TLSv1", "protocol-tls1.0"), ("TLSv1.1", "protocol-tls1.1")):
         if name in report.accepted:
-            finding(rule, f"{name.replace('TLSv', 'TLS ')} accepted", Severity.MEDIUM, "CWE-327",
-                    f"handshake completed with {name} only offered (deprecated by RFC 8996)")
+            finding(
+                rule,
+                f"{name.replace('TLSv', 'TLS ')} accepted",
+                Severity.MEDIUM,
+                "CWE-327",
+                f"handshake completed with {name} only offered (deprecated by RFC 8996)",
+            )
     modern = {"TLSv1.2", "TLSv1.3"}
     if not (modern & set(report.accepted)) and not (modern <= set(report.not_testable)):
-        finding("no-modern-protocol", "Neither TLS 1.2 nor TLS 1.3 accepted", Severity.HIGH, "CWE-327",
-                f"accepted: {', '.join(report.accepted) or first.version}")
+        finding(
+            "no-modern-protocol",
+            "Neither TLS 1.2 nor TLS 1.3 accepted",
+            Severity.HIGH,
+            "CWE-327",
+            f"accepted: {', '.join(report.accepted) or first.version}",
+        )
 
     # 3. Weak cipher suites (TLS 1.3 suites are all strong, so probes stop at TLS 1.2).
     for rule, cipher_string, severity, why in _WEAK_CIPHERS:
@@ -251,34 +276,62 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
             continue
         got = _accepted(host, port, ctx, timeout, sni)
         if got is not None:
-            finding(f"cipher-{rule}", f"Weak cipher suite accepted ({cipher_string})", severity, "CWE-327",
-                    f"negotiated {got.cipher} over {got.version}; {why}")
+            finding(
+                f"cipher-{rule}",
+                f"Weak cipher suite accepted ({cipher_string})",
+                severity,
+                "CWE-327",
+                f"negotiated {got.cipher} over {got.version}; {why}",
+            )
 
     # 4. The certificate.
     if first.der is None:
         return report  # anonymous suite chosen: no certificate (already a cipher finding)
     cert = parse_certificate(first.der)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if cert.not_after < now:
-        finding("cert-expired", "Certificate expired", Severity.HIGH, "CWE-298",
-                f"notAfter {cert.not_after:%Y-%m-%d %H:%M:%S}Z")
+        finding("cert-expired", "Certificate expired", Severity.HIGH, "CWE-298", f"notAfter {cert.not_after:%Y-%m-%d %H:%M:%S}Z")
     elif cert.not_after - now <= timedelta(days=expiry_days):
         days = (cert.not_after - now).days
-        finding("cert-expiring", f"Certificate expires within {expiry_days} days", Severity.LOW, "CWE-298",
-                f"notAfter {cert.not_after:%Y-%m-%d %H:%M:%S}Z ({days} days left)")
+        finding(
+            "cert-expiring",
+            f"Certificate expires within {expiry_days} days",
+            Severity.LOW,
+            "CWE-298",
+            f"notAfter {cert.not_after:%Y-%m-%d %H:%M:%S}Z ({days} days left)",
+        )
     if cert.not_before > now:
-        finding("cert-not-yet-valid", "Certificate not yet valid", Severity.HIGH, "CWE-298",
-                f"notBefore {cert.not_before:%Y-%m-%d %H:%M:%S}Z")
+        finding(
+            "cert-not-yet-valid",
+            "Certificate not yet valid",
+            Severity.HIGH,
+            "CWE-298",
+            f"notBefore {cert.not_before:%Y-%m-%d %H:%M:%S}Z",
+        )
     if cert.key_type == "rsa" and cert.key_bits is not None and cert.key_bits < 2048:
-        finding("cert-weak-key", f"Weak certificate key (RSA {cert.key_bits} bits)",
-                Severity.HIGH if cert.key_bits < 1024 else Severity.MEDIUM, "CWE-326",
-                f"RSA modulus of {cert.key_bits} bits; 2048 is the minimum")
+        finding(
+            "cert-weak-key",
+            f"Weak certificate key (RSA {cert.key_bits} bits)",
+            Severity.HIGH if cert.key_bits < 1024 else Severity.MEDIUM,
+            "CWE-326",
+            f"RSA modulus of {cert.key_bits} bits; 2048 is the minimum",
+        )
     elif cert.key_type == "dsa" and cert.key_bits is not None and cert.key_bits < 2048:
-        finding("cert-weak-key", f"Weak certificate key (DSA {cert.key_bits} bits)", Severity.MEDIUM, "CWE-326",
-                f"DSA prime of {cert.key_bits} bits; 2048 is the minimum")
+        finding(
+            "cert-weak-key",
+            f"Weak certificate key (DSA {cert.key_bits} bits)",
+            Severity.MEDIUM,
+            "CWE-326",
+            f"DSA prime of {cert.key_bits} bits; 2048 is the minimum",
+        )
     elif cert.key_type == "ec" and cert.key_bits is not None and cert.key_bits < 224:
-        finding("cert-weak-key", f"Weak certificate key (EC {cert.key_bits} bits)", Severity.MEDIUM, "CWE-326",
-                f"EC curve of {cert.key_bits} bits; 224 is the minimum")
+        finding(
+            "cert-weak-key",
+            f"Weak certificate key (EC {cert.key_bits} bits)",
+            Severity.MEDIUM,
+            "CWE-326",
+            f"EC curve of {cert.key_bits} bits; 224 is the minimum",
+        )
 
     # Trust: verify the chain the way a browser would (hostname aside, checked below).
     trust = ssl.create_default_context(cafile=ca_file)
@@ -294,11 +347,21 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
         if code in _TIME_ERRORS:
             pass  # chain built to a trusted root; the dates are findings of their own above
         elif code in (_V_SELF_SIGNED_LEAF, _V_SELF_SIGNED_IN_CHAIN) or cert.subject == cert.issuer:
-            finding("cert-self-signed", "Self-signed certificate", Severity.MEDIUM, "CWE-295",
-                    f"{err.verify_message}; clients cannot authenticate the server")
+            finding(
+                "cert-self-signed",
+                "Self-signed certificate",
+                Severity.MEDIUM,
+                "CWE-295",
+                f"{err.verify_message}; clients cannot authenticate the server",
+            )
         else:
-            finding("cert-untrusted", "Certificate does not chain to a trusted root", Severity.MEDIUM, "CWE-295",
-                    f"verification failed: {err.verify_message} (code {code})")
+            finding(
+                "cert-untrusted",
+                "Certificate does not chain to a trusted root",
+                Severity.MEDIUM,
+                "CWE-295",
+                f"verification failed: {err.verify_message} (code {code})",
+            )
 
     # Hostname: trust the leaf itself so that only the name check can fail here.
     names = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -313,8 +376,13 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
         _accepted(host, port, names, timeout, sni)
     except ssl.SSLCertVerificationError as err:
         if err.verify_code in (_V_HOSTNAME_MISMATCH, _V_IP_MISMATCH):
-            finding("cert-hostname-mismatch", f"Certificate not valid for {host}", Severity.MEDIUM, "CWE-297",
-                    err.verify_message or "hostname mismatch")
+            finding(
+                "cert-hostname-mismatch",
+                f"Certificate not valid for {host}",
+                Severity.MEDIUM,
+                "CWE-297",
+                err.verify_message or "hostname mismatch",
+            )
     return report
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
@@ -70,20 +70,14 @@ async def check_headers(
         async with client.stream("GET", current, follow_redirects=False) as response:
             # Cookies set on the way (a login redirect often sets the session) count too.
             cookies.extend(
-                SetCookie.parse(raw, over_https=response.url.scheme == "https")
-                for raw in response.headers.get_list("set-cookie")
+                SetCookie.parse(raw, over_https=response.url.scheme == "https") for raw in response.headers.get_list("set-cookie")
             )
             if response.has_redirect_location:
                 if redirects >= max_redirects:
-                    raise httpx.TooManyRedirects(
-                        f"Exceeded maximum of {max_redirects} redirects", request=response.request
-                    )
+                    raise httpx.TooManyRedirects(f"Exceeded maximum of {max_redirects} redirects", request=response.request)
                 target = str(response.url.join(response.headers["location"]).copy_with(fragment=None))
                 if not permits_url(target):
-                    raise ScopeViolation(
-                        f"redirect from {redact(current)} to {redact(target)} "
-                        "leaves scope.allow; not followed"
-                    )
+                    raise ScopeViolation(f"redirect from {redact(current)} to {redact(target)} leaves scope.allow; not followed")
                 redirects += 1
                 current = target
                 continue
@@ -220,7 +214,7 @@ def header_findings(target: str, final_url: str, headers: httpx.Headers) -> list
     return found
 
 
-def cookie_findings(target: str, final_url: str, cookies: list["SetCookie"]) -> list[Finding]:
+def cookie_findings(target: str, final_url: str, cookies: list[SetCookie]) -> list[Finding]:
     """One finding per cookie name and missing attribute (Secure on HTTPS, HttpOnly)."""
     missing: dict[tuple[str, str], SetCookie] = {}
     for cookie in cookies:
@@ -274,7 +268,7 @@ class SetCookie:
     over_https: bool
 
     @classmethod
-    def parse(cls, raw: str, *, over_https: bool) -> "SetCookie":
+    def parse(cls, raw: str, *, over_https: bool) -> SetCookie:
         pair, *attribute_texts = raw.split(";")
         name = pair.partition("=")[0].strip()
         attributes = []
@@ -311,8 +305,8 @@ class SetCookie:
                 except (TypeError, ValueError):
                     return False  # an unparseable date keeps the cookie for the session
                 if expires.tzinfo is None:
-                    expires = expires.replace(tzinfo=timezone.utc)
-                return expires <= datetime.now(timezone.utc)
+                    expires = expires.replace(tzinfo=UTC)
+                return expires <= datetime.now(UTC)
         return False
 
     def redacted(self) -> str:

@@ -298,6 +298,4 @@ def _check_arguments(
     if not progress_interval > 0:
         raise InvalidInputError(f"progress_interval must be > 0 seconds, got {progress_interval}")
     if resume is not None and resume.next_index > len(ports):
-        raise InvalidInputError(
-            f"resume.next_index {resume.next_index} is beyond the {len(ports)} ports being scanned"
-        )
+        raise InvalidInputError(f"resume.next_index {resume.next_index} is beyond the {len(ports)} ports being scanned")

@@ -23,7 +23,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -33,16 +33,16 @@ from secflow.durations import parse_duration
 from secflow.incidents import AlertPlan, Severity
 
 __all__ = [
+    "DEFAULT_ROUTING",
+    "ENV_VAR",
     "AlertConfigError",
     "AlertsConfig",
     "ChannelConfig",
-    "DEFAULT_ROUTING",
     "EmailChannel",
     "JiraChannel",
     "PagerDutyChannel",
     "SlackChannel",
     "WebhookChannel",
-    "ENV_VAR",
     "load_alerts_config",
     "parse_alerts_config",
     "plan_for",
@@ -261,7 +261,7 @@ class JiraChannel(_ChannelBase):
 
 
 ChannelConfig = Annotated[
-    Union[SlackChannel, WebhookChannel, PagerDutyChannel, EmailChannel, JiraChannel],
+    SlackChannel | WebhookChannel | PagerDutyChannel | EmailChannel | JiraChannel,
     Field(discriminator="type"),
 ]
 
@@ -417,7 +417,9 @@ def _semantic_problems(config: AlertsConfig, env: dict[str, str]) -> list[str]:
             for j, channel_name in enumerate(tier):
                 if channel_name not in config.channels:
                     defined = ", ".join(sorted(config.channels)) or "none"
-                    problems.append(f"routing.{severity.value}.tiers.{i}.{j}: unknown channel {channel_name!r} (defined: {defined})")
+                    problems.append(
+                        f"routing.{severity.value}.tiers.{i}.{j}: unknown channel {channel_name!r} (defined: {defined})"
+                    )
     return problems
 
 
@@ -427,7 +429,9 @@ def parse_alerts_config(data: Any, *, source: str = "alerts config", env: dict[s
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise AlertConfigError(source, [f"(top level): expected a mapping with `channels` and `routing`, got {type(data).__name__}"])
+        raise AlertConfigError(
+            source, [f"(top level): expected a mapping with `channels` and `routing`, got {type(data).__name__}"]
+        )
     try:
         config = AlertsConfig.model_validate(data)
     except ValidationError as exc:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from secflow.incidents import AlertRequest, IncidentEvent, Severity
@@ -110,7 +110,7 @@ def claim(
     now: datetime | None = None,
 ) -> Claim:
     """Decide, under the write lock, whether this delivery is sent, merged or capped."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     stamp = _ts(now)
     channel = req.channel
     with store._write() as conn:
@@ -120,7 +120,9 @@ def claim(
             if existing.status in FINAL:
                 return Claim(existing, send=False, count=existing.merged_count)
             # pending (an attempt died mid-send) or failed: send again.
-            store._x(conn, "UPDATE alert_deliveries SET status = 'pending', updated_at = ? WHERE delivery_id = ?", (stamp, delivery_id))
+            store._x(
+                conn, "UPDATE alert_deliveries SET status = 'pending', updated_at = ? WHERE delivery_id = ?", (stamp, delivery_id)
+            )
             merged_since, capped_since = _since(store, conn, channel, group, existing.created_at)
             return Claim(existing, send=True, merged_since=merged_since, capped_since=capped_since)
 
@@ -151,11 +153,7 @@ def claim(
                 )
                 return Claim(insert("merged", count), send=False, count=count)
 
-        if (
-            max_per_hour is not None
-            and req.event in CAPPABLE
-            and req.incident.severity is not Severity.P1
-        ):
+        if max_per_hour is not None and req.event in CAPPABLE and req.incident.severity is not Severity.P1:
             hour_ago = _ts(now - timedelta(hours=1))
             used = store._x(
                 conn,
@@ -202,7 +200,7 @@ def _since(store: FindingsStore, conn: Any, channel: str, group: str, before: da
 def finish(store: FindingsStore, delivery_id: str, status: str, *, external_ref: str | None = None) -> None:
     """Record the outcome: sent / skipped, or failed (a non-retryable error; a later call
     with the same delivery id tries again)."""
-    stamp = _ts(datetime.now(timezone.utc))
+    stamp = _ts(datetime.now(UTC))
     with store._write() as conn:
         if external_ref:
             store._x(
@@ -211,12 +209,14 @@ def finish(store: FindingsStore, delivery_id: str, status: str, *, external_ref:
                 (status, external_ref, stamp, delivery_id),
             )
         else:
-            store._x(conn, "UPDATE alert_deliveries SET status = ?, updated_at = ? WHERE delivery_id = ?", (status, stamp, delivery_id))
+            store._x(
+                conn, "UPDATE alert_deliveries SET status = ?, updated_at = ? WHERE delivery_id = ?", (status, stamp, delivery_id)
+            )
 
 
 def set_external_ref(store: FindingsStore, delivery_id: str, external_ref: str) -> None:
     """Remember what a channel created (a Jira issue key) the moment it exists."""
-    stamp = _ts(datetime.now(timezone.utc))
+    stamp = _ts(datetime.now(UTC))
     with store._write() as conn:
         store._x(
             conn,

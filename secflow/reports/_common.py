@@ -80,7 +80,9 @@ def prepare(
 ) -> tuple[AssessmentStatus, list[Finding], list[ErrorEvent]]:
     """Redacted inputs in a stable order: findings by severity then location, errors by time."""
     rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
-    fs = sorted((redact_finding(f) for f in findings), key=lambda f: (rank[f.severity], f.tool, f.rule_id, f.location, f.fingerprint))
+    fs = sorted(
+        (redact_finding(f) for f in findings), key=lambda f: (rank[f.severity], f.tool, f.rule_id, f.location, f.fingerprint)
+    )
     es = sorted((redact_error(e) for e in errors), key=lambda e: (e.occurred_at, e.stage_id, e.target, e.attempt, e.event_id))
     return redact_status(status), fs, es
 
@@ -98,7 +100,11 @@ def stage_note(st: StageStatus) -> str:
         return st.reason
     if st.error:
         return f"{st.error.category}: {st.error.message}"
-    failed = [f"{t} ({ts.error.category}: {ts.error.message})" if ts.error else t for t, ts in st.targets.items() if ts.state in ("failed", "skipped", "cancelled")]
+    failed = [
+        f"{t} ({ts.error.category}: {ts.error.message})" if ts.error else t
+        for t, ts in st.targets.items()
+        if ts.state in ("failed", "skipped", "cancelled")
+    ]
     if failed:
         return "targets not scanned: " + "; ".join(failed)
     not_scanned = sum(st.counts.get(state, 0) for state in ("failed", "skipped", "cancelled"))
@@ -134,8 +140,6 @@ def outcome_of(e: ErrorEvent) -> str:
 
 def refs(f: Finding) -> str:
     return ", ".join([*f.cwe, *f.cve])
-
-
 
 
 # --- CVE enrichment ---------------------------------------------------------------------
@@ -200,9 +204,13 @@ def enrichment_headline(s: EnrichmentSummary) -> str:
     """One sentence for the top of a report ("" when no CVE was enriched)."""
     if not s.any:
         return ""
-    parts = [f"{s.total} CVE{'s' if s.total != 1 else ''} enriched from NVD, FIRST EPSS and CISA KEV: {s.enriched} complete and current"]
+    parts = [
+        f"{s.total} CVE{'s' if s.total != 1 else ''} enriched from NVD, FIRST EPSS and CISA KEV: {s.enriched} complete and current"
+    ]
     if s.stale:
-        parts.append(f"{s.stale} STALE (cached data used because a service was unavailable; oldest {age_text(s.oldest_stale_age_seconds)} old)")
+        parts.append(
+            f"{s.stale} STALE (cached data used because a service was unavailable; oldest {age_text(s.oldest_stale_age_seconds)} old)"
+        )
     if s.partial:
         parts.append(f"{s.partial} PARTIAL (a service was unavailable and nothing was cached)")
     if s.unreadable:
@@ -217,7 +225,11 @@ def _fmt(x: float | None, digits: int) -> str:
 def cvss_text(c: CveEnrichment) -> str:
     parts = []
     if c.cvss3_score is not None:
-        parts.append(f"{c.cvss3_score:.1f}" + (f" {c.cvss3_severity}" if c.cvss3_severity else "") + (f" {c.cvss3_vector}" if c.cvss3_vector else ""))
+        parts.append(
+            f"{c.cvss3_score:.1f}"
+            + (f" {c.cvss3_severity}" if c.cvss3_severity else "")
+            + (f" {c.cvss3_vector}" if c.cvss3_vector else "")
+        )
     if c.cvss4_score is not None:
         parts.append(f"{c.cvss4_score:.1f}" + (f" {c.cvss4_vector}" if c.cvss4_vector else " (CVSS v4.0)"))
     if parts:

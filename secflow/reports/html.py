@@ -6,6 +6,7 @@ a finding title or a server banner is attacker-controlled input.
 
 from __future__ import annotations
 
+from datetime import datetime
 from html import escape
 
 from secflow.findings import Finding
@@ -46,7 +47,7 @@ def _e(text: object) -> str:
     return escape(str(text if text is not None else ""), quote=True)
 
 
-def _when(dt) -> str:
+def _when(dt: datetime | None) -> str:
     return dt.isoformat(timespec="seconds") if dt else "n/a"
 
 
@@ -95,7 +96,15 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
             _table(
                 ["stage", "kind", "tool", "state", "attempts", "findings", "notes"],
                 [
-                    [_e(sid), _e(st.kind), _e(st.tool), _e(st.state + (" (degraded)" if st.degraded else "")), str(st.attempts), str(st.findings), _e(stage_note(st))]
+                    [
+                        _e(sid),
+                        _e(st.kind),
+                        _e(st.tool),
+                        _e(st.state + (" (degraded)" if st.degraded else "")),
+                        str(st.attempts),
+                        str(st.findings),
+                        _e(stage_note(st)),
+                    ]
                     for sid, st in status.stages.items()
                 ],
             )
@@ -105,7 +114,11 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
     parts.append("<h2>Degraded or skipped</h2>")
     degraded = degraded_stages(status)
     if degraded:
-        parts.append("<ul>" + "".join(f"<li><strong>{_e(d.stage_id)}</strong> ({_e(d.state)}): {_e(d.reason)}</li>" for d in degraded) + "</ul>")
+        parts.append(
+            "<ul>"
+            + "".join(f"<li><strong>{_e(d.stage_id)}</strong> ({_e(d.state)}): {_e(d.reason)}</li>" for d in degraded)
+            + "</ul>"
+        )
     else:
         parts.append("<p>Nothing was skipped or degraded.</p>")
     parts.append("<h2>Errors met and how they were recovered</h2>")
@@ -114,8 +127,16 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
             _table(
                 ["when", "stage", "tool", "target", "attempt", "category", "outcome", "message"],
                 [
-                    [_e(_when(e.occurred_at)), _e(e.stage_id), _e(e.tool), _e(e.target), str(e.attempt), _e(e.category),
-                     f'<span class="outcome-{_e(outcome_of(e))}">{_e(outcome_of(e))}</span>', _e(e.message)]
+                    [
+                        _e(_when(e.occurred_at)),
+                        _e(e.stage_id),
+                        _e(e.tool),
+                        _e(e.target),
+                        str(e.attempt),
+                        _e(e.category),
+                        f'<span class="outcome-{_e(outcome_of(e))}">{_e(outcome_of(e))}</span>',
+                        _e(e.message),
+                    ]
                     for e in errors
                 ],
             )
@@ -128,8 +149,15 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
             _table(
                 ["when", "action", "stage", "by", "via", "reason", "accepted"],
                 [
-                    [_e(_when(i.at)), _e(i.action), _e(i.stage or ""), _e(i.by or "unknown"), _e(i.via), _e(i.reason),
-                     "yes" if i.accepted else f"no: {_e(i.note)}"]
+                    [
+                        _e(_when(i.at)),
+                        _e(i.action),
+                        _e(i.stage or ""),
+                        _e(i.by or "unknown"),
+                        _e(i.via),
+                        _e(i.reason),
+                        "yes" if i.accepted else f"no: {_e(i.note)}",
+                    ]
                     for i in status.interventions
                 ],
             )
@@ -141,7 +169,10 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
         parts.append(
             _table(
                 ["compensation", "state", "attempts", "error"],
-                [[_e(c.name), _e(c.state), str(c.attempts), _e(f"{c.error.category}: {c.error.message}" if c.error else "")] for c in status.compensations],
+                [
+                    [_e(c.name), _e(c.state), str(c.attempts), _e(f"{c.error.category}: {c.error.message}" if c.error else "")]
+                    for c in status.compensations
+                ],
             )
         )
     parts.append("<h2>Findings</h2>")
@@ -150,8 +181,15 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
             _table(
                 ["severity", "title", "location", "CWE / CVE", "tool", "rule", "evidence"],
                 [
-                    [f'<span class="sev {_e(f.severity.value)}">{_e(f.severity.value)}</span>', _e(f.title), f"<code>{_e(f.location)}</code>",
-                     _e(refs(f)), _e(f.tool), _e(f.rule_id), f'<span class="evidence">{_e(f.evidence)}</span>']
+                    [
+                        f'<span class="sev {_e(f.severity.value)}">{_e(f.severity.value)}</span>',
+                        _e(f.title),
+                        f"<code>{_e(f.location)}</code>",
+                        _e(refs(f)),
+                        _e(f.tool),
+                        _e(f.rule_id),
+                        f'<span class="evidence">{_e(f.evidence)}</span>',
+                    ]
                     for f in findings
                 ],
             )
@@ -184,7 +222,9 @@ def _enrichment_section(findings: list[Finding]) -> list[str]:
     if stale:
         parts.append(
             '<div class="warn"><strong>Stale data.</strong> These CVEs show cached data because a service was unavailable; '
-            "it may be out of date:<ul>" + "".join(f"<li>{_e(c.cve_id)}: {_e(freshness_text(c))}</li>" for c in stale) + "</ul></div>"
+            "it may be out of date:<ul>"
+            + "".join(f"<li>{_e(c.cve_id)}: {_e(freshness_text(c))}</li>" for c in stale)
+            + "</ul></div>"
         )
     if partial:
         parts.append(
@@ -194,15 +234,24 @@ def _enrichment_section(findings: list[Finding]) -> list[str]:
             + "</ul></div>"
         )
     if summary.unreadable:
-        parts.append("<p>" + "<br>".join(f"Enrichment stored for {_e(loc)} could not be read." for loc in summary.unreadable) + "</p>")
+        parts.append(
+            "<p>" + "<br>".join(f"Enrichment stored for {_e(loc)} could not be read." for loc in summary.unreadable) + "</p>"
+        )
     if rows:
         parts.append(
             _table(
                 ["CVE", "CVSS", "EPSS", "CISA KEV", "CWE", "data", "findings", "description (NVD)"],
                 [
-                    [f"<code>{_e(r.cve.cve_id)}</code>", _e(cvss_text(r.cve)), _e(epss_text(r.cve)),
-                     f'<span class="kev">{_e(kev_text(r.cve))}</span>' if r.cve.in_kev else _e(kev_text(r.cve)),
-                     _e(", ".join(r.cve.cwe) or "n/a"), _e(freshness_text(r.cve)), _e(", ".join(r.locations)), _e(r.cve.description)]
+                    [
+                        f"<code>{_e(r.cve.cve_id)}</code>",
+                        _e(cvss_text(r.cve)),
+                        _e(epss_text(r.cve)),
+                        f'<span class="kev">{_e(kev_text(r.cve))}</span>' if r.cve.in_kev else _e(kev_text(r.cve)),
+                        _e(", ".join(r.cve.cwe) or "n/a"),
+                        _e(freshness_text(r.cve)),
+                        _e(", ".join(r.locations)),
+                        _e(r.cve.description),
+                    ]
                     for r in rows
                 ],
             )

@@ -34,7 +34,8 @@ def render_json(status: AssessmentStatus, findings: list[Finding], errors: list[
             "errors": len(errors),
             "errors_by_outcome": dict(sorted(outcomes.items())),
             "degraded": [
-                {"stage": d.stage_id, "state": d.state, "kind": d.kind, "tool": d.tool, "reason": d.reason} for d in degraded_stages(status)
+                {"stage": d.stage_id, "state": d.state, "kind": d.kind, "tool": d.tool, "reason": d.reason}
+                for d in degraded_stages(status)
             ],
             "enrichment": _enrichment(findings),
         },
@@ -50,8 +51,16 @@ def _enrichment(findings: list[Finding]) -> dict:
     return {
         "cves": s.total,
         "current": s.enriched,
-        "stale": [{"cve": c.cve_id, "age_seconds": c.stale_age_seconds, "fetched_at": c.fetched_at.isoformat() if c.fetched_at else None,
-                   "reason": c.stale_reason} for c in rows if c.stale],
+        "stale": [
+            {
+                "cve": c.cve_id,
+                "age_seconds": c.stale_age_seconds,
+                "fetched_at": c.fetched_at.isoformat() if c.fetched_at else None,
+                "reason": c.stale_reason,
+            }
+            for c in rows
+            if c.stale
+        ],
         "partial": [{"cve": c.cve_id, "reason": c.partial_reason} for c in rows if c.partial],
         "oldest_stale_age_seconds": s.oldest_stale_age_seconds,
         "unreadable": list(s.unreadable),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from secflow.findings import Finding
 from secflow.models import AssessmentStatus
 from secflow.reports._common import (
+    EnrichmentSummary,
     cvss_text,
     degraded_stages,
     enriched_cves,
@@ -25,10 +28,17 @@ from secflow.store import ErrorEvent
 def _cell(text: object) -> str:
     """Safe inside a table cell: no pipe, no newline, no raw HTML (GitHub renders it)."""
     s = str(text if text is not None else "")
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\r", " ").replace("\n", " ")
+    return (
+        s.replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
 
 
-def _when(dt) -> str:
+def _when(dt: datetime | None) -> str:
     return dt.isoformat(timespec="seconds") if dt else "n/a"
 
 
@@ -39,7 +49,8 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
         f"# Assessment report: {_cell(status.name)}",
         "",
         f"- Assessment: `{status.workflow_id}`",
-        f"- State when the report was written: **{_cell(status.status)}**" + (f" ({_cell(status.reason)})" if status.reason else ""),
+        f"- State when the report was written: **{_cell(status.status)}**"
+        + (f" ({_cell(status.reason)})" if status.reason else ""),
         f"- Started: {_when(status.started_at)}",
         f"- Finished: {_when(status.finished_at)}",
     ]
@@ -63,7 +74,9 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
     ]
     for sid, st in status.stages.items():
         state = st.state + (" (degraded)" if st.degraded else "")
-        lines.append(f"| {_cell(sid)} | {st.kind} | {st.tool} | {state} | {st.attempts} | {st.findings} | {_cell(stage_note(st))} |")
+        lines.append(
+            f"| {_cell(sid)} | {st.kind} | {st.tool} | {state} | {st.attempts} | {st.findings} | {_cell(stage_note(st))} |"
+        )
     lines += ["", "## Degraded or skipped", ""]
     degraded = degraded_stages(status)
     if degraded:
@@ -72,7 +85,10 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
         lines.append("Nothing was skipped or degraded.")
     lines += ["", "## Errors met and how they were recovered", ""]
     if errors:
-        lines += ["| when | stage | tool | target | attempt | category | outcome | message |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| when | stage | tool | target | attempt | category | outcome | message |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for e in errors:
             lines.append(
                 f"| {_when(e.occurred_at)} | {_cell(e.stage_id)} | {_cell(e.tool)} | {_cell(e.target)} | {e.attempt} | "
@@ -85,7 +101,9 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
         for i in status.interventions:
             verdict = "" if i.accepted else f" (ignored: {_cell(i.note)})"
             why = f": {_cell(i.reason)}" if i.reason else ""
-            lines.append(f"- {_when(i.at)} {_cell(i.action)} {_cell(i.stage or '')} by {_cell(i.by or 'unknown')} via {i.via}{why}{verdict}")
+            lines.append(
+                f"- {_when(i.at)} {_cell(i.action)} {_cell(i.stage or '')} by {_cell(i.by or 'unknown')} via {i.via}{why}{verdict}"
+            )
     else:
         lines.append("No interventions.")
     if status.compensations:
@@ -112,7 +130,7 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
     return "\n".join(lines) + "\n"
 
 
-def _enrichment_section(findings: list[Finding], summary) -> list[str]:
+def _enrichment_section(findings: list[Finding], summary: EnrichmentSummary) -> list[str]:
     rows = enriched_cves(findings)
     lines = ["", "## CVE enrichment", "", _cell(enrichment_headline(summary)), ""]
     stale = [r.cve for r in rows if r.cve.stale]

@@ -306,8 +306,11 @@ def _run(tool: str, status: AssessmentStatus, findings: list[Finding], errors: l
     index = {r["id"]: i for i, r in enumerate(rules)}
     stages = {sid: st for sid, st in status.stages.items() if st.tool == tool}
     my_errors = [e for e in errors if e.tool == tool]
-    unclean = [f"stage {sid} {st.state}{' (degraded)' if st.degraded else ''}: {stage_note(st) or 'no reason recorded'}"
-               for sid, st in stages.items() if st.state in DEGRADED_STATES or st.degraded]
+    unclean = [
+        f"stage {sid} {st.state}{' (degraded)' if st.degraded else ''}: {stage_note(st) or 'no reason recorded'}"
+        for sid, st in stages.items()
+        if st.state in DEGRADED_STATES or st.degraded
+    ]
     unresolved = [e for e in my_errors if outcome_of(e) != "recovered"]
     invocation: dict = {
         "executionSuccessful": not unclean and not unresolved,
@@ -341,7 +344,10 @@ def _run(tool: str, status: AssessmentStatus, findings: list[Finding], errors: l
     summary = enrichment_summary(mine)
     if summary.any:
         run["properties"]["enrichment"] = {
-            "cves": summary.total, "current": summary.enriched, "stale": summary.stale, "partial": summary.partial,
+            "cves": summary.total,
+            "current": summary.enriched,
+            "stale": summary.stale,
+            "partial": summary.partial,
             "oldestStaleAgeSeconds": summary.oldest_stale_age_seconds,
         }
     if _version():

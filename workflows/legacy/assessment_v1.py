@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from temporalio import workflow
@@ -34,7 +34,9 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from secflow.dead_letters import DeadLetterInput, DeadLetterResult, ReplayRecipe, dead_letter_task_id
+    from pydantic import BaseModel
+
+    from secflow.dead_letters import DeadLetterInput, DeadLetterReason, DeadLetterResult, ReplayRecipe, dead_letter_task_id
     from secflow.errors import Category
     from secflow.incidents import (
         IncidentAnswer,
@@ -49,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from secflow.models import (
         TERMINAL_STAGE_STATES,
         AssessmentInput,
+        AssessmentOutcome,
         AssessmentStatus,
         Decision,
         ErrorInfo,
@@ -57,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         Intervention,
         LockOutcome,
         LockRequest,
+        StageState,
         StageStatus,
         StageTaskInput,
         StageTaskResult,
@@ -115,7 +119,7 @@ class AssessmentWorkflow:
         self._answers: dict[str, str] = {}  # stage id -> action answering its wait
         self._paused = False
         self._stop_reason: str | None = None
-        self._stop_outcome: str | None = None
+        self._stop_outcome: AssessmentOutcome | None = None
         self._stop_error: ErrorInfo | None = None
         self._lock_wait: str | None = None
         self._compensating = False
@@ -171,7 +175,7 @@ class AssessmentWorkflow:
             self._compensations_failed()
             await self._drain_side_tasks()
 
-        self._status.outcome = outcome  # type: ignore[assignment]
+        self._status.outcome = outcome
         self._status.finished_at = workflow.now()
         self._publish()
 
@@ -249,7 +253,7 @@ class AssessmentWorkflow:
             try:
                 await workflow.wait_condition(lambda: self._stop_reason is not None, timeout=LOCK_POLL_INTERVAL)
                 return  # aborted while waiting
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     # ------------------------------------------------------------------ the stage DAG
@@ -260,12 +264,10 @@ class AssessmentWorkflow:
             return
         while True:
             self._start_ready_stages()
-            if not self._tasks and all(
-                self._status.stages[sid].state in TERMINAL_STAGE_STATES for sid in self._stages
-            ):
+            if not self._tasks and all(self._status.stages[sid].state in TERMINAL_STAGE_STATES for sid in self._stages):
                 return
             seen = self._version
-            await workflow.wait_condition(lambda: self._version != seen)
+            await workflow.wait_condition(lambda: self._version != seen)  # noqa: B023 - awaited in this iteration
             for sid, task in list(self._tasks.items()):
                 if task.done():
                     del self._tasks[sid]
@@ -313,7 +315,9 @@ class AssessmentWorkflow:
                     self._finish(st, "skipped", self._answer_note(stage.id, answer))
                     return
                 if answer == "fail":
-                    self._stage_failed(stage, ErrorInfo(category=Category.USER_ABORT.value, message=self._answer_note(stage.id, answer)))
+                    self._stage_failed(
+                        stage, ErrorInfo(category=Category.USER_ABORT.value, message=self._answer_note(stage.id, answer))
+                    )
                     return
                 if answer == "abort":
                     self._finish(st, "skipped", f"not started: {self._stop_reason}")
@@ -336,14 +340,21 @@ class AssessmentWorkflow:
             st.state = "running"
             self._changed()
             failures = await self._run_targets(stage, tool, targets)
-            if failures and self._stop_reason and not stage.always and all(e.category == Category.USER_ABORT.value for _, e in failures):
+            if (
+                failures
+                and self._stop_reason
+                and not stage.always
+                and all(e.category == Category.USER_ABORT.value for _, e in failures)
+            ):
                 self._finish(st, "cancelled", self._stop_reason)
                 return
             total = max(len(st.targets), 1)
             if not failures:
                 self._finish(st, "partial" if fallback_used else "succeeded", st.reason)
                 if self._incidents_on:
-                    self._resolve_incidents(stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})")
+                    self._resolve_incidents(
+                        stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})"
+                    )
                 return
             first_error = failures[0][1]
             if any(e.category == Category.SECURITY.value for _, e in failures):
@@ -352,7 +363,9 @@ class AssessmentWorkflow:
                 st.error = security
                 self._finish(st, "failed", f"security violation: {security.message}")
                 if self._incidents_on:
-                    self._park_failures(stage, tool, [f for f in failures if f[1].category == Category.SECURITY.value], "security_violation")
+                    self._park_failures(
+                        stage, tool, [f for f in failures if f[1].category == Category.SECURITY.value], "security_violation"
+                    )
                     self._open_incident(stage, "security_violation", security, f"security violation in stage {stage.id}")
                 self._stop(f"security violation in stage {stage.id!r}: {security.message}", "failed", security)
                 return
@@ -372,14 +385,14 @@ class AssessmentWorkflow:
                 st.degraded = True
                 st.reason = f"{tool} failed ({first_error.category}: {first_error.message}); fell back to {stage.fallback_tool}"
                 tool = stage.fallback_tool
-                targets = [t for t in self._targets_for(stage, tool) if t.value in failed_targets]
-                self._reset_targets(stage, tool, only=[t.value for t in targets])
+                targets = [t for t in self._targets_for(stage, tool) if _target_key(t) in failed_targets]
+                self._reset_targets(stage, tool, only=[_target_key(t) for t in targets])
                 continue
             if stage.on_failure == "await_approval":
                 answer = await self._wait_for_human(stage, "failure")
                 if answer == "retry":
-                    targets = [t for t in targets if t.value in failed_targets] or targets
-                    self._reset_targets(stage, tool, only=[t.value for t in targets])
+                    targets = [t for t in targets if _target_key(t) in failed_targets] or targets
+                    self._reset_targets(stage, tool, only=[_target_key(t) for t in targets])
                     st.error = None
                     continue
                 if answer == "skip":
@@ -395,7 +408,9 @@ class AssessmentWorkflow:
                 self._stage_failed(stage, first_error)
                 return
             if stage.on_failure == "skip":
-                self._finish(st, "skipped", f"failed and skipped (on_failure: skip): {first_error.category}: {first_error.message}")
+                self._finish(
+                    st, "skipped", f"failed and skipped (on_failure: skip): {first_error.category}: {first_error.message}"
+                )
                 if self._incidents_on:
                     self._unrecoverable(stage, tool, failures, first_error, by_human=False)
                 return
@@ -410,7 +425,7 @@ class AssessmentWorkflow:
 
     async def _run_target(self, stage: Stage, tool: str, target: Target | None) -> tuple[str, ErrorInfo] | None:
         st = self._status.stages[stage.id]
-        key = target.value if target else ""
+        key = _target_key(target)
         ts = st.targets[key]
         await workflow.wait_condition(lambda: not self._paused or self._stop_reason is not None)
         if self._stop_reason and not stage.always:
@@ -484,7 +499,7 @@ class AssessmentWorkflow:
                 timeout=stage.wait_timeout,
             )
             answer = self._answers.pop(stage.id, "abort")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             answer = {"approve": "approve", "reject": "reject", "skip": "skip", "fail": "fail"}[stage.on_wait_timeout]
             self._status.interventions.append(
                 Intervention(
@@ -529,7 +544,7 @@ class AssessmentWorkflow:
                 return "the assessment is not paused"
             return None
         if not d.stage:
-            return f"{action} needs a stage: {{\"stage\": \"<id>\"}}; stages: {', '.join(self._stages)}"
+            return f'{action} needs a stage: {{"stage": "<id>"}}; stages: {", ".join(self._stages)}'
         if d.stage not in self._stages:
             return f"no stage named {d.stage!r}; stages: {', '.join(self._stages)}"
         st = self._status.stages[d.stage]
@@ -551,14 +566,18 @@ class AssessmentWorkflow:
                     return f"stage {d.stage!r} is {st.state}; only a failed, skipped, cancelled or partial stage can be retried"
                 if self._stop_reason:
                     return f"the assessment is stopping ({self._stop_reason}); nothing can be retried"
-                busy = [s for s in self._downstream(d.stage) if self._status.stages[s].state not in TERMINAL_STAGE_STATES and self._status.stages[s].state != "pending"]
+                busy = [
+                    s
+                    for s in self._downstream(d.stage)
+                    if self._status.stages[s].state not in TERMINAL_STAGE_STATES and self._status.stages[s].state != "pending"
+                ]
                 if busy:
                     return f"stage {d.stage!r} has dependents still in progress: {', '.join(busy)}"
         return None
 
-    def _apply(self, action: str, d: Decision, via: str) -> str:
+    def _apply(self, action: str, d: Decision, via: Literal["signal", "update", "timeout"]) -> str:
         self._status.interventions.append(
-            Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), via=via)  # type: ignore[arg-type]
+            Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), via=via)
         )
         who = f" by {d.by}" if d.by else ""
         if action == "abort":
@@ -577,7 +596,9 @@ class AssessmentWorkflow:
                 self._answers[d.stage] = short
                 message = f"stage {d.stage}: {short}"
             elif action == "skip_stage":
-                self._finish(self._status.stages[d.stage], "skipped", f"skipped{who} before it ran" + (f": {d.reason}" if d.reason else ""))
+                self._finish(
+                    self._status.stages[d.stage], "skipped", f"skipped{who} before it ran" + (f": {d.reason}" if d.reason else "")
+                )
                 message = f"stage {d.stage} will not run"
             else:
                 reset = self._reset_for_retry(d.stage)
@@ -619,7 +640,9 @@ class AssessmentWorkflow:
         if problem:
             workflow.logger.warning("intervention ignored", extra={"action": action, "stage": d.stage, "reason": problem})
             self._status.interventions.append(
-                Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), accepted=False, note=problem)
+                Intervention(
+                    action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), accepted=False, note=problem
+                )
             )
             self._changed()
             return
@@ -766,19 +789,19 @@ class AssessmentWorkflow:
             commands += [
                 f"python -m starter approve {wid} {stage.id}",
                 f"python -m starter reject {wid} {stage.id}",
-                f"temporal workflow signal --workflow-id {wid} --name approve --input '{{\"stage\": \"{stage.id}\", \"by\": \"you\"}}'",
+                f'temporal workflow signal --workflow-id {wid} --name approve --input \'{{"stage": "{stage.id}", "by": "you"}}\'',
             ]
         elif stage is not None and kind in ("failure", "stage"):
             commands += [
                 f"python -m starter retry {wid} {stage.id}",
                 f"python -m starter skip {wid} {stage.id}" if kind == "failure" else f"python -m starter status {wid}",
-                f"temporal workflow signal --workflow-id {wid} --name retry_stage --input '{{\"stage\": \"{stage.id}\", \"by\": \"you\"}}'",
+                f'temporal workflow signal --workflow-id {wid} --name retry_stage --input \'{{"stage": "{stage.id}", "by": "you"}}\'',
             ]
         else:
             commands.append(f"python -m starter status {wid}")
         commands += [
             f"python -m starter incidents ack {incident_id} --by you",
-            f"temporal workflow signal --workflow-id {incident_id} --name ack --input '{{\"by\": \"you\"}}'",
+            f'temporal workflow signal --workflow-id {incident_id} --name ack --input \'{{"by": "you"}}\'',
             f"python -m starter incidents resolve {incident_id} --by you --note 'what was done'",
         ]
         return commands
@@ -933,7 +956,7 @@ class AssessmentWorkflow:
             f"stage {stage.id} {what} after its retries",
         )
 
-    def _park_failures(self, stage: Stage, tool: str, failures: list[tuple[str, ErrorInfo]], reason: str) -> None:
+    def _park_failures(self, stage: Stage, tool: str, failures: list[tuple[str, ErrorInfo]], reason: DeadLetterReason) -> None:
         info = workflow.info()
         wid = self._status.workflow_id
         now = workflow.now()
@@ -952,7 +975,7 @@ class AssessmentWorkflow:
                 stage_id=stage.id,
                 target=key,
                 tool=tool,
-                reason=reason,  # type: ignore[arg-type]
+                reason=reason,
                 category=error.category,
                 message=redact(error.message),
                 attempts=max(ts.attempts if ts else 0, error.attempts, 1),
@@ -1009,7 +1032,11 @@ class AssessmentWorkflow:
                         first_failure_at=now,
                         last_failure_at=now,
                         replay=None,
-                        extra={"compensation": record.name, "activity": activity, "input": arg.model_dump(mode="json")},
+                        extra={
+                            "compensation": record.name,
+                            "activity": activity,
+                            "input": arg.model_dump(mode="json") if isinstance(arg, BaseModel) else arg,
+                        },
                     )
                 )
             )
@@ -1028,7 +1055,7 @@ class AssessmentWorkflow:
 
     # ------------------------------------------------------------------ endings
 
-    def _stop(self, reason: str, outcome: str, error: ErrorInfo | None = None) -> None:
+    def _stop(self, reason: str, outcome: AssessmentOutcome, error: ErrorInfo | None = None) -> None:
         """Fail fast / abort: nothing new starts (but `always` stages), running stages are cancelled."""
         if self._stop_reason:
             return
@@ -1044,7 +1071,7 @@ class AssessmentWorkflow:
     async def _cancel_running_stages(self) -> None:
         for task in self._tasks.values():
             task.cancel()
-        for sid, task in list(self._tasks.items()):
+        for task in list(self._tasks.values()):
             try:
                 await task
             except asyncio.CancelledError:
@@ -1063,12 +1090,11 @@ class AssessmentWorkflow:
         if stage.criticality == "required":
             self._stop(f"required stage {stage.id!r} failed: {error.category}: {error.message}", "failed", error)
 
-    def _decide_outcome(self) -> str:
+    def _decide_outcome(self) -> AssessmentOutcome:
         if self._stop_outcome:
             return self._stop_outcome
         degraded = any(
-            st.state in ("failed", "skipped", "partial", "cancelled") or st.degraded
-            for st in self._status.stages.values()
+            st.state in ("failed", "skipped", "partial", "cancelled") or st.degraded for st in self._status.stages.values()
         )
         if degraded:
             self._status.reason = self._status.reason or "; ".join(
@@ -1135,8 +1161,8 @@ class AssessmentWorkflow:
         total = sum(st.findings for st in self._status.stages.values())
         self._status.findings = FindingCounts(total=total, by_severity=self._status.findings.by_severity)
 
-    def _finish(self, st: StageStatus, state: str, reason: str = "") -> None:
-        st.state = state  # type: ignore[assignment]
+    def _finish(self, st: StageStatus, state: StageState, reason: str = "") -> None:
+        st.state = state
         if reason:
             st.reason = reason
         self._changed()
@@ -1170,9 +1196,7 @@ class AssessmentWorkflow:
         key = (status, tuple(self._status.awaiting))
         if key != self._published:
             self._published = key
-            workflow.upsert_search_attributes(
-                [SA_STATUS.value_set(status), SA_AWAITING.value_set(list(self._status.awaiting))]
-            )
+            workflow.upsert_search_attributes([SA_STATUS.value_set(status), SA_AWAITING.value_set(list(self._status.awaiting))])
         workflow.set_current_details(self._details())
 
     def _details(self) -> str:
@@ -1186,7 +1210,7 @@ class AssessmentWorkflow:
                 lines.append(
                     f"Stage `{sid}` waits for approval. Answer: `python -m starter approve {wid} {sid}` or "
                     f"`python -m starter reject {wid} {sid}`; or `temporal workflow signal --workflow-id {wid} "
-                    f"--name approve --input '{{\"stage\": \"{sid}\", \"by\": \"you\"}}'`"
+                    f'--name approve --input \'{{"stage": "{sid}", "by": "you"}}\'`'
                 )
             else:
                 err = st.error.message if st.error else "failed"
@@ -1194,13 +1218,16 @@ class AssessmentWorkflow:
                     f"Stage `{sid}` failed after retries ({err}) and waits for a decision: "
                     f"`python -m starter retry {wid} {sid}`, `python -m starter skip {wid} {sid}` or "
                     f"`python -m starter reject {wid} {sid}`; or `temporal workflow signal --workflow-id {wid} "
-                    f"--name retry_stage --input '{{\"stage\": \"{sid}\"}}'`"
+                    f'--name retry_stage --input \'{{"stage": "{sid}"}}\'`'
                 )
         running = [sid for sid, st in self._status.stages.items() if st.state == "running"]
         if running:
             lines.append(
                 "Running: "
-                + ", ".join(f"{sid} ({self._status.stages[sid].progress.done}/{self._status.stages[sid].progress.total} targets)" for sid in running)
+                + ", ".join(
+                    f"{sid} ({self._status.stages[sid].progress.done}/{self._status.stages[sid].progress.total} targets)"
+                    for sid in running
+                )
             )
         if self._paused:
             lines.append(f"Paused. `python -m starter resume {wid}` continues.")
@@ -1208,6 +1235,11 @@ class AssessmentWorkflow:
             lines.append(self._status.reason)
         lines.append(f"Findings so far: {self._status.findings.total}")
         return "\n\n".join(lines)
+
+
+def _target_key(target: Target | None) -> str:
+    """A target's key in the stage status ("" for a tool that runs once, not per target)."""
+    return target.value if target else ""
 
 
 def _lock_key(target: Target) -> str:
