@@ -12,8 +12,7 @@ Per N, each system gets fresh worker subprocesses on a queue of its own:
 - bare: `python -m bench.bare_scan QUEUE` runs BareScanWorkflow: one activity per target,
   the same connect, the same retry policy, heartbeat timeout and activity slots per worker,
   and at most `--concurrency` targets in flight (SecFlow gets the same cap through the
-  stage's `options.concurrency` when its spec has that option; today's does not, and its
-  workflow starts every target at once).
+  stage's `options.targets_in_flight`).
 
 Reported per N and system: wall time (start of the workflow to its result; workers are
 polling before the clock starts), SecFlow/bare ratio, targets/s, the history tree's
@@ -68,15 +67,11 @@ STAGE_ID = "discovery"
 
 
 async def start_assessment(client: Client, spec: Any, workflow_id: str, task_queue: str) -> WorkflowHandle:
-    """Start SecFlow's assessment of `spec` as `workflow_id` on `task_queue`."""
-    from secflow.models import AssessmentInput
+    """Start SecFlow's assessment of `spec` as `workflow_id` on `task_queue` (the spec is
+    stored once in the bench's findings store; the workflow gets its reference)."""
+    from secflow.launch import start_assessment as launch
 
-    return await client.start_workflow(
-        "AssessmentWorkflow",
-        AssessmentInput(spec=spec, requested_by="bench"),
-        id=workflow_id,
-        task_queue=task_queue,
-    )
+    return await launch(client, spec, workflow_id=workflow_id, task_queue=task_queue, requested_by="bench", result_type=None)
 
 
 async def assessment_progress(handle: WorkflowHandle) -> int:
@@ -136,14 +131,8 @@ def build_spec(n: int, port: int, concurrency: int) -> tuple[Any, str]:
     """The assessment spec, and how the concurrency cap reached it (or why not)."""
     from bench.bare_scan import target_host
     from secflow.spec import validate_spec_data
-    from secflow.tools import STAGE_OPTIONS
-
-    options: dict[str, Any] = {"ports": str(port), "connect_timeout": "1s"}
-    if "concurrency" in STAGE_OPTIONS:
-        options["concurrency"] = concurrency
-        cap = f"stage options.concurrency={concurrency}"
-    else:
-        cap = "none (this spec has no per-stage cap; every target starts at once)"
+    options: dict[str, Any] = {"ports": str(port), "connect_timeout": "1s", "targets_in_flight": concurrency}
+    cap = f"stage options.targets_in_flight={concurrency}"
     data = {
         "name": "bench-scale",
         "scope": {"allow": ["127.0.0.0/8"]},

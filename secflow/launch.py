@@ -29,8 +29,9 @@ async def start_assessment(
     task_queue: str,
     requested_by: str = "",
     store: FindingsStore | None = None,
+    result_type: type | None = AssessmentStatus,
     **start_options: Any,
-) -> WorkflowHandle[Any, AssessmentStatus]:
+) -> WorkflowHandle[Any, Any]:
     """Store `spec` and start its assessment; returns the handle (raises as start_workflow does)."""
     ref = await asyncio.to_thread(save_spec, store or open_store(), spec)
     request = AssessmentRequest(spec_ref=ref, requested_by=requested_by, **_budgets(start_options))
@@ -39,7 +40,7 @@ async def start_assessment(
         request,
         id=workflow_id,
         task_queue=task_queue,
-        result_type=AssessmentStatus,
+        result_type=result_type,
         **start_options,
     )
 

@@ -99,13 +99,13 @@ class Stage(_Strict):
 
     @property
     def concurrency(self) -> int:
-        """Targets of this stage in flight at once (`options.concurrency`)."""
-        return int(self.options.get("concurrency", DEFAULT_CONCURRENCY))
+        """Targets of this stage in flight at once (`options.targets_in_flight`)."""
+        return int(self.options.get("targets_in_flight", DEFAULT_CONCURRENCY))
 
     @property
     def batch_size(self) -> int:
-        """Targets loaded from the stored spec per batch (`options.batch_size`)."""
-        return int(self.options.get("batch_size", DEFAULT_BATCH_SIZE))
+        """Targets loaded from the stored spec per batch (`options.targets_per_batch`)."""
+        return int(self.options.get("targets_per_batch", DEFAULT_BATCH_SIZE))
 
     def tool_options(self, tool: str | None = None) -> dict[str, Any]:
         """Options for `tool` (default: the stage's own). A fallback tool gets only the
@@ -386,7 +386,7 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
     tfp = stage.options.get("tolerated_failure_percent")
     if tfp is not None and (isinstance(tfp, bool) or not isinstance(tfp, (int, float)) or not 0 <= tfp <= 100):
         problems.append(Problem(path=f"{where}.options.tolerated_failure_percent", reason="must be a number from 0 to 100"))
-    for option, most in (("concurrency", MAX_CONCURRENCY), ("batch_size", MAX_BATCH_SIZE)):
+    for option, most in (("targets_in_flight", MAX_CONCURRENCY), ("targets_per_batch", MAX_BATCH_SIZE)):
         value = stage.options.get(option)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
             problems.append(Problem(path=f"{where}.options.{option}", reason=f"must be a whole number from 1 to {most}"))

@@ -300,7 +300,7 @@ DEFAULT_TOOL_FOR_KIND: dict[str, str] = {
 # Options every stage accepts whatever its tool; the workflow reads them, not the tool.
 # Options of the stage itself, not of its tool: how failures are tolerated and how its
 # targets are fanned out (targets in flight at once; targets loaded per batch).
-STAGE_OPTIONS = {"tolerated_failure_percent", "concurrency", "batch_size"}
+STAGE_OPTIONS = {"tolerated_failure_percent", "targets_in_flight", "targets_per_batch"}
 DEFAULT_CONCURRENCY = 200
 MAX_CONCURRENCY = 1000  # well under Temporal's 2,000 pending activities per run
 DEFAULT_BATCH_SIZE = 1000

@@ -7,6 +7,7 @@ re-recording these files.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,24 @@ from temporalio.worker import Replayer
 from worker import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+# Every run of one sharded assessment's tree (tests/histories/record_sharded.py): the
+# assessment before and after its continue-as-new at a gate, and its StageTargets shards.
+SHARDED = sorted((Path(__file__).parent / "histories" / "sharded").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays(path: Path) -> None:
+    """Histories of the legacy AssessmentWorkflow (and incidents) replay on the code kept for them."""
     history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+
+
+@pytest.mark.parametrize("path", SHARDED, ids=[p.stem for p in SHARDED])
+async def test_sharded_history_replays(path: Path) -> None:
+    recorded = json.loads(path.read_text())
+    history = WorkflowHistory.from_json(recorded["workflow_id"], recorded["history"])
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
@@ -29,3 +43,6 @@ async def test_recorded_history_replays(path: Path) -> None:
 
 def test_there_are_histories_to_replay() -> None:
     assert len(HISTORIES) >= 2
+    kinds = {p.stem.rsplit("-", 1)[-1] for p in SHARDED}
+    assert kinds == {"Assessment", "StageTargets"}
+    assert sum(1 for p in SHARDED if p.stem.endswith("Assessment")) >= 2, "a continue-as-new of the assessment"

@@ -42,7 +42,7 @@ async def test_2500_targets_shard_continue_as_new_and_stay_within_budgets(client
     n, batch, budget = 2500, 250, 1500
     spec = make_spec(
         _hosts(n),
-        [_sweep(n, closed_port(), batch_size=batch, concurrency=100)],
+        [_sweep(n, closed_port(), targets_per_batch=batch, targets_in_flight=100)],
         scope={"allow": ["127.0.0.0/16"]},
     )
     handle = await start(client, spec, worker, shard_event_budget=budget)
@@ -79,7 +79,7 @@ async def test_gate_across_the_assessments_continue_as_new(client: Client, worke
     spec = make_spec(
         _hosts(150),
         [
-            _sweep(150, closed_port(), batch_size=50),
+            _sweep(150, closed_port(), targets_per_batch=50),
             {"id": "gate", "kind": "discovery", "tool": "portscan", "options": {"ports": str(closed_port())},
              "requires_approval": True, "depends_on": ["sweep"]},
         ],
@@ -113,7 +113,7 @@ async def test_gate_across_the_assessments_continue_as_new(client: Client, worke
 async def test_abort_stops_a_sharded_stage_and_records_what_ran(client: Client, worker: str) -> None:
     spec = make_spec(
         _hosts(600),
-        [_sweep(600, closed_port(), batch_size=100, concurrency=20), {"id": "report", "kind": "report", "always": True}],
+        [_sweep(600, closed_port(), targets_per_batch=100, targets_in_flight=20), {"id": "report", "kind": "report", "always": True}],
         scope={"allow": ["127.0.0.0/16"]},
     )
     handle = await start(client, spec, worker)
@@ -178,8 +178,42 @@ async def test_path_targets_take_no_scan_lock(client: Client, worker: str, tmp_p
 
 @pytest.mark.parametrize("size", [10, 400])
 async def test_status_query_is_constant_size(client: Client, worker: str, size: int) -> None:
-    spec = make_spec(_hosts(size), [_sweep(size, closed_port(), batch_size=100)], scope={"allow": ["127.0.0.0/16"]})
+    spec = make_spec(_hosts(size), [_sweep(size, closed_port(), targets_per_batch=100)], scope={"allow": ["127.0.0.0/16"]})
     handle = await start(client, spec, worker)
     status = await final_status(handle, timeout=300)
     assert status.stages["sweep"].counts == {"succeeded": size}
     assert len(json.dumps(status.model_dump(mode="json"))) < 4096
+
+
+async def test_terminated_mid_acquisition_leaks_nothing_after_the_reaper(client: Client, worker: str) -> None:
+    """Terminate (skips compensations) while the second lock batch waits: the reaper
+    releases the first batch's 1,000 locks and the waiter ticket, and removes the workspace."""
+    from secflow.reaper import reap_once
+
+    busy_host = "127.0.9.9"  # sorts after every 127.0.[0-4].x host: it is in the second batch
+    holder = await start(
+        client,
+        make_spec([{"host": busy_host}], [{"id": "gate", "kind": "discovery", "tool": "portscan",
+                                            "options": {"ports": str(closed_port())}, "requires_approval": True}],
+                  scope={"allow": ["127.0.0.0/16"]}),
+        worker,
+    )
+    await wait_for(holder, lambda s: s.awaiting == ["gate"])
+    hosts = [{"host": f"127.0.{i // 250}.{i % 250 + 1}"} for i in range(1250)] + [{"host": busy_host}]
+    victim = await start(client, make_spec(hosts, [_sweep(1251, closed_port())], scope={"allow": ["127.0.0.0/16"]}), worker)
+    waiting = await wait_for(victim, lambda s: s.status == "waiting_for_lock", timeout=60)
+    store = open_store()
+    held = [lock for lock in store.list_locks() if lock.holder == victim.id]
+    assert len(held) == 1000, "the first batch is held, all or nothing"
+    assert Path(waiting.workspace).is_dir()
+
+    await victim.terminate(reason="operator terminates mid-acquisition")
+    report = await reap_once(client, load_settings())
+    assert victim.id in report.holders_released
+    assert [lock for lock in store.list_locks() if lock.holder == victim.id] == []
+    assert victim.id not in store.lock_holders()
+    assert not Path(waiting.workspace).exists()
+    assert any(lock.holder == holder.id for lock in store.list_locks()), "a running holder keeps its lock"
+
+    await holder.signal("abort", {"by": "tests"})
+    await final_status(holder)

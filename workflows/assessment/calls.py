@@ -68,33 +68,23 @@ async def describe(spec_ref: str) -> SpecSummary:
 
 
 async def make_workspace(req: WorkspaceRequest) -> WorkspaceInfo:
-    return await workflow.execute_activity(
-        create_workspace, req, start_to_close_timeout=SHORT, retry_policy=_FILESYSTEM
-    )
+    return await workflow.execute_activity(create_workspace, req, start_to_close_timeout=SHORT, retry_policy=_FILESYSTEM)
 
 
 async def lock_batch(req: BulkLockRequest) -> BulkLockOutcome:
-    return await workflow.execute_activity(
-        acquire_scan_locks, req, start_to_close_timeout=SHORT, retry_policy=_LOCKS
-    )
+    return await workflow.execute_activity(acquire_scan_locks, req, start_to_close_timeout=SHORT, retry_policy=_LOCKS)
 
 
 async def target_batch(req: TargetBatchRequest) -> TargetBatch:
-    return await workflow.execute_activity(
-        load_target_batch, req, start_to_close_timeout=SHORT, retry_policy=_STORE
-    )
+    return await workflow.execute_activity(load_target_batch, req, start_to_close_timeout=SHORT, retry_policy=_STORE)
 
 
 async def record_results(req: TargetResults) -> int:
-    return await workflow.execute_activity(
-        record_target_results, req, start_to_close_timeout=SHORT, retry_policy=_STORE
-    )
+    return await workflow.execute_activity(record_target_results, req, start_to_close_timeout=SHORT, retry_policy=_STORE)
 
 
 async def count_targets(req: StageRef) -> dict[str, int]:
-    return await workflow.execute_activity(
-        count_stage_targets, req, start_to_close_timeout=SHORT, retry_policy=_STORE
-    )
+    return await workflow.execute_activity(count_stage_targets, req, start_to_close_timeout=SHORT, retry_policy=_STORE)
 
 
 async def park_failures(req: ParkStageFailures) -> ParkResult:
@@ -108,9 +98,7 @@ async def park_failures(req: ParkStageFailures) -> ParkResult:
 
 
 async def park_one(entry: DeadLetterInput) -> DeadLetterResult:
-    return await workflow.execute_activity(
-        park_dead_letter, entry, start_to_close_timeout=SHORT, retry_policy=_STORE
-    )
+    return await workflow.execute_activity(park_dead_letter, entry, start_to_close_timeout=SHORT, retry_policy=_STORE)
 
 
 async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
@@ -120,9 +108,7 @@ async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
 
 
 async def finalize(req: FinalizeRequest) -> FindingCounts:
-    return await workflow.execute_activity(
-        finalize_assessment, req, start_to_close_timeout=LONG, retry_policy=_STORE
-    )
+    return await workflow.execute_activity(finalize_assessment, req, start_to_close_timeout=LONG, retry_policy=_STORE)
 
 
 async def run_tool_activity(tool: str, task: StageTaskInput, plan: RetryPlan, timeout: timedelta) -> StageTaskResult:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, FailureError
@@ -50,6 +50,9 @@ with workflow.unsafe.imports_passed_through():
     from secflow.spec import Stage
     from workflows.assessment import calls
     from workflows.failures import error_from_activity
+
+
+ParkReason = Literal["retries_exhausted", "security_violation"]
 
 
 class IncidentDesk:
@@ -146,8 +149,11 @@ class IncidentDesk:
                 first_failure_at=now,
                 last_failure_at=now,
                 replay=None,
-                extra={"compensation": record.name, "activity": activity,
-                       "input": arg.model_dump(mode="json") if hasattr(arg, "model_dump") else arg},
+                extra={
+                    "compensation": record.name,
+                    "activity": activity,
+                    "input": arg.model_dump(mode="json") if hasattr(arg, "model_dump") else arg,
+                },
             )
             self._side(self._park_entry(entry))
             self._open(
@@ -260,14 +266,14 @@ class IncidentDesk:
 
         self._ops[key] = self._side(in_order())
 
-    def _park_stage(self, stage: Stage, reason: str, categories: list[str] | None = None) -> None:
+    def _park_stage(self, stage: Stage, reason: ParkReason, categories: list[str] | None = None) -> None:
         info = workflow.info()
         req = ParkStageFailures(
             assessment_id=self._wid,
             run_id=info.run_id,
             stage_id=stage.id,
             spec_ref=self._spec_ref,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             task_queue=info.task_queue,
             categories=categories or [],
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from secflow.errors import Category
-from secflow.models import TERMINAL_STAGE_STATES, Decision, ErrorInfo, StageStatus
+from secflow.models import TERMINAL_STAGE_STATES, AssessmentOutcome, Decision, ErrorInfo, StageStatus
 from secflow.spec import Stage
 
 ACTIONS = ("approve", "reject", "retry_stage", "skip_stage", "abort", "pause", "resume")
@@ -76,7 +76,9 @@ def verdict(stage: Stage, outcome: RoundOutcome, *, stopping: bool, fallback_use
     return Verdict("fail", f"{error.category}: {error.message}", error)
 
 
-def assessment_outcome(stop_outcome: str | None, stages: Mapping[str, StageStatus]) -> tuple[str, str]:
+def assessment_outcome(
+    stop_outcome: AssessmentOutcome | None, stages: Mapping[str, StageStatus]
+) -> tuple[AssessmentOutcome, str]:
     """(outcome, reason). A stop decides by itself; otherwise any stage that did not simply
     succeed makes the run `completed_with_errors`, with each such stage named."""
     if stop_outcome:
@@ -149,7 +151,7 @@ def intervention_problem(action: str, d: Decision, view: InterventionView) -> st
         return None
     ids = [s.id for s in view.stages]
     if not d.stage:
-        return f"{action} needs a stage: {{\"stage\": \"<id>\"}}; stages: {', '.join(ids)}"
+        return f'{action} needs a stage: {{"stage": "<id>"}}; stages: {", ".join(ids)}'
     if d.stage not in ids:
         return f"no stage named {d.stage!r}; stages: {', '.join(ids)}"
     state = view.states[d.stage]

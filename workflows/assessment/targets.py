@@ -24,10 +24,10 @@ with workflow.unsafe.imports_passed_through():
     from secflow.errors import Category
     from secflow.models import (
         RECENT_FAILURES,
+        WHOLE_STAGE,
         ErrorInfo,
         ShardProgress,
         ShardReport,
-        WHOLE_STAGE,
         StageShardInput,
         StageTaskInput,
         StageTaskResult,
@@ -105,9 +105,7 @@ class TargetRunner:
         running: set[asyncio.Task[None]] = set()
         try:
             for target in targets:
-                await workflow.wait_condition(
-                    lambda: len(running) < self.inp.concurrency and not self._paused()
-                )
+                await workflow.wait_condition(lambda: len(running) < self.inp.concurrency and not self._paused())
                 if self.progress.security_error is not None:
                     break  # scope is law: nothing new starts after a violation
                 task = asyncio.create_task(self._run_target(target, results))
@@ -122,8 +120,16 @@ class TargetRunner:
                 task.cancel()
             for target in targets:
                 if target.value not in results:
-                    self._count(results, TargetResult(target=target.value, tool=self.inp.tool, state="cancelled",
-                                                      category=Category.USER_ABORT.value, message="cancelled"))
+                    self._count(
+                        results,
+                        TargetResult(
+                            target=target.value,
+                            tool=self.inp.tool,
+                            state="cancelled",
+                            category=Category.USER_ABORT.value,
+                            message="cancelled",
+                        ),
+                    )
             if running:
                 await asyncio.gather(*running, return_exceptions=True)  # let cancellations land
             await self._record(list(results.values()))
@@ -131,9 +137,16 @@ class TargetRunner:
         if self.progress.security_error is not None:
             for target in targets:
                 if target.value not in results:
-                    self._count(results, TargetResult(target=target.value, tool=self.inp.tool, state="cancelled",
-                                                      category=Category.USER_ABORT.value,
-                                                      message="not started: security violation in this stage"))
+                    self._count(
+                        results,
+                        TargetResult(
+                            target=target.value,
+                            tool=self.inp.tool,
+                            state="cancelled",
+                            category=Category.USER_ABORT.value,
+                            message="not started: security violation in this stage",
+                        ),
+                    )
         await self._record(list(results.values()))
 
     async def _run_target(self, target: TargetRef, results: dict[str, TargetResult]) -> None:
@@ -175,8 +188,9 @@ class TargetRunner:
             self.progress.degraded_reason = result.degraded_reason
         self._count(
             results,
-            TargetResult(target=target.value, tool=self.inp.tool, state="succeeded", attempts=result.attempt,
-                         findings=result.findings),
+            TargetResult(
+                target=target.value, tool=self.inp.tool, state="succeeded", attempts=result.attempt, findings=result.findings
+            ),
         )
 
     def _count(self, results: dict[str, TargetResult], r: TargetResult) -> None:
@@ -192,9 +206,10 @@ class TargetRunner:
                 p.first_error = error
             if r.category == Category.SECURITY.value and p.security_error is None:
                 p.security_error = error
-            p.recent_failures = (p.recent_failures + [
-                TargetFailure(target=r.target, tool=r.tool, category=r.category, message=r.message, attempts=r.attempts)
-            ])[-RECENT_FAILURES:]
+            p.recent_failures = (
+                p.recent_failures
+                + [TargetFailure(target=r.target, tool=r.tool, category=r.category, message=r.message, attempts=r.attempts)]
+            )[-RECENT_FAILURES:]
         self._on_progress()
 
     async def _record(self, results: list[TargetResult]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from secflow.models import (
         TERMINAL_STAGE_STATES,
         AssessmentCarry,
+        AssessmentOutcome,
         AssessmentRequest,
         AssessmentStatus,
         Decision,
@@ -46,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         SpecSummary,
         StageRef,
         StageShardInput,
+        StageState,
         StageStatus,
         WorkspaceRequest,
     )
@@ -105,7 +108,7 @@ class AssessmentWorkflow(AssessmentAPI):
         self._answers: dict[str, str] = {}
         self._paused = carry.paused if carry else False
         self._stop_reason: str | None = None
-        self._stop_outcome: str | None = None
+        self._stop_outcome: AssessmentOutcome | None = None
         self._stop_error: ErrorInfo | None = None
         self._lock_wait: str | None = None
         self._compensating = False
@@ -189,7 +192,9 @@ class AssessmentWorkflow(AssessmentAPI):
         assert self._summary is not None
         locks = self._summary.locks
         deadline = workflow.now() + locks.wait_timeout
-        request = BulkLockRequest(holder=self._status.workflow_id, spec_ref=self._req.spec_ref, batch=batch, batch_size=LOCK_BATCH)
+        request = BulkLockRequest(
+            holder=self._status.workflow_id, spec_ref=self._req.spec_ref, batch=batch, batch_size=LOCK_BATCH
+        )
         while True:
             outcome = await calls.lock_batch(request)
             if outcome.acquired:
@@ -201,15 +206,19 @@ class AssessmentWorkflow(AssessmentAPI):
             if len(outcome.conflicts) > 1:
                 busy += f" (and {len(outcome.conflicts) - 1} more host(s) are busy)"
             if locks.on_conflict == "refuse":
-                raise AcquisitionFailed(ErrorInfo(category=Category.RESOURCE.value, message=f"{busy} (locks.on_conflict: refuse)"))
+                raise AcquisitionFailed(
+                    ErrorInfo(category=Category.RESOURCE.value, message=f"{busy} (locks.on_conflict: refuse)")
+                )
             if workflow.now() >= deadline:
-                raise AcquisitionFailed(ErrorInfo(category=Category.RESOURCE.value, message=f"{busy}; gave up after locks.wait_timeout"))
+                raise AcquisitionFailed(
+                    ErrorInfo(category=Category.RESOURCE.value, message=f"{busy}; gave up after locks.wait_timeout")
+                )
             self._lock_wait = busy
             self._publish()
             try:
                 await workflow.wait_condition(lambda: self._stop_reason is not None, timeout=LOCK_POLL_INTERVAL)
                 return  # aborted while waiting
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     async def _end(self, cancelled: bool) -> AssessmentStatus:
@@ -224,7 +233,7 @@ class AssessmentWorkflow(AssessmentAPI):
         if self._saga.failed_steps:
             self._desk.compensations_failed(self._saga.failed_steps)
             await self._desk.drain()
-        self._status.outcome = outcome  # type: ignore[assignment]
+        self._status.outcome = outcome
         self._status.finished_at = workflow.now()
         self._publish()
 
@@ -242,7 +251,9 @@ class AssessmentWorkflow(AssessmentAPI):
             raise asyncio.CancelledError(self._status.reason)
         if outcome == "failed":
             error = self._stop_error or ErrorInfo(category=Category.INTERNAL.value, message=self._status.reason)
-            raise ApplicationError(f"assessment failed: {self._status.reason}", self._status, type=error.category, non_retryable=True)
+            raise ApplicationError(
+                f"assessment failed: {self._status.reason}", self._status, type=error.category, non_retryable=True
+            )
         return self._status
 
     # ------------------------------------------------------------------ the stage DAG
@@ -254,7 +265,7 @@ class AssessmentWorkflow(AssessmentAPI):
             if not self._tasks and all(self._state(sid) in TERMINAL_STAGE_STATES for sid in self._stages):
                 return
             seen = self._version
-            await workflow.wait_condition(lambda: self._version != seen or self._may_hand_over())
+            await workflow.wait_condition(lambda: self._version != seen or self._may_hand_over())  # noqa: B023 - awaited in this iteration
             if self._may_hand_over():
                 self._hand_over()
             for sid, task in list(self._tasks.items()):
@@ -292,7 +303,9 @@ class AssessmentWorkflow(AssessmentAPI):
                     self._finish(st, "skipped", self._answer_note(stage.id, answer))
                     return
                 if answer == "fail":
-                    self._stage_failed(stage, ErrorInfo(category=Category.USER_ABORT.value, message=self._answer_note(stage.id, answer)))
+                    self._stage_failed(
+                        stage, ErrorInfo(category=Category.USER_ABORT.value, message=self._answer_note(stage.id, answer))
+                    )
                     return
                 if answer == "abort":
                     self._finish(st, "skipped", f"not started: {self._stop_reason}")
@@ -340,7 +353,9 @@ class AssessmentWorkflow(AssessmentAPI):
                 )
             if decision.kind == "succeeded":
                 self._finish(st, "partial" if fallback_used else "succeeded", st.reason)
-                self._desk.stage_recovered(stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})")
+                self._desk.stage_recovered(
+                    stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})"
+                )
                 return
             if decision.kind == "cancelled":
                 self._finish(st, "cancelled", self._stop_reason or "cancelled")
@@ -497,7 +512,7 @@ class AssessmentWorkflow(AssessmentAPI):
                 lambda: stage.id in self._answers or self._stop_reason is not None, timeout=self._wait_left(stage)
             )
             answer = self._answers.pop(stage.id, "abort")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             answer = policy.timeout_answer(stage.on_wait_timeout)
             self._status.interventions.append(
                 Intervention(
@@ -561,7 +576,9 @@ class AssessmentWorkflow(AssessmentAPI):
         if problem:
             workflow.logger.warning("intervention ignored", extra={"action": action, "stage": d.stage, "reason": problem})
             self._status.interventions.append(
-                Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), accepted=False, note=problem)
+                Intervention(
+                    action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), accepted=False, note=problem
+                )
             )
             self._changed()
             return
@@ -578,9 +595,9 @@ class AssessmentWorkflow(AssessmentAPI):
     def _status_answer(self) -> AssessmentStatus:
         return self._status
 
-    def _apply(self, action: str, d: Decision, via: str) -> str:
+    def _apply(self, action: str, d: Decision, via: Literal["signal", "update"]) -> str:
         self._status.interventions.append(
-            Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), via=via)  # type: ignore[arg-type]
+            Intervention(action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), via=via)
         )
         who = f" by {d.by}" if d.by else ""
         if action == "abort":
@@ -597,7 +614,9 @@ class AssessmentWorkflow(AssessmentAPI):
                 self._answers[d.stage] = short
                 message = f"stage {d.stage}: {short}"
             elif action == "skip_stage":
-                self._finish(self._status.stages[d.stage], "skipped", f"skipped{who} before it ran" + (f": {d.reason}" if d.reason else ""))
+                self._finish(
+                    self._status.stages[d.stage], "skipped", f"skipped{who} before it ran" + (f": {d.reason}" if d.reason else "")
+                )
                 message = f"stage {d.stage} will not run"
             else:
                 reset = policy.stages_to_rerun(self._stages.values(), self._states(), d.stage)
@@ -634,7 +653,7 @@ class AssessmentWorkflow(AssessmentAPI):
 
     # ------------------------------------------------------------------ endings
 
-    def _stop(self, reason: str, outcome: str, error: ErrorInfo | None = None) -> None:
+    def _stop(self, reason: str, outcome: AssessmentOutcome, error: ErrorInfo | None = None) -> None:
         """Fail fast / abort: nothing new starts (but `always` stages), running stages are cancelled."""
         if self._stop_reason:
             return
@@ -706,7 +725,7 @@ class AssessmentWorkflow(AssessmentAPI):
             summary=self._summary,
             compensations=self._saga.pending(),
             waits=dict(self._waits),
-            wait_deadlines={sid: at for sid, at in self._wait_since.items()},
+            wait_deadlines=dict(self._wait_since),
             paused=self._paused,
             open_incidents=self._desk.open_incidents,
             occurrence_seq=self._desk.occurrence_seq,
@@ -738,8 +757,8 @@ class AssessmentWorkflow(AssessmentAPI):
     def _snapshot(self) -> AssessmentStatus:
         return self._status.model_copy(deep=True)
 
-    def _finish(self, st: StageStatus, state: str, reason: str = "") -> None:
-        st.state = state  # type: ignore[assignment]
+    def _finish(self, st: StageStatus, state: StageState, reason: str = "") -> None:
+        st.state = state
         if reason:
             st.reason = reason
         self._changed()
@@ -787,10 +806,14 @@ class AssessmentWorkflow(AssessmentAPI):
             else:
                 err = st.error.message if st.error else "failed"
                 retry, skip, reject, signal = guidance.failure_commands(wid, sid)
-                lines.append(f"Stage `{sid}` failed after retries ({err}) and waits for a decision: `{retry}`, `{skip}` or `{reject}`; or `{signal}`")
+                lines.append(
+                    f"Stage `{sid}` failed after retries ({err}) and waits for a decision: `{retry}`, `{skip}` or `{reject}`; or `{signal}`"
+                )
         running = [(sid, st) for sid, st in self._status.stages.items() if st.state == "running"]
         if running:
-            lines.append("Running: " + ", ".join(f"{sid} ({st.progress.done}/{st.progress.total} targets)" for sid, st in running))
+            lines.append(
+                "Running: " + ", ".join(f"{sid} ({st.progress.done}/{st.progress.total} targets)" for sid, st in running)
+            )
         failed = sum(st.counts.get("failed", 0) for st in self._status.stages.values())
         if failed:
             lines.append(f"{failed} target(s) failed: `{guidance.failed_targets_command(wid)}`")
