@@ -20,7 +20,7 @@ from activities.runner import classified
 from secflow.dead_letters import DeadLetterInput, ReplayRecipe, dead_letter_task_id
 from secflow.documents import load_spec
 from secflow.errors import Category
-from secflow.locking import lock_keys
+from secflow.launch import summarize_spec
 from secflow.models import (
     WHOLE_STAGE,
     ParkResult,
@@ -65,22 +65,11 @@ def _targets_for(store: FindingsStore, spec_ref: str, tool: str) -> list[Target]
     return targets
 
 
-def summarize(spec: Spec) -> SpecSummary:
-    tools = {s.tool_name for s in spec.stages} | {s.fallback_tool for s in spec.stages if s.fallback_tool}
-    return SpecSummary(
-        name=spec.name,
-        stages=spec.stages,
-        locks=spec.locks,
-        lock_keys=len(lock_keys(spec)),
-        targets_by_tool={t: len(spec.targets_for(t)) if TOOLS[t].target_kinds else 1 for t in sorted(tools) if t in TOOLS},
-    )
-
-
 @activity.defn(name="describe_spec")
 @classified
 async def describe_spec(req: SpecRef) -> SpecSummary:
     spec = await asyncio.to_thread(load_spec, open_store(), req.spec_ref)
-    return await asyncio.to_thread(summarize, spec)
+    return await asyncio.to_thread(summarize_spec, spec)
 
 
 def _batch(req: TargetBatchRequest) -> TargetBatch:

@@ -14,9 +14,11 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 
 from secflow.documents import save_spec
-from secflow.models import AssessmentRequest, AssessmentStatus
+from secflow.locking import lock_keys
+from secflow.models import AssessmentRequest, AssessmentStatus, SpecSummary
 from secflow.spec import Spec
 from secflow.store import FindingsStore, open_store
+from secflow.tools import TOOLS
 
 ASSESSMENT_WORKFLOW = "Assessment"
 
@@ -34,7 +36,8 @@ async def start_assessment(
 ) -> WorkflowHandle[Any, Any]:
     """Store `spec` and start its assessment; returns the handle (raises as start_workflow does)."""
     ref = await asyncio.to_thread(save_spec, store or open_store(), spec)
-    request = AssessmentRequest(spec_ref=ref, requested_by=requested_by, **_budgets(start_options))
+    summary = await asyncio.to_thread(summarize_spec, spec)
+    request = AssessmentRequest(spec_ref=ref, summary=summary, requested_by=requested_by, **_budgets(start_options))
     return await client.start_workflow(
         ASSESSMENT_WORKFLOW,
         request,
@@ -42,6 +45,18 @@ async def start_assessment(
         task_queue=task_queue,
         result_type=result_type,
         **start_options,
+    )
+
+
+def summarize_spec(spec: Spec) -> SpecSummary:
+    """What the workflow needs of a spec: its stages and counts (a few KB at any size)."""
+    tools = {s.tool_name for s in spec.stages} | {s.fallback_tool for s in spec.stages if s.fallback_tool}
+    return SpecSummary(
+        name=spec.name,
+        stages=spec.stages,
+        locks=spec.locks,
+        lock_keys=len(lock_keys(spec)),
+        targets_by_tool={t: len(spec.targets_for(t)) if TOOLS[t].target_kinds else 1 for t in sorted(tools) if t in TOOLS},
     )
 
 

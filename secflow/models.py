@@ -34,6 +34,9 @@ class AssessmentRequest(BaseModel):
     """Input of the `Assessment` workflow: the spec travels by reference, stored once."""
 
     spec_ref: str  # "sha256:<hex>" of the spec stored in the findings store
+    # The spec's stages and counts, computed by the starter; without it the workflow
+    # reads them from the stored spec first (one more round trip).
+    summary: SpecSummary | None = None
     requested_by: str = ""
     event_budget: int = DEFAULT_EVENT_BUDGET  # the assessment's own history
     shard_event_budget: int = DEFAULT_EVENT_BUDGET  # each stage shard's history

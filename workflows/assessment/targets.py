@@ -213,14 +213,19 @@ class TargetRunner:
         self._on_progress()
 
     async def _record(self, results: list[TargetResult]) -> None:
-        for i in range(0, len(results), RESULTS_PER_WRITE):
-            await calls.record_results(
-                TargetResults(
-                    assessment_id=self.inp.assessment_id,
-                    stage_id=self.inp.stage.id,
-                    results=results[i : i + RESULTS_PER_WRITE],
+        """Write the batch's outcomes, a few small payloads at once (keyed: a retry rewrites)."""
+        await asyncio.gather(
+            *(
+                calls.record_results(
+                    TargetResults(
+                        assessment_id=self.inp.assessment_id,
+                        stage_id=self.inp.stage.id,
+                        results=results[i : i + RESULTS_PER_WRITE],
+                    )
                 )
+                for i in range(0, len(results), RESULTS_PER_WRITE)
             )
+        )
 
 
 @workflow.defn(name="StageTargets")

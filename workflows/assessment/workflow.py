@@ -116,6 +116,8 @@ class AssessmentWorkflow(AssessmentAPI):
         self._published: tuple[str, tuple[str, ...]] | None = None
         if carry:
             self._saga.restore(carry.compensations)
+        elif req.summary is not None:
+            self._take_summary(req.summary)
 
     # ------------------------------------------------------------------ the process
 
@@ -124,7 +126,7 @@ class AssessmentWorkflow(AssessmentAPI):
         cancelled = False
         try:
             if req.carried is None:
-                await self._begin(req.spec_ref)  # 1
+                await self._begin(req)  # 1
                 await self._acquire()  # 2
             await self._run_stage_dag()  # 3, 4
         except AcquisitionFailed as failed:
@@ -144,10 +146,12 @@ class AssessmentWorkflow(AssessmentAPI):
                 self._stop("cancelled through Temporal (workflow cancel request)", "cancelled")
         return await self._end(cancelled)  # 6
 
-    async def _begin(self, spec_ref: str) -> None:
+    async def _begin(self, req: AssessmentRequest) -> None:
         self._status.started_at = workflow.now()
+        if req.summary is not None:
+            return  # shown from the first moment (see __init__)
         try:
-            summary = await calls.describe(spec_ref)
+            summary = await calls.describe(req.spec_ref)
         except ActivityError as err:
             # Nothing was acquired yet: there is nothing to undo, only to say why.
             error = error_from_activity(err, STORE_PLAN)
@@ -156,14 +160,16 @@ class AssessmentWorkflow(AssessmentAPI):
             self._status.finished_at = workflow.now()
             self._publish()
             raise ApplicationError(self._status.reason, self._status, type=error.category, non_retryable=True) from None
+        self._take_summary(summary)
+        self._publish()
+
+    def _take_summary(self, summary: SpecSummary) -> None:
         self._summary = summary
         self._stages = {s.id: s for s in summary.stages}
         self._status.name = self._desk.name = summary.name
         for stage in summary.stages:
-            total = summary.targets_by_tool.get(stage.tool_name, 1)
-            self._status.stages[stage.id] = StageStatus(kind=stage.kind, tool=stage.tool_name)
-            self._status.stages[stage.id].progress.total = total
-        self._publish()
+            st = self._status.stages[stage.id] = StageStatus(kind=stage.kind, tool=stage.tool_name)
+            st.progress.total = summary.targets_by_tool.get(stage.tool_name, 1)
 
     async def _acquire(self) -> None:
         """The workspace, then every host's scan lock in sorted batches (all or nothing each).
