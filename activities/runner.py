@@ -258,9 +258,12 @@ async def _record(store: FindingsStore, event: ErrorEvent, log: Any) -> None:
 
 
 async def _keep_heartbeating(ctx: ToolContext) -> None:
+    # Sleep first: most tool runs on one target end within a second, and a heartbeat at
+    # once would double the calls to the server for them. A killed worker is still noticed
+    # by the heartbeat timeout (4 s), counted from the attempt's start.
     while True:
-        activity.heartbeat(ctx.heartbeat_payload)
         await asyncio.sleep(HEARTBEAT_EVERY)
+        activity.heartbeat(ctx.heartbeat_payload)
 
 
 def _last_checkpoint(details: Any) -> dict[str, Any] | None:
