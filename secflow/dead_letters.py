@@ -10,9 +10,8 @@ target.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -85,8 +84,9 @@ def dead_letter_task_id(workflow_id: str, run_id: str, stage_id: str, target: st
 
 # --- store access --------------------------------------------------------------------------
 #
-# Functions over a FindingsStore (its pooled connections and write transactions), so the
-# activity, the starter and the tests share one implementation. States:
+# Functions over a FindingsStore, so the activity, the starter and the tests share one
+# implementation; the SQL is the store's dead-letter repository (`store.dead_letters`,
+# secflow/store/dead_letters.py). States:
 #
 #   parked     waiting for an operator (a new failure of the same task re-parks it here)
 #   replaying  `dlq replay` started it again; `replay_workflow_id` says where
@@ -101,11 +101,6 @@ REF_LENGTH = 10
 MIN_REF_LENGTH = 6
 _REF_RE = re.compile(r"^[0-9a-f]{%d,64}$" % MIN_REF_LENGTH)  # noqa: UP031 - an f-string would need the braces doubled
 MAX_ID_LENGTH = 2048
-
-_COLUMNS = (
-    "task_id, workflow_id, run_id, stage_id, target, tool, reason, category, message, attempts, "
-    "first_failure_at, last_failure_at, replay, state, replayed_at, replay_outcome, replay_workflow_id"
-)
 
 
 class DeadLetter(BaseModel):
@@ -180,52 +175,7 @@ def park(store: FindingsStore, inp: DeadLetterInput) -> DeadLetterResult:
     attempt count and the latest message, and puts a replayed entry back to `parked`:
     it failed again, so it needs an operator again.
     """
-    _require("task_id", inp.task_id)
-    first, last = _ts(inp.first_failure_at), _ts(inp.last_failure_at)
-    replay = inp.replay.model_dump_json() if inp.replay is not None else "null"
-    g = store._dialect.greatest
-    with store._write() as conn:
-        cursor = store._x(
-            conn,
-            f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'parked', NULL, NULL, NULL) "
-            "ON CONFLICT (task_id) DO NOTHING",
-            (
-                inp.task_id,
-                inp.workflow_id,
-                inp.run_id,
-                inp.stage_id,
-                inp.target,
-                inp.tool,
-                inp.reason,
-                inp.category,
-                inp.message,
-                inp.attempts,
-                first,
-                last,
-                replay,
-            ),
-        )
-        if cursor.rowcount == 1:
-            return DeadLetterResult(task_id=inp.task_id, created=True)
-        row = store._x(conn, "SELECT last_failure_at, state FROM dead_letters WHERE task_id = ?", (inp.task_id,)).fetchone()
-        newer = last > row[0]
-        # The same failure parked again (activity retry): refresh counters only. A newer
-        # failure of a task that was being replayed: the replay failed, park it again.
-        reopen = newer and row[1] != "parked"
-        store._x(
-            conn,
-            f"""
-            UPDATE dead_letters SET
-                last_failure_at = {g}(last_failure_at, ?),
-                attempts = {g}(attempts, ?),
-                message = CASE WHEN ? THEN ? ELSE message END,
-                state = CASE WHEN ? THEN 'parked' ELSE state END,
-                replay_outcome = CASE WHEN ? THEN 'failed' ELSE replay_outcome END
-            WHERE task_id = ?
-            """,
-            (last, inp.attempts, newer, inp.message, reopen, reopen and row[1] == "replaying", inp.task_id),
-        )
-    return DeadLetterResult(task_id=inp.task_id, created=False)
+    return store.dead_letters.park(inp)
 
 
 def list_dead_letters(
@@ -236,29 +186,11 @@ def list_dead_letters(
     since: datetime | None = None,
 ) -> list[DeadLetter]:
     """Entries, newest failure first; filtered by state, parked workflow and last failure time."""
-    sql = f"SELECT {_COLUMNS} FROM dead_letters WHERE 1 = 1"
-    params: tuple[Any, ...] = ()
-    if state is not None:
-        if state not in STATES:
-            raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
-        sql += " AND state = ?"
-        params += (state,)
-    if workflow_id is not None:
-        sql += " AND workflow_id = ?"
-        params += (workflow_id,)
-    if since is not None:
-        sql += " AND last_failure_at >= ?"
-        params += (_ts(since),)
-    sql += " ORDER BY last_failure_at DESC, task_id"
-    with store._connection() as conn:
-        rows = store._x(conn, sql, params).fetchall()
-    return [_entry(r) for r in rows]
+    return store.dead_letters.list_entries(state=state, workflow_id=workflow_id, since=since)
 
 
 def get_dead_letter(store: FindingsStore, task_id: str) -> DeadLetter | None:
-    with store._connection() as conn:
-        row = store._x(conn, f"SELECT {_COLUMNS} FROM dead_letters WHERE task_id = ?", (task_id,)).fetchone()
-    return None if row is None else _entry(row)
+    return store.dead_letters.get(task_id)
 
 
 def find_dead_letter(store: FindingsStore, id_or_ref: str) -> DeadLetter | None:
@@ -271,8 +203,7 @@ def find_dead_letter(store: FindingsStore, id_or_ref: str) -> DeadLetter | None:
     entry = get_dead_letter(store, id_or_ref)
     if entry is not None or "/" in id_or_ref:
         return entry
-    with store._connection() as conn:
-        ids = [r[0] for r in store._x(conn, "SELECT task_id FROM dead_letters").fetchall()]
+    ids = store.dead_letters.task_ids()
     matches = [i for i in ids if hashlib.sha256(i.encode("utf-8")).hexdigest().startswith(id_or_ref)]
     if len(matches) > 1:
         raise AmbiguousRef(f"ref {id_or_ref!r} matches {len(matches)} entries; give more characters or the full id")
@@ -285,34 +216,12 @@ def mark_replaying(store: FindingsStore, task_id: str, replay_workflow_id: str, 
     `claim=True` is a compare-and-set: it only succeeds when the entry is not already
     `replaying`, so two operators replaying at once start one replay, not two.
     """
-    _require("replay_workflow_id", replay_workflow_id)
-    sql = (
-        "UPDATE dead_letters SET state = 'replaying', replay_workflow_id = ?, replayed_at = ?, replay_outcome = NULL "
-        "WHERE task_id = ?"
-    )
-    if claim:
-        sql += " AND state <> 'replaying'"
-    with store._write() as conn:
-        return store._x(conn, sql, (replay_workflow_id, _ts(_utcnow()), task_id)).rowcount == 1
+    return store.dead_letters.mark_replaying(task_id, replay_workflow_id, claim=claim)
 
 
 def restore_replay_state(store: FindingsStore, entry: DeadLetter, replay_workflow_id: str) -> bool:
     """Undo a claim whose replay could not be started: put back what `entry` had."""
-    with store._write() as conn:
-        cursor = store._x(
-            conn,
-            "UPDATE dead_letters SET state = ?, replay_workflow_id = ?, replayed_at = ?, replay_outcome = ? "
-            "WHERE task_id = ? AND replay_workflow_id = ? AND state = 'replaying'",
-            (
-                entry.state,
-                entry.replay_workflow_id,
-                _ts(entry.replayed_at) if entry.replayed_at else None,
-                entry.replay_outcome,
-                entry.task_id,
-                replay_workflow_id,
-            ),
-        )
-        return cursor.rowcount == 1
+    return store.dead_letters.restore_replay_state(entry, replay_workflow_id)
 
 
 def mark_replayed(store: FindingsStore, task_id: str, outcome: str, replay_workflow_id: str) -> bool:
@@ -321,15 +230,7 @@ def mark_replayed(store: FindingsStore, task_id: str, outcome: str, replay_workf
     Only the replay the entry points at may close it: a stale `--wait` from an older
     replay does not overwrite a newer one. False when nothing was changed.
     """
-    _require("outcome", outcome)
-    with store._write() as conn:
-        cursor = store._x(
-            conn,
-            "UPDATE dead_letters SET state = 'replayed', replay_outcome = ?, replayed_at = ? "
-            "WHERE task_id = ? AND replay_workflow_id = ? AND state = 'replaying'",
-            (outcome, _ts(_utcnow()), task_id, replay_workflow_id),
-        )
-        return cursor.rowcount == 1
+    return store.dead_letters.mark_replayed(task_id, outcome, replay_workflow_id)
 
 
 def purge(
@@ -346,77 +247,9 @@ def purge(
     those whose last failure is before `older_than`). Anything else is refused: an
     unreplayed entry is never dropped by a broad filter.
     """
-    if task_ids and replayed:
-        raise ValueError("purge takes either ids or replayed=True, not both")
-    if not task_ids and not replayed:
-        raise ValueError("purge needs ids or replayed=True (unreplayed entries are only purged by id)")
-    with store._write() as conn:
-        if task_ids:
-            deleted = []
-            for task_id in task_ids:
-                if store._x(conn, "DELETE FROM dead_letters WHERE task_id = ?", (task_id,)).rowcount == 1:
-                    deleted.append(task_id)
-            return deleted
-        sql = "SELECT task_id FROM dead_letters WHERE state = 'replayed'"
-        params: tuple[Any, ...] = ()
-        if older_than is not None:
-            sql += " AND last_failure_at < ?"
-            params += (_ts(older_than),)
-        ids = [r[0] for r in store._x(conn, sql, params).fetchall()]
-        for task_id in ids:
-            store._x(conn, "DELETE FROM dead_letters WHERE task_id = ? AND state = 'replayed'", (task_id,))
-        return ids
+    return store.dead_letters.purge(task_ids=task_ids, replayed=replayed, older_than=older_than)
 
 
 def counts_by_state(store: FindingsStore) -> dict[str, int]:
     """Entries per state, every state present (zero included)."""
-    counts = dict.fromkeys(STATES, 0)
-    with store._connection() as conn:
-        for state, n in store._x(conn, "SELECT state, COUNT(*) FROM dead_letters GROUP BY state").fetchall():
-            counts[state] = counts.get(state, 0) + int(n)
-    return counts
-
-
-def _entry(r: tuple[Any, ...]) -> DeadLetter:
-    replay = json.loads(r[12]) if r[12] else None
-    return DeadLetter(
-        task_id=r[0],
-        workflow_id=r[1],
-        run_id=r[2],
-        stage_id=r[3],
-        target=r[4],
-        tool=r[5],
-        reason=r[6],
-        category=r[7],
-        message=r[8],
-        attempts=int(r[9]),
-        first_failure_at=_parse_ts(r[10]),
-        last_failure_at=_parse_ts(r[11]),
-        replay=ReplayRecipe.model_validate(replay) if replay else None,
-        state=r[13],
-        replayed_at=_parse_ts(r[14]) if r[14] else None,
-        replay_outcome=r[15],
-        replay_workflow_id=r[16],
-    )
-
-
-def _require(name: str, value: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string")
-
-
-def _ts(value: datetime) -> str:
-    from secflow.store import _ts as store_ts
-
-    return store_ts(value)
-
-
-def _parse_ts(text: str) -> datetime:
-    from secflow.store import _parse_ts as store_parse_ts
-
-    return store_parse_ts(text)
-
-
-def _utcnow() -> datetime:
-
-    return datetime.now(UTC)
+    return store.dead_letters.counts_by_state()

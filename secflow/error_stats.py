@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from secflow.durations import parse_duration
 from secflow.http.breaker import DEPENDENCY_EXTENSION
-from secflow.store import ErrorEvent, _parse_ts
+from secflow.store import ErrorEvent
 
 if TYPE_CHECKING:
     from secflow.store import FindingsStore
@@ -216,10 +216,9 @@ def load_error_rows(store: FindingsStore, since: datetime | None = None) -> list
 
 
 def load_dead_letter_marks(store: FindingsStore) -> list[DeadLetterMark]:
-    with store._connection() as conn:
-        rows = store._x(conn, "SELECT workflow_id, stage_id, target, last_failure_at, state FROM dead_letters").fetchall()
     return [
-        DeadLetterMark(workflow_id=r[0], stage_id=r[1], target=r[2], last_failure_at=_parse_ts(r[3]), state=r[4]) for r in rows
+        DeadLetterMark(workflow_id=workflow_id, stage_id=stage_id, target=target, last_failure_at=at, state=state)
+        for workflow_id, stage_id, target, at, state in store.dead_letters.marks()
     ]
 
 
@@ -234,20 +233,14 @@ def resolve_recovered(
     execution of the stage (before an operator retried it) are marked too but not
     counted as automatic.
     """
-    with store._connection() as conn:
-        rows = store._x(
-            conn,
-            "SELECT event_id, category, occurred_at FROM error_events "
-            "WHERE assessment_id = ? AND stage_id = ? AND target = ? AND outcome IS NULL",
-            (assessment_id, stage_id, target),
-        ).fetchall()
+    events = store.list_open_errors(assessment_id, stage_id, target)
     store.resolve_errors(assessment_id, stage_id, target, "recovered")
     now = datetime.now(UTC)
     recovered: dict[str, list[float]] = {}
-    for event_id, category, occurred_at in rows:
-        if event_id.startswith(execution_prefix):
-            seconds = max((now - _parse_ts(occurred_at)).total_seconds(), 0.0)
-            recovered.setdefault(category, []).append(seconds)
+    for event in events:
+        if event.event_id.startswith(execution_prefix):
+            seconds = max((now - event.occurred_at).total_seconds(), 0.0)
+            recovered.setdefault(event.category, []).append(seconds)
     return recovered
 
 

@@ -21,22 +21,27 @@ head of a group:
   on the channel says how many were held back). P1 is never capped: a security incident
   that nobody hears about is worse than a noisy hour. Acknowledge and resolve are never
   merged nor capped: they tell people to stop working on something.
+
+The SQL is the store's delivery repository (`store.deliveries`,
+secflow/store/deliveries.py); the functions here are its entry points.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from secflow.incidents import AlertRequest, IncidentEvent, Severity
-from secflow.store import FindingsStore, _parse_ts, _ts
+from secflow.incidents import AlertRequest, IncidentEvent
+
+if TYPE_CHECKING:
+    from secflow.store import FindingsStore
 
 __all__ = ["Claim", "Delivery", "claim", "delivery_id_for", "external_ref_for", "finish", "get_delivery", "set_external_ref"]
 
 FINAL = ("sent", "merged", "capped", "skipped")
-_LIVE = ("sent", "pending")  # rows that count as "went out (or is going out)"
+LIVE = ("sent", "pending")  # rows that count as "went out (or is going out)"
 MERGEABLE = (IncidentEvent.TRIGGER, IncidentEvent.ESCALATE)
 CAPPABLE = (IncidentEvent.TRIGGER, IncidentEvent.ESCALATE, IncidentEvent.SUMMARY)
 
@@ -71,32 +76,8 @@ class Claim:
     count: int = 0  # merged: the head's merged_count; capped: capped this hour
 
 
-def _row(r: Any) -> Delivery:
-    return Delivery(
-        delivery_id=r[0],
-        dedup_key=r[1],
-        channel=r[2],
-        event=r[3],
-        group_key=r[4],
-        status=r[5],
-        merged_count=int(r[6]),
-        created_at=_parse_ts(r[7]),
-        updated_at=_parse_ts(r[8]),
-        external_ref=r[9] or "",
-    )
-
-
-_COLUMNS = "delivery_id, dedup_key, channel, event, group_key, status, merged_count, created_at, updated_at, external_ref"
-
-
 def get_delivery(store: FindingsStore, delivery_id: str) -> Delivery | None:
-    with store._connection() as conn:
-        r = store._x(conn, f"SELECT {_COLUMNS} FROM alert_deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()
-    return _row(r) if r else None
-
-
-def _in(values: tuple[str, ...]) -> str:
-    return "(" + ", ".join(f"'{v}'" for v in values) + ")"  # constants only, never input
+    return store.deliveries.get(delivery_id)
 
 
 def claim(
@@ -110,129 +91,22 @@ def claim(
     now: datetime | None = None,
 ) -> Claim:
     """Decide, under the write lock, whether this delivery is sent, merged or capped."""
-    now = now or datetime.now(UTC)
-    stamp = _ts(now)
-    channel = req.channel
-    with store._write() as conn:
-        r = store._x(conn, f"SELECT {_COLUMNS} FROM alert_deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()
-        if r is not None:
-            existing = _row(r)
-            if existing.status in FINAL:
-                return Claim(existing, send=False, count=existing.merged_count)
-            # pending (an attempt died mid-send) or failed: send again.
-            store._x(
-                conn, "UPDATE alert_deliveries SET status = 'pending', updated_at = ? WHERE delivery_id = ?", (stamp, delivery_id)
-            )
-            merged_since, capped_since = _since(store, conn, channel, group, existing.created_at)
-            return Claim(existing, send=True, merged_since=merged_since, capped_since=capped_since)
-
-        def insert(status: str, count: int = 0) -> Delivery:
-            # A merged or capped row keeps the count it reported, so a retried call
-            # answers with the same figure.
-            store._x(
-                conn,
-                f"INSERT INTO alert_deliveries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (delivery_id, req.incident.dedup_key, channel, req.event.value, group, status, count, stamp, stamp),
-            )
-            return Delivery(delivery_id, req.incident.dedup_key, channel, req.event.value, group, status, count, now, now, "")
-
-        if req.event in MERGEABLE and cooldown.total_seconds() > 0:
-            head = store._x(
-                conn,
-                f"""SELECT delivery_id, merged_count FROM alert_deliveries
-                    WHERE channel = ? AND group_key = ? AND status IN {_in(_LIVE)} AND created_at >= ?
-                    ORDER BY created_at DESC LIMIT 1""",
-                (channel, group, _ts(now - cooldown)),
-            ).fetchone()
-            if head is not None:
-                count = int(head[1]) + 1
-                store._x(
-                    conn,
-                    "UPDATE alert_deliveries SET merged_count = ?, updated_at = ? WHERE delivery_id = ?",
-                    (count, stamp, head[0]),
-                )
-                return Claim(insert("merged", count), send=False, count=count)
-
-        if max_per_hour is not None and req.event in CAPPABLE and req.incident.severity is not Severity.P1:
-            hour_ago = _ts(now - timedelta(hours=1))
-            used = store._x(
-                conn,
-                f"SELECT COUNT(*) FROM alert_deliveries WHERE channel = ? AND status IN {_in(_LIVE)} AND created_at >= ?",
-                (channel, hour_ago),
-            ).fetchone()[0]
-            if int(used) >= max_per_hour:
-                capped = store._x(
-                    conn,
-                    "SELECT COUNT(*) FROM alert_deliveries WHERE channel = ? AND status = 'capped' AND created_at >= ?",
-                    (channel, hour_ago),
-                ).fetchone()[0]
-                count = int(capped) + 1  # this one included
-                return Claim(insert("capped", count), send=False, count=count)
-
-        delivery = insert("pending")
-        merged_since, capped_since = _since(store, conn, channel, group, now)
-        return Claim(delivery, send=True, merged_since=merged_since, capped_since=capped_since)
-
-
-def _since(store: FindingsStore, conn: Any, channel: str, group: str, before: datetime) -> tuple[int, int]:
-    """(merged into this group's previous message, capped on the channel since its last one)."""
-    stamp = _ts(before)
-    prev = store._x(
-        conn,
-        """SELECT merged_count FROM alert_deliveries
-           WHERE channel = ? AND group_key = ? AND status = 'sent' AND created_at < ?
-           ORDER BY created_at DESC LIMIT 1""",
-        (channel, group, stamp),
-    ).fetchone()
-    last_sent = store._x(
-        conn,
-        "SELECT MAX(created_at) FROM alert_deliveries WHERE channel = ? AND status = 'sent' AND created_at < ?",
-        (channel, stamp),
-    ).fetchone()[0]
-    capped = store._x(
-        conn,
-        "SELECT COUNT(*) FROM alert_deliveries WHERE channel = ? AND status = 'capped' AND created_at > ? AND created_at < ?",
-        (channel, last_sent or "", stamp),
-    ).fetchone()[0]
-    return (int(prev[0]) if prev else 0), int(capped)
+    return store.deliveries.claim(
+        req, delivery_id=delivery_id, group=group, cooldown=cooldown, max_per_hour=max_per_hour, now=now
+    )
 
 
 def finish(store: FindingsStore, delivery_id: str, status: str, *, external_ref: str | None = None) -> None:
     """Record the outcome: sent / skipped, or failed (a non-retryable error; a later call
     with the same delivery id tries again)."""
-    stamp = _ts(datetime.now(UTC))
-    with store._write() as conn:
-        if external_ref:
-            store._x(
-                conn,
-                "UPDATE alert_deliveries SET status = ?, external_ref = ?, updated_at = ? WHERE delivery_id = ?",
-                (status, external_ref, stamp, delivery_id),
-            )
-        else:
-            store._x(
-                conn, "UPDATE alert_deliveries SET status = ?, updated_at = ? WHERE delivery_id = ?", (status, stamp, delivery_id)
-            )
+    store.deliveries.finish(delivery_id, status, external_ref=external_ref)
 
 
 def set_external_ref(store: FindingsStore, delivery_id: str, external_ref: str) -> None:
     """Remember what a channel created (a Jira issue key) the moment it exists."""
-    stamp = _ts(datetime.now(UTC))
-    with store._write() as conn:
-        store._x(
-            conn,
-            "UPDATE alert_deliveries SET external_ref = ?, updated_at = ? WHERE delivery_id = ?",
-            (external_ref, stamp, delivery_id),
-        )
+    store.deliveries.set_external_ref(delivery_id, external_ref)
 
 
 def external_ref_for(store: FindingsStore, dedup_key: str, channel: str) -> str:
     """What a channel created for an incident before (its Jira issue key), or ''."""
-    with store._connection() as conn:
-        r = store._x(
-            conn,
-            """SELECT external_ref FROM alert_deliveries
-               WHERE dedup_key = ? AND channel = ? AND external_ref IS NOT NULL AND external_ref <> ''
-               ORDER BY created_at LIMIT 1""",
-            (dedup_key, channel),
-        ).fetchone()
-    return r[0] if r else ""
+    return store.deliveries.external_ref_for(dedup_key, channel)

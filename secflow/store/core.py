@@ -10,6 +10,11 @@ process. So every write is
   and written as an upsert or insert-or-ignore, so a retry changes nothing it should not;
 * one transaction, so a process killed half-way leaves either all of it or none of it.
 
+The dead-letter queue, alert deliveries and circuit-breaker rows are kept by
+repositories of this package, bound to the store: ``store.dead_letters``,
+``store.deliveries``, ``store.breakers`` (secflow/store/<name>.py). They are the only
+code outside this module that uses its connections and private helpers.
+
 Scan locks come in two shapes over one table: `acquire_lock` (one key; older workflow
 runs still use it) and `acquire_locks` (a batch of keys, all or nothing, first come first
 served through waiter tickets in `lock_waiters`). Both see each other's locks.
@@ -49,14 +54,20 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from secflow.errors import Category
 from secflow.findings import SEVERITY_ORDER, Confidence, Finding, FindingEnrichment, Severity
 from secflow.models import FindingCounts
+
+if TYPE_CHECKING:  # imported when first used: the repositories import the models they store
+    from secflow.store.breakers import BreakerRepository
+    from secflow.store.dead_letters import DeadLetterRepository
+    from secflow.store.deliveries import DeliveryRepository
 
 __all__ = [
     "BUSY_TIMEOUT_ENV",
@@ -925,6 +936,33 @@ class FindingsStore:
     def __repr__(self) -> str:
         return f"FindingsStore({self._backend.describe()!r})"
 
+    # -- repositories of the other tables ---------------------------------------------------
+    #
+    # Tables whose models live elsewhere in secflow/ are reached through a repository bound
+    # to this store (secflow/store/<name>.py); no module outside secflow/store/ touches the
+    # store's connections or private helpers.
+
+    @cached_property
+    def dead_letters(self) -> DeadLetterRepository:
+        """The dead-letter queue (``dead_letters``)."""
+        from secflow.store.dead_letters import DeadLetterRepository
+
+        return DeadLetterRepository(self)
+
+    @cached_property
+    def deliveries(self) -> DeliveryRepository:
+        """Alert deliveries (``alert_deliveries``)."""
+        from secflow.store.deliveries import DeliveryRepository
+
+        return DeliveryRepository(self)
+
+    @cached_property
+    def breakers(self) -> BreakerRepository:
+        """Circuit-breaker rows of every worker (``breaker_states``)."""
+        from secflow.store.breakers import BreakerRepository
+
+        return BreakerRepository(self)
+
     # -- connections and transactions -----------------------------------------------------
 
     def _borrow(self) -> Any:
@@ -1600,6 +1638,13 @@ class FindingsStore:
         if since is None:
             return self._read_errors("", ())
         return self._read_errors("WHERE occurred_at >= ?", (_ts(since),))
+
+    def list_open_errors(self, assessment_id: str, stage_id: str, target: str) -> list[ErrorEvent]:
+        """The stage's events on `target` that have no outcome yet, oldest first."""
+        return self._read_errors(
+            "WHERE assessment_id = ? AND stage_id = ? AND target = ? AND outcome IS NULL",
+            (assessment_id, stage_id, target),
+        )
 
     def _read_errors(self, where: str, params: tuple[Any, ...]) -> list[ErrorEvent]:
         with self._connection() as conn:
