@@ -51,6 +51,7 @@ from xml.parsers import expat
 
 from temporalio.exceptions import ApplicationError
 
+from secflow.http_statuses import is_transient_status
 from secflow.redaction import redact
 
 __all__ = [
@@ -252,21 +253,17 @@ def _retry_hint_from_text(text: str) -> float | None:
 # ======================================================================================
 # HTTP statuses
 # ======================================================================================
-_HTTP_TRANSIENT = {408, 409, 425, 429}
+# Which statuses are transient is secflow/http_statuses.py's table, shared with the
+# transport's retries (secflow/http/retry.py).
 _HTTP_VALIDATION = {400, 413, 422}
-# 501 Not Implemented / 505 HTTP Version Not Supported will answer the same way next
-# time; 511 Network Authentication Required means a captive proxy wants credentials.
-_HTTP_PERMANENT_5XX = {501, 505, 511}
 
 
 def _from_http_status(status: int, retry_after: float | None = None) -> Classification | None:
     reason = f"HTTP {status}"
-    if status in _HTTP_TRANSIENT:
+    if 400 <= status <= 599 and is_transient_status(status):
         return _c(_T, reason, retry_after)
     if 500 <= status <= 599:
-        if status in _HTTP_PERMANENT_5XX:
-            return _c(_P, reason)
-        return _c(_T, reason, retry_after)
+        return _c(_P, reason)
     if status in _HTTP_VALIDATION:
         return _c(_V, reason)
     if 400 <= status <= 499:
