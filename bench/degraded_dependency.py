@@ -60,7 +60,7 @@ from tests.flaky_osv import FlakyOsv, vulnerable_and_clean_pins  # noqa: E402
 def table(head: list[str], rows: list[list[str]]) -> str:
     lines = [head, *rows]
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in lines]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)
 
@@ -96,7 +96,7 @@ async def outcome(handle, timeout: float) -> tuple[AssessmentStatus | None, floa
     except WorkflowFailureError as err:
         details = getattr(err.cause, "details", None)
         status = AssessmentStatus.model_validate(details[0]) if details else None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None, time.monotonic()
     return status, time.monotonic()
 
@@ -105,7 +105,7 @@ def judge(handles, results, expected: set[tuple[str, str]]) -> dict:
     store = open_store()
     completed = complete = 0
     attempts: list[int] = []
-    for handle, (status, _) in zip(handles, results):
+    for handle, (status, _) in zip(handles, results, strict=True):
         if status is None:
             continue
         completed += status.outcome == "completed"

@@ -90,7 +90,7 @@ async def test_thirty_percent_503_every_assessment_completes_with_every_finding(
     statuses = await asyncio.gather(*(final_status(h, timeout=90) for h in handles))
 
     assert [s.outcome for s in statuses] == ["completed"] * len(handles), [s.reason for s in statuses]
-    for handle, status in zip(handles, statuses):
+    for handle, status in zip(handles, statuses, strict=True):
         assert findings_of(handle.id) == expected
         assert status.stages["deps"].findings == len(expected)
     # The failures were real and many, and the transport's retries absorbed them: the

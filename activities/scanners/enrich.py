@@ -25,7 +25,7 @@ import asyncio
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -92,7 +92,7 @@ async def _get_json(http: httpx.AsyncClient, service: str, url: str, params: dic
     if service == "NVD" and status == 403:
         # NVD's documented answer when its rolling rate limit is exceeded: wait, not a bad
         # key; the rolling window has room again at the latest one window from now.
-        wait = _breaker_wait(dependency) or settings_for(dependency).window_seconds
+        wait: float | None = _breaker_wait(dependency) or settings_for(dependency).window_seconds
         raise Unavailable(f"{service} unavailable: HTTP 403 (rate limited)", wait)
     if not response.is_success:
         try:
@@ -146,7 +146,7 @@ async def cve_enrich_tool(ctx: ToolContext) -> ToolOutput:
         await ctx.checkpoint({"enrich": {"done": dict(done)}, "progress": {"done": len(done), "total": len(cves)}})
         raise _retry_error(exc)
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     max_age = opts.max_age
     todo: list[tuple[str, tuple[str, datetime] | None]] = []
     for cve in cves:
@@ -215,7 +215,7 @@ async def cve_enrich_tool(ctx: ToolContext) -> ToolOutput:
                             failure = failure or exc
                             continue
                 errors = [e for e in (nvd_err, epss_err, kev_err) if e]
-                fetched = datetime.now(timezone.utc)
+                fetched = datetime.now(UTC)
                 if not errors:
                     result = EnrichedCve(cve_id=cve, nvd=record, epss=epss.get(cve), kev=kev.get(cve), fetched_at=fetched)
                     await asyncio.to_thread(store.put_enrichment, cve, result.model_dump_json(), fetched)
@@ -228,8 +228,13 @@ async def cve_enrich_tool(ctx: ToolContext) -> ToolOutput:
                     done[cve] = {"status": "stale", "note": note, "age_s": age.total_seconds()}
                 else:
                     partial = EnrichedCve(
-                        cve_id=cve, nvd=record, epss=None if epss_err else epss.get(cve), kev=None if kev_err else kev.get(cve),
-                        fetched_at=fetched, partial=True, partial_reason="; ".join(errors),
+                        cve_id=cve,
+                        nvd=record,
+                        epss=None if epss_err else epss.get(cve),
+                        kev=None if kev_err else kev.get(cve),
+                        fetched_at=fetched,
+                        partial=True,
+                        partial_reason="; ".join(errors),
                     )
                     ctx.log.warning("partial enrichment", cve=cve, reason=partial.partial_reason)
                     done[cve] = {"status": "partial", "note": partial.partial_reason, "payload": partial.model_dump_json()}
@@ -245,7 +250,9 @@ async def cve_enrich_tool(ctx: ToolContext) -> ToolOutput:
             payload = json.loads(state["payload"])
         else:
             cached = await asyncio.to_thread(store.get_enrichment, cve)
-            payload = json.loads(cached[0]) if cached else {"cve_id": cve, "partial": True, "partial_reason": "cache entry vanished"}
+            payload = (
+                json.loads(cached[0]) if cached else {"cve_id": cve, "partial": True, "partial_reason": "cache entry vanished"}
+            )
         payload["status"] = state["status"]
         if state["status"] == "stale":
             payload["stale"] = True

@@ -135,11 +135,7 @@ def _walk_manifests(root: Path) -> Iterable[Path]:
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         in_requirements_dir = Path(dirpath).name == "requirements"
         for name in sorted(filenames):
-            if (
-                fnmatch.fnmatch(name, _REQUIREMENTS_GLOB)
-                or name in _LOCKFILES
-                or (in_requirements_dir and name.endswith(".txt"))
-            ):
+            if fnmatch.fnmatch(name, _REQUIREMENTS_GLOB) or name in _LOCKFILES or (in_requirements_dir and name.endswith(".txt")):
                 yield Path(dirpath) / name
 
 
@@ -153,7 +149,7 @@ def _rel(path: Path, base: Path) -> str:
 
 def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
     """Lines with backslash continuations joined, numbered by the line they start on."""
-    start, parts = 0, []
+    start, parts = 0, list[str]()
     for number, raw in enumerate(text.splitlines(), start=1):
         if not parts:
             start = number
@@ -306,7 +302,7 @@ class OsvClient:
                     f"for {len(pending)} queries"
                 )
             tokens = {}
-            for i, result in zip(pending, results):
+            for i, result in zip(pending, results, strict=True):
                 if not isinstance(result, dict):
                     raise ExternalToolError("OSV querybatch result is not an object")
                 for vuln in result.get("vulns") or []:
@@ -543,7 +539,11 @@ async def sca_tool(ctx: ToolContext) -> ToolOutput:
     keys = sorted(first)
     batches = [keys[i : i + opts.batch_size] for i in range(0, len(keys), opts.batch_size)]
     digest = hashlib.sha256("\n".join(first[k].key + "@" + first[k].location for k in keys).encode()).hexdigest()
-    outputs = {"manifests": ", ".join(manifests.files), "dependencies": str(len(keys)), "not_checked": str(len(manifests.skipped))}
+    outputs = {
+        "manifests": ", ".join(manifests.files),
+        "dependencies": str(len(keys)),
+        "not_checked": str(len(manifests.skipped)),
+    }
     if not keys:
         ctx.log.info("no pinned dependencies found", files=manifests.files)
         return ToolOutput(findings=[], items_done=0, items_total=0, outputs=outputs)
@@ -578,12 +578,18 @@ async def sca_tool(ctx: ToolContext) -> ToolOutput:
             ids = await osv.querybatch(queries)
             wanted = sorted({vid for per_query in ids for vid in per_query})
             await asyncio.gather(*(record(vid) for vid in wanted))
-            new = [finding_for(first[k], records[vid], target) for k, per_query in zip(batch, ids) for vid in per_query]
+            new = [
+                finding_for(first[k], records[vid], target) for k, per_query in zip(batch, ids, strict=True) for vid in per_query
+            ]
             findings.extend(new)
             await ctx.checkpoint(
                 {
-                    "sca": {"digest": digest, "batch_size": opts.batch_size, "batches_done": index + 1,
-                            "fingerprints": [f.fingerprint for f in findings]},
+                    "sca": {
+                        "digest": digest,
+                        "batch_size": opts.batch_size,
+                        "batches_done": index + 1,
+                        "fingerprints": [f.fingerprint for f in findings],
+                    },
                     "progress": {"done": index + 1, "total": len(batches)},
                 },
                 new,

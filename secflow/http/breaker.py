@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 import httpx
@@ -53,9 +53,9 @@ from secflow.http.registry import DependencySettings
 from secflow.logging import get_logger
 
 __all__ = [
+    "BreakerGateTransport",
     "BreakerOpenError",
     "BreakerSnapshot",
-    "BreakerGateTransport",
     "BreakerState",
     "CircuitBreaker",
     "CircuitBreakerTransport",
@@ -158,9 +158,7 @@ class CircuitBreaker:
                 self._trials = 0
             if self._state is BreakerState.OPEN:
                 wait = max(0.0, (self._next_half_open_at or now) - now)
-                raise BreakerOpenError(
-                    f"circuit breaker for {self.dependency} is open; retry in {wait:.1f}s", retry_after=wait
-                )
+                raise BreakerOpenError(f"circuit breaker for {self.dependency} is open; retry in {wait:.1f}s", retry_after=wait)
             if self._state is BreakerState.HALF_OPEN:
                 if self._trials >= self.settings.half_open_max_calls:
                     # Trials are in flight; their outcome decides. Come back shortly.
@@ -245,14 +243,15 @@ class CircuitBreaker:
         self._prune(now)
         calls = len(self._calls)
         # failures / calls >= failure_rate, in integers (no float edge at exactly 50 %)
-        return calls >= self.settings.minimum_calls and self._failed * 1_000_000 >= round(
-            self.settings.failure_rate * 1_000_000
-        ) * calls
+        return (
+            calls >= self.settings.minimum_calls
+            and self._failed * 1_000_000 >= round(self.settings.failure_rate * 1_000_000) * calls
+        )
 
     def _open(self, now: float) -> None:
         self._opened_at = now
         self._next_half_open_at = now + self._timeout
-        self._opened_wall = datetime.now(timezone.utc)
+        self._opened_wall = datetime.now(UTC)
         self._half_open_wall = self._opened_wall + timedelta(seconds=self._timeout)
         self.trips += 1
         self._move(BreakerState.OPEN)
@@ -374,7 +373,7 @@ def time_left_to_wait() -> float | None:
         ends.append(info.scheduled_time + info.schedule_to_close_timeout)
     if not ends:
         return None
-    return (min(ends) - datetime.now(timezone.utc)).total_seconds()
+    return (min(ends) - datetime.now(UTC)).total_seconds()
 
 
 class BreakerGateTransport(httpx.AsyncBaseTransport):
@@ -420,7 +419,8 @@ class BreakerGateTransport(httpx.AsyncBaseTransport):
                 if not waited:
                     breaker._log.info(
                         "breaker open; waiting for its half-open trial within the attempt",
-                        method=request.method, wait=round(wait, 2),
+                        method=request.method,
+                        wait=round(wait, 2),
                     )
                 breaker._metrics.waited(breaker.dependency)
                 await asyncio.sleep(wait)

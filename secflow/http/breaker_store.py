@@ -26,7 +26,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -34,11 +35,14 @@ from secflow.logging import get_logger
 from secflow.store import _parse_ts as store_parse_ts
 from secflow.store import _ts as store_ts
 
+if TYPE_CHECKING:
+    from secflow.store import FindingsStore
+
 __all__ = [
-    "BreakerPublisher",
-    "BreakerRow",
     "REFRESH_ENV",
     "WORKER_ID_ENV",
+    "BreakerPublisher",
+    "BreakerRow",
     "delete_breaker_rows_older_than",
     "list_breaker_rows",
     "publisher",
@@ -96,7 +100,7 @@ class BreakerRow(BaseModel):
         opened_at: datetime | None,
         next_half_open_at: datetime | None,
         worker: str | None = None,
-    ) -> "BreakerRow":
+    ) -> BreakerRow:
         """A row as of now. The breaker runs on a monotonic clock; it records the wall-clock
         UTC time of each opening when it happens (and derives the half-open time from it),
         so a row rewritten later shows the same instants."""
@@ -108,7 +112,7 @@ class BreakerRow(BaseModel):
             trips=trips,
             opened_at=opened_at,
             next_half_open_at=next_half_open_at,
-            updated_at=datetime.now(timezone.utc),
+            updated_at=datetime.now(UTC),
         )
 
 
@@ -131,7 +135,7 @@ _UPSERT = (
 )
 
 
-def write_breaker_rows(store, rows: list[BreakerRow]) -> None:  # store: secflow.store.FindingsStore
+def write_breaker_rows(store: FindingsStore, rows: list[BreakerRow]) -> None:
     """Upsert `rows` in one transaction (idempotent: a row is the whole current state)."""
     if not rows:
         return
@@ -140,12 +144,20 @@ def write_breaker_rows(store, rows: list[BreakerRow]) -> None:  # store: secflow
             store._x(
                 conn,
                 _UPSERT,
-                (r.worker_id, r.dependency, r.state, r.failures, r.trips, _ts(r.opened_at), _ts(r.next_half_open_at),
-                 _ts(r.updated_at)),
+                (
+                    r.worker_id,
+                    r.dependency,
+                    r.state,
+                    r.failures,
+                    r.trips,
+                    _ts(r.opened_at),
+                    _ts(r.next_half_open_at),
+                    _ts(r.updated_at),
+                ),
             )
 
 
-def list_breaker_rows(store) -> list[BreakerRow]:
+def list_breaker_rows(store: FindingsStore) -> list[BreakerRow]:
     with store._connection() as conn:
         rows = store._x(
             conn,
@@ -154,14 +166,20 @@ def list_breaker_rows(store) -> list[BreakerRow]:
         ).fetchall()
     return [
         BreakerRow(
-            worker_id=r[0], dependency=r[1], state=r[2], failures=int(r[3]), trips=int(r[4]),
-            opened_at=_parse(r[5]), next_half_open_at=_parse(r[6]), updated_at=_parse(r[7]),
+            worker_id=r[0],
+            dependency=r[1],
+            state=r[2],
+            failures=int(r[3]),
+            trips=int(r[4]),
+            opened_at=_parse(r[5]),
+            next_half_open_at=_parse(r[6]),
+            updated_at=store_parse_ts(r[7]),
         )
         for r in rows
     ]
 
 
-def delete_breaker_rows_older_than(store, cutoff: datetime) -> int:
+def delete_breaker_rows_older_than(store: FindingsStore, cutoff: datetime) -> int:
     with store._write() as conn:
         return store._x(conn, "DELETE FROM breaker_states WHERE updated_at < ?", (_ts(cutoff),)).rowcount
 
@@ -253,7 +271,7 @@ class BreakerPublisher:
             store = open_store()
             write_breaker_rows(store, rows)
             if refresh:
-                delete_breaker_rows_older_than(store, datetime.now(timezone.utc) - RETENTION)
+                delete_breaker_rows_older_than(store, datetime.now(UTC) - RETENTION)
             return True
         except Exception as exc:  # the store is down or wrong: classified, logged, retried later
             from secflow.errors import classify

@@ -63,7 +63,7 @@ __all__ = [
 CHAOS_ENV = "SECFLOW_CHAOS"
 CHAOS_CONFIG_ENV = "SECFLOW_CHAOS_CONFIG"
 CHAOS_SEED_ENV = "SECFLOW_CHAOS_SEED"
-MALFORMED_BODY = b"<html><body>502 Bad Gateway</body></html>{\"results\": ["
+MALFORMED_BODY = b'<html><body>502 Bad Gateway</body></html>{"results": ['
 
 
 class _Fault(BaseModel):
@@ -242,9 +242,13 @@ class ChaosTransport(httpx.AsyncBaseTransport):
                 body = await response.aread()
             finally:
                 await response.aclose()
-            headers = [(k, v) for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
+            kept = [
+                (k, v)
+                for k, v in response.headers.items()
+                if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")
+            ]
             body = body[: len(body) // 2] if isinstance(fault, TruncateFault) else MALFORMED_BODY
-            return httpx.Response(response.status_code, headers=headers, content=body, request=request)
+            return httpx.Response(response.status_code, headers=kept, content=body, request=request)
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -100,5 +100,3 @@ def reset_http_state() -> None:
     reset_breakers()
     reset_limiters()
     reset_chaos()
-
-

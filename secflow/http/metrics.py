@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["HttpMetrics", "http_metrics", "STATE_VALUE"]
+__all__ = ["STATE_VALUE", "HttpMetrics", "http_metrics"]
 
 STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -72,9 +72,7 @@ class HttpMetrics:
                         "secflow_http_breaker_waits_total",
                         "refusals of an open breaker waited out within the activity attempt",
                     ),
-                    "requests": meter.create_counter(
-                        "secflow_http_requests_total", "requests sent (every attempt), by outcome"
-                    ),
+                    "requests": meter.create_counter("secflow_http_requests_total", "requests sent (every attempt), by outcome"),
                 }
                 self._bound = {}
                 self._runtime = runtime

@@ -43,7 +43,7 @@ class Limiter(Protocol):
         """Wait for permission to send one request; returns the seconds waited."""
         ...
 
-    async def acquire_slot(self) -> "Slot":
+    async def acquire_slot(self) -> Slot:
         """Like `acquire`; the returned slot is settled when the request's answer arrived."""
         ...
 
@@ -51,7 +51,7 @@ class Limiter(Protocol):
 class Slot:
     """One booked request; `settle()` moves its time in the window to 'answer received'."""
 
-    __slots__ = ("time", "_clock", "_lock")
+    __slots__ = ("_clock", "_lock", "time")
 
     def __init__(self, at: float, clock: Clock | None = None, lock: threading.Lock | None = None) -> None:
         self.time = at
@@ -154,11 +154,11 @@ def limiter_for(
     with _REGISTRY_LOCK:
         limiter = _LIMITERS.get(dependency)
         if limiter is None:
-            kw = {"clock": clock or time.monotonic, "sleep": sleep or asyncio.sleep}
+            now, wait = clock or time.monotonic, sleep or asyncio.sleep
             if settings.window_limit is not None:
-                limiter = RollingWindowLimiter(settings.window_limit, settings.window_seconds, **kw)
+                limiter = RollingWindowLimiter(settings.window_limit, settings.window_seconds, clock=now, sleep=wait)
             else:
-                limiter = TokenBucket(settings.rate, settings.burst, **kw)
+                limiter = TokenBucket(settings.rate, settings.burst, clock=now, sleep=wait)
             _LIMITERS[dependency] = limiter
         return limiter
 

@@ -84,7 +84,7 @@ class DependencySettings(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DependencySettings":
+    def _consistent(self) -> DependencySettings:
         if self.max_open_timeout < self.open_timeout:
             raise ValueError(
                 f"max_open_timeout ({self.max_open_timeout:g}) must be at least open_timeout ({self.open_timeout:g})"
@@ -105,9 +105,7 @@ _RIDE_THROUGH: dict[str, Any] = {"retry_attempts": 8, "wait_for_half_open": True
 
 _REGISTRY: dict[str, DependencySettings] = {
     # OSV: GETs, and querybatch, a POST that only reads (documented as safe to repeat).
-    "osv": DependencySettings(
-        rate=20.0, burst=20, retry_initial=0.25, retry_max=4.0, retry_unsafe_methods=True, **_RIDE_THROUGH
-    ),
+    "osv": DependencySettings(rate=20.0, burst=20, retry_initial=0.25, retry_max=4.0, retry_unsafe_methods=True, **_RIDE_THROUGH),
     # NVD's public limit: 5 requests in a rolling 30 s window (50 with an API key).
     "nvd": DependencySettings(window_limit=5, window_seconds=30.0, open_timeout=60.0, deadline=120.0, **_RIDE_THROUGH),
     "epss": DependencySettings(rate=5.0, burst=5, **_RIDE_THROUGH),

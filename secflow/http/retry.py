@@ -139,8 +139,13 @@ class RetryTransport(httpx.AsyncBaseTransport):
             seconds = delay.total_seconds()
             self.delays.append(seconds)
             self._log.info(
-                "retrying request", method=request.method, host=request.url.host, outcome=outcome,
-                attempt=attempt, delay=round(seconds, 3), retry_after=retry_after,
+                "retrying request",
+                method=request.method,
+                host=request.url.host,
+                outcome=outcome,
+                attempt=attempt,
+                delay=round(seconds, 3),
+                retry_after=retry_after,
             )
             await self.sleep(seconds)
             attempt += 1
