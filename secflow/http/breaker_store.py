@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from secflow.logging import get_logger
-from secflow.store import _parse_ts as store_parse_ts
-from secflow.store import _ts as store_ts
 
 if TYPE_CHECKING:
     from secflow.store import FindingsStore
@@ -116,72 +114,20 @@ class BreakerRow(BaseModel):
         )
 
 
-# --- store access (takes a FindingsStore; portable SQL) ---------------------------------------
-# The store's own timestamp text (fixed-width UTC, so SQL compares it as a string).
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else store_ts(value)
-
-
-def _parse(text: str | None) -> datetime | None:
-    return None if text is None else store_parse_ts(text)
-
-
-_UPSERT = (
-    "INSERT INTO breaker_states (worker_id, dependency, state, failures, trips, opened_at, next_half_open_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (worker_id, dependency) DO UPDATE SET state = excluded.state, failures = excluded.failures, "
-    "trips = excluded.trips, opened_at = excluded.opened_at, next_half_open_at = excluded.next_half_open_at, "
-    "updated_at = excluded.updated_at"
-)
+# --- store access: the store's breaker repository (`store.breakers`, secflow/store/breakers.py)
 
 
 def write_breaker_rows(store: FindingsStore, rows: list[BreakerRow]) -> None:
     """Upsert `rows` in one transaction (idempotent: a row is the whole current state)."""
-    if not rows:
-        return
-    with store._write() as conn:
-        for r in rows:
-            store._x(
-                conn,
-                _UPSERT,
-                (
-                    r.worker_id,
-                    r.dependency,
-                    r.state,
-                    r.failures,
-                    r.trips,
-                    _ts(r.opened_at),
-                    _ts(r.next_half_open_at),
-                    _ts(r.updated_at),
-                ),
-            )
+    store.breakers.write(rows)
 
 
 def list_breaker_rows(store: FindingsStore) -> list[BreakerRow]:
-    with store._connection() as conn:
-        rows = store._x(
-            conn,
-            "SELECT worker_id, dependency, state, failures, trips, opened_at, next_half_open_at, updated_at "
-            "FROM breaker_states ORDER BY worker_id, dependency",
-        ).fetchall()
-    return [
-        BreakerRow(
-            worker_id=r[0],
-            dependency=r[1],
-            state=r[2],
-            failures=int(r[3]),
-            trips=int(r[4]),
-            opened_at=_parse(r[5]),
-            next_half_open_at=_parse(r[6]),
-            updated_at=store_parse_ts(r[7]),
-        )
-        for r in rows
-    ]
+    return store.breakers.list_rows()
 
 
 def delete_breaker_rows_older_than(store: FindingsStore, cutoff: datetime) -> int:
-    with store._write() as conn:
-        return store._x(conn, "DELETE FROM breaker_states WHERE updated_at < ?", (_ts(cutoff),)).rowcount
+    return store.breakers.delete_older_than(cutoff)
 
 
 # --- the background writer ------------------------------------------------------------------

@@ -29,13 +29,15 @@ import httpx
 from secflow.errors import parse_retry_after
 from secflow.http.ratelimit import Limiter
 from secflow.http.registry import DependencySettings
+from secflow.http_statuses import STATUS_RULES, is_resent_status
 from secflow.logging import get_logger
 from secflow.retries import Backoff, RetryPlan, next_delay
 
 __all__ = ["RETRYABLE_STATUSES", "RetryTransport", "is_retryable_status", "retry_plan"]
 
-RETRYABLE_STATUSES = frozenset({408, 425, 429})
-_NEVER = frozenset({501, 505})
+# Which answers are resent is secflow/http_statuses.py's table, shared with the classifier.
+# The 4xx among them (every 5xx is resent except those the table says not to):
+RETRYABLE_STATUSES = frozenset(status for status, rule in STATUS_RULES.items() if rule.resend and status < 500)
 _RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # What proves a request was never acted on, so even a POST may be sent again.
@@ -46,7 +48,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUSES or (status >= 500 and status not in _NEVER)
+    return is_resent_status(status)
 
 
 def retry_plan(settings: DependencySettings) -> RetryPlan:

@@ -12,7 +12,6 @@ Only modules of this package use the store's connections and private helpers (`_
 `FindingsStore` or of one of its repositories (tests/test_layering.py checks it).
 """
 
-from secflow.store import core
 from secflow.store.core import (
     BUSY_TIMEOUT_ENV,
     DATA_DIR_ENV,
@@ -68,8 +67,3 @@ __all__ = [
     "open_store",
     "parse_db_url",
 ]
-
-# Transitional: secflow/http/breaker_store.py still imports these two private helpers
-# until it goes through `store.breakers`; not part of the API (tests/test_layering.py).
-_ts = core._ts
-_parse_ts = core._parse_ts
