@@ -17,6 +17,7 @@ import pytest
 from temporalio.client import Client
 
 from secflow.history_audit import audit_tree
+from secflow.models import ShardProgress
 from secflow.settings import load_settings
 from secflow.store import open_store
 from tests.helpers import activity_order, final_status, make_spec, start, status_of, wait_for
@@ -217,3 +218,26 @@ async def test_terminated_mid_acquisition_leaks_nothing_after_the_reaper(client:
 
     await holder.signal("abort", {"by": "tests"})
     await final_status(holder)
+
+
+async def test_pause_and_resume_reach_a_running_shard(client: Client, worker: str) -> None:
+    """`pause` on the assessment's id stops its shard from starting targets; `resume` goes on."""
+    spec = make_spec(
+        _hosts(800),
+        [_sweep(800, closed_port(), targets_per_batch=100, targets_in_flight=10)],
+        scope={"allow": ["127.0.0.0/16"]},
+    )
+    handle = await start(client, spec, worker)
+    await wait_for(handle, lambda s: s.stages["sweep"].progress.done >= 100, timeout=120)
+    await handle.execute_update("pause", {"by": "carol"})
+    shard = client.get_workflow_handle(f"{handle.id}/sweep/round-1")
+    await asyncio.sleep(1.5)  # targets already in flight finish
+    before = (await shard.query("progress", result_type=ShardProgress)).processed
+    await asyncio.sleep(2)
+    after = (await shard.query("progress", result_type=ShardProgress)).processed
+    assert after == before < 800, "a paused shard starts nothing new"
+    assert (await status_of(handle)).status == "paused"
+    await handle.execute_update("resume", {"by": "carol"})
+    status = await final_status(handle, timeout=300)
+    assert status.outcome == "completed"
+    assert status.stages["sweep"].counts == {"succeeded": 800}

@@ -43,11 +43,11 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from activities.alerts import plan_alerts, send_alert
     from secflow import guidance
     from secflow.incidents import (
         AlertPlan,
         AlertRequest,
-        AlertResult,
         AnswerRecord,
         Escalation,
         IncidentAnswer,
@@ -170,9 +170,8 @@ class IncidentWorkflow:
     async def _plan(self) -> AlertPlan:
         try:
             return await workflow.execute_activity(
-                "plan_alerts",
+                plan_alerts,
                 PlanRequest(severity=self._s.severity),
-                result_type=AlertPlan,
                 start_to_close_timeout=PLAN_TIMEOUT,
                 retry_policy=PLAN_RETRY,
             )
@@ -290,9 +289,8 @@ class IncidentWorkflow:
         request = AlertRequest(incident=ref, event=event, channel=channel, tier=tier, sequence=sequence, by=by, note=note)
         try:
             result = await workflow.execute_activity(
-                "send_alert",
+                send_alert,
                 request,
-                result_type=AlertResult,
                 start_to_close_timeout=SEND_TIMEOUT,
                 retry_policy=SEND_RETRY,
             )
