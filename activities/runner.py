@@ -27,7 +27,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from secflow import metrics
-from secflow.documents import load_spec
+from secflow.documents import cached_spec, load_spec
 from secflow.error_stats import dependency_of, resolve_recovered
 from secflow.errors import Category, Classification, PermanentError, ScopeViolation, classify, to_application_error
 from secflow.findings import Finding
@@ -126,10 +126,12 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
     info = activity.info()
     store = open_store()
     resume = _last_checkpoint(info.heartbeat_details)
-    spec = await asyncio.to_thread(load_spec, store, inp.spec_ref) if inp.spec_ref else None
+    spec = (cached_spec(inp.spec_ref) or await asyncio.to_thread(load_spec, store, inp.spec_ref)) if inp.spec_ref else None
     ctx = ToolContext(inp, store, resume, spec)
     log = ctx.log.bind(attempt=info.attempt)
-    log.info("tool attempt started", resumed=bool(resume))
+    # A first attempt starting is routine (one line per target at 100,000 targets); a
+    # retry or a resume is what an operator looks for.
+    (log.info if info.attempt > 1 or resume else log.debug)("tool attempt started", resumed=bool(resume))
     await _account_for_lost_attempt(store, inp, info)
 
     keepalive = asyncio.create_task(_keep_heartbeating(ctx))

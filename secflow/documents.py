@@ -17,7 +17,7 @@ from secflow.errors import PermanentError
 from secflow.spec import Spec
 from secflow.store import FindingsStore, document_digest
 
-__all__ = ["SPEC_CACHE_SIZE", "clear_spec_cache", "load_spec", "save_spec"]
+__all__ = ["SPEC_CACHE_SIZE", "cached_spec", "clear_spec_cache", "load_spec", "save_spec"]
 
 # Parsed specs kept per process. Small: each may hold 100,000 targets.
 SPEC_CACHE_SIZE = 8
@@ -57,6 +57,12 @@ def load_spec(store: FindingsStore, ref: str) -> Spec:
     spec = Spec.model_validate_json(body)
     _remember(ref, spec)
     return spec
+
+
+def cached_spec(ref: str) -> Spec | None:
+    """The spec under `ref` if this process has parsed it already (no store access)."""
+    with _cache_lock:
+        return _cache.get(ref)
 
 
 def clear_spec_cache() -> None:

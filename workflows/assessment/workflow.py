@@ -434,7 +434,9 @@ class AssessmentWorkflow(AssessmentAPI):
             await runner.run_single()
             return runner.progress
         if self._summary.targets_by_tool.get(tool, 0) <= INLINE_TARGETS:
-            runner = TargetRunner(shard, paused=lambda: self._paused, on_progress=lambda: self._show_round(st, runner.progress))
+            runner = TargetRunner(
+                shard, paused=lambda: self._paused, on_progress=lambda: self._show_round(st, runner.progress, publish=False)
+            )
             await runner.run()
             return runner.progress
         return await self._run_child(stage, shard)
@@ -492,14 +494,17 @@ class AssessmentWorkflow(AssessmentAPI):
             st.reason = progress.degraded_reason
         self._show_round(st, None)
 
-    def _show_round(self, st: StageStatus, live: ShardProgress | None) -> None:
+    def _show_round(self, st: StageStatus, live: ShardProgress | None, *, publish: bool = True) -> None:
+        """Counts into the status (what `status` answers); `publish` also re-renders the Web
+        UI's details, which a round running here skips per target (it is the costly part)."""
         if live is not None:
             st.counts = dict(live.counts)
             st.findings = live.findings
             st.recent_failures = list(live.recent_failures)
         st.progress.done = sum(n for state, n in st.counts.items() if state != "running")
         self._status.findings.total = sum(s.findings for s in self._status.stages.values())
-        self._changed()
+        if publish:
+            self._changed()
 
     # ------------------------------------------------------------------ human in the loop
 
