@@ -208,7 +208,7 @@ class AssessmentWorkflow(AssessmentAPI):
                 self._publish()
                 return
             target, holder = next(iter(outcome.conflicts.items()), ("?", "?"))
-            busy = f"target {target} is being scanned by assessment {holder}"
+            busy = f"target {target} is taken by assessment {holder} (scanning it, or waiting for it ahead of us)"
             if len(outcome.conflicts) > 1:
                 busy += f" (and {len(outcome.conflicts) - 1} more host(s) are busy)"
             if locks.on_conflict == "refuse":
