@@ -30,6 +30,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from secflow import guidance
 from secflow.dead_letters import (
     STATES,
     AmbiguousRef,
@@ -130,7 +131,7 @@ def _find(store: FindingsStore, value: str) -> DeadLetter:
     except AmbiguousRef as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     if entry is None:
-        raise CliError(f"no dead-letter entry {value!r} (see python -m starter dlq list)")
+        raise CliError(f"no dead-letter entry {value!r} (see {guidance.CLI} dlq list)")
     return entry
 
 
@@ -217,7 +218,7 @@ async def cmd_list(store: FindingsStore, settings: Settings, args: argparse.Name
             f"{e.ref:<10}  {e.state:<9}  {_when(e.last_failure_at):<19}  {e.category:<13}  {e.stage_id:<14}  "
             f"{e.target or '-'}  ({e.workflow_id}){outcome}"
         )
-    print(f"\n{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; `python -m starter dlq show REF` for details")
+    print(f"\n{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; `{guidance.CLI} dlq show REF` for details")
     return EXIT_OK
 
 
@@ -249,7 +250,7 @@ async def cmd_show(store: FindingsStore, settings: Settings, args: argparse.Name
     elif _is_security(entry):
         lines.append("  replayable:     no (a security violation is never retried: fix scope/targets, run anew)")
     else:
-        lines.append(f"  replayable:     yes: python -m starter dlq replay {entry.ref} --wait")
+        lines.append(f"  replayable:     yes: {guidance.dlq_replay_command(entry.ref)}")
     print("\n".join(lines))
     return EXIT_OK
 
