@@ -1699,6 +1699,8 @@ class FindingsStore:
 
 _cache_lock = threading.Lock()
 _cache: dict[tuple[int, DbLocation, float], FindingsStore] = {}
+# The default store per (pid, cwd, environment): see open_store.
+_default_cache: dict[tuple[object, ...], FindingsStore] = {}
 
 
 def open_store(url: str | None = None, *, busy_timeout: float | None = None) -> FindingsStore:
@@ -1707,6 +1709,15 @@ def open_store(url: str | None = None, *, busy_timeout: float | None = None) -> 
     `busy_timeout` is how many seconds a writer waits for another writer before
     "database is locked" (default `SECFLOW_DB_BUSY_TIMEOUT` or 10 s).
     """
+    # Every tool activity asks for the default store: answer that from the environment as
+    # it is now, without resolving paths and parsing the URL again each time.
+    env_key = None
+    if url is None and busy_timeout is None:
+        env_key = (os.getpid(), os.getcwd(), *(os.environ.get(k) for k in (DB_URL_ENV, DATA_DIR_ENV, BUSY_TIMEOUT_ENV)))
+        with _cache_lock:
+            known = _default_cache.get(env_key)
+            if known is not None and not known.closed:
+                return known
     if url is None:
         url = default_db_url()
     location = parse_db_url(url)
@@ -1715,12 +1726,16 @@ def open_store(url: str | None = None, *, busy_timeout: float | None = None) -> 
     with _cache_lock:
         store = _cache.get(key)
         if store is not None and not store.closed:
+            if env_key is not None:
+                _default_cache[env_key] = store
             return store
         # Opening under the cache lock: two threads asking at once get one store (and
         # the migration runs once). Opening is quick unless another process holds the
         # write lock, in which case every opener would wait anyway.
         store = FindingsStore(url, busy_timeout=timeout)
         _cache[key] = store
+        if env_key is not None:
+            _default_cache[env_key] = store
         return store
 
 
@@ -1729,3 +1744,6 @@ def _forget(store: FindingsStore) -> None:
         for key, cached in list(_cache.items()):
             if cached is store:
                 del _cache[key]
+        for env_key, cached in list(_default_cache.items()):
+            if cached is store:
+                del _default_cache[env_key]
