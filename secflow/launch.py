@@ -15,7 +15,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from secflow.documents import save_spec
 from secflow.locking import lock_keys
-from secflow.models import AssessmentRequest, AssessmentStatus, SpecSummary
+from secflow.models import INLINE_TARGETS, SMALL_TEXT, AssessmentRequest, AssessmentStatus, SpecSummary, TargetRef
 from secflow.spec import Spec
 from secflow.store import FindingsStore, open_store
 from secflow.tools import TOOLS
@@ -50,13 +50,19 @@ async def start_assessment(
 
 def summarize_spec(spec: Spec) -> SpecSummary:
     """What the workflow needs of a spec: its stages and counts (a few KB at any size)."""
-    tools = {s.tool_name for s in spec.stages} | {s.fallback_tool for s in spec.stages if s.fallback_tool}
+    tools = sorted(t for t in {s.tool_name for s in spec.stages} | {s.fallback_tool or "" for s in spec.stages} if t in TOOLS)
+    few: dict[str, list[TargetRef]] = {}
+    for tool in tools:
+        targets = spec.targets_for(tool) if TOOLS[tool].target_kinds else []
+        if 0 < len(targets) <= INLINE_TARGETS and sum(len(t.value) for t in targets) <= SMALL_TEXT:
+            few[tool] = [TargetRef(value=t.value, kind=t.kind) for t in targets]
     return SpecSummary(
         name=spec.name,
         stages=spec.stages,
         locks=spec.locks,
         lock_keys=len(lock_keys(spec)),
-        targets_by_tool={t: len(spec.targets_for(t)) if TOOLS[t].target_kinds else 1 for t in sorted(tools) if t in TOOLS},
+        targets_by_tool={t: len(spec.targets_for(t)) if TOOLS[t].target_kinds else 1 for t in tools},
+        few_targets=few,
     )
 
 

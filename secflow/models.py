@@ -43,14 +43,24 @@ class AssessmentRequest(BaseModel):
     carried: AssessmentCarry | None = None  # state handed over by continue-as-new
 
 
+# A round of at most this many targets runs in the assessment itself (a child workflow
+# costs more than it saves for a handful of targets, and this many cannot crowd the
+# assessment's history); the summary then carries those targets (at most SMALL_TEXT of
+# their text) so the round needs no batch to be loaded.
+INLINE_TARGETS = 100
+SMALL_TEXT = 16 * 1024
+
+
 class SpecSummary(BaseModel):
-    """What the workflow needs of a stored spec: its stages and counts, never its targets."""
+    """What the workflow needs of a stored spec: its stages and counts, and the targets of
+    the tools that have only a few (never a large list)."""
 
     name: str
     stages: list[Stage]
     locks: LockPolicy
     lock_keys: int = 0  # hosts to lock (path targets need none)
     targets_by_tool: dict[str, int] = Field(default_factory=dict)
+    few_targets: dict[str, list[TargetRef]] = Field(default_factory=dict)  # tool -> its targets, when few
 
 
 class SpecRef(BaseModel):
@@ -385,3 +395,4 @@ class AssessmentCarry(BaseModel):
 
 
 AssessmentRequest.model_rebuild()
+SpecSummary.model_rebuild()

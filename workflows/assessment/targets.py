@@ -94,6 +94,12 @@ class TargetRunner:
             if not self.exhausted and should_hand_over():
                 return
 
+    async def run_known(self, targets: list[TargetRef]) -> None:
+        """A round whose few targets came with the spec's summary: one batch, nothing to load."""
+        await self._run_batch(targets)
+        self.exhausted = True
+        self._on_progress()
+
     async def run_single(self) -> None:
         """A tool without targets (enrich, report): one activity, its outcome stored like a target's."""
         await self._run_batch([TargetRef(value=WHOLE_STAGE, kind="")])

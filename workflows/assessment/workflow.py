@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from secflow.errors import Category
     from secflow.locking import BulkLockRequest
     from secflow.models import (
+        INLINE_TARGETS,
         TERMINAL_STAGE_STATES,
         AssessmentCarry,
         AssessmentOutcome,
@@ -67,10 +68,6 @@ SA_AWAITING = SearchAttributeKey.for_keyword_list("SecflowAwaiting")
 
 LOCK_POLL_INTERVAL = timedelta(seconds=5)
 LOCK_BATCH = 1000  # hosts locked per activity (one transaction)
-# A round of at most this many targets runs in the assessment itself: a child workflow
-# costs more than it saves for a handful of targets, and this many cannot crowd the
-# assessment's history.
-INLINE_TARGETS = 100
 
 
 class AcquisitionFailed(Exception):
@@ -434,10 +431,11 @@ class AssessmentWorkflow(AssessmentAPI):
             await runner.run_single()
             return runner.progress
         if self._summary.targets_by_tool.get(tool, 0) <= INLINE_TARGETS:
+            known = None if only_failed else self._summary.few_targets.get(tool)
             runner = TargetRunner(
                 shard, paused=lambda: self._paused, on_progress=lambda: self._show_round(st, runner.progress, publish=False)
             )
-            await runner.run()
+            await (runner.run_known(known) if known is not None else runner.run())
             return runner.progress
         return await self._run_child(stage, shard)
 
