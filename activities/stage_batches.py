@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from temporalio import activity
@@ -91,21 +92,25 @@ def _batch(req: TargetBatchRequest) -> TargetBatch:
     return TargetBatch(targets=picked, next_cursor=cursor, exhausted=cursor >= len(targets))
 
 
+def _failed_pages(store: FindingsStore, assessment_id: str, stage_id: str) -> Iterator[list[TargetOutcome]]:
+    """The stage's outcomes that are failed or cancelled, a page at a time (keyset paging)."""
+    for state in ("failed", "cancelled"):
+        after: tuple[str, str] | None = None
+        while True:
+            page = store.list_target_outcomes(assessment_id, stage_id=stage_id, state=state, after=after, limit=PAGE)
+            if page:
+                yield page
+            if len(page) < PAGE:
+                break
+            after = (page[-1].stage_id, page[-1].target)
+
+
 def _failed_keys(store: FindingsStore, assessment_id: str, stage_id: str) -> set[str]:
     """Targets of the stage whose latest outcome is failed or cancelled.
 
     Spec order is not key order, so read every failed outcome of the stage (paged); a
     retry round is the rare path and its failures are what it is about."""
-    keys: set[str] = set()
-    for state in ("failed", "cancelled"):
-        after: tuple[str, str] | None = None
-        while True:
-            page = store.list_target_outcomes(assessment_id, stage_id=stage_id, state=state, after=after, limit=PAGE * 4)
-            keys.update(o.target for o in page)
-            if len(page) < PAGE * 4:
-                break
-            after = (page[-1].stage_id, page[-1].target)
-    return keys
+    return {o.target for page in _failed_pages(store, assessment_id, stage_id) for o in page}
 
 
 @activity.defn(name="load_target_batch")
@@ -161,42 +166,35 @@ async def _park_failures(req: ParkStageFailures) -> int:
     store = open_store()
     spec = await asyncio.to_thread(load_spec, store, req.spec_ref)
     parked = 0
-    for state in ("failed", "cancelled"):
-        after: tuple[str, str] | None = None
-        while True:
-            page = await asyncio.to_thread(
-                store.list_target_outcomes, req.assessment_id, stage_id=req.stage_id, state=state, after=after, limit=PAGE
-            )
-            for o in page:
-                if o.error_category == Category.USER_ABORT.value:
-                    continue
-                if req.categories and o.error_category not in req.categories:
-                    continue
-                at = o.updated_at or datetime.now(UTC)
-                await park_dead_letter_now(
-                    DeadLetterInput(
-                        task_id=dead_letter_task_id(
-                            req.assessment_id, req.run_id, req.stage_id, "" if o.target == WHOLE_STAGE else o.target, req.reason
-                        ),
-                        workflow_id=req.assessment_id,
-                        run_id=req.run_id,
-                        stage_id=req.stage_id,
-                        target="" if o.target == WHOLE_STAGE else o.target,
-                        tool=o.tool,
-                        reason=req.reason,
-                        category=o.error_category or Category.INTERNAL.value,
-                        message=o.error_message,
-                        attempts=max(o.attempts, 1),
-                        first_failure_at=at,
-                        last_failure_at=at,
-                        replay=_recipe(spec, req.stage_id, o.target, o.tool, req.task_queue),
-                    )
+    pages = _failed_pages(store, req.assessment_id, req.stage_id)
+    while (page := await asyncio.to_thread(next, pages, None)) is not None:
+        for o in page:
+            if o.error_category == Category.USER_ABORT.value:
+                continue
+            if req.categories and o.error_category not in req.categories:
+                continue
+            at = o.updated_at or datetime.now(UTC)
+            await park_dead_letter_now(
+                DeadLetterInput(
+                    task_id=dead_letter_task_id(
+                        req.assessment_id, req.run_id, req.stage_id, "" if o.target == WHOLE_STAGE else o.target, req.reason
+                    ),
+                    workflow_id=req.assessment_id,
+                    run_id=req.run_id,
+                    stage_id=req.stage_id,
+                    target="" if o.target == WHOLE_STAGE else o.target,
+                    tool=o.tool,
+                    reason=req.reason,
+                    category=o.error_category or Category.INTERNAL.value,
+                    message=o.error_message,
+                    attempts=max(o.attempts, 1),
+                    first_failure_at=at,
+                    last_failure_at=at,
+                    replay=_recipe(spec, req.stage_id, o.target, o.tool, req.task_queue),
                 )
-                parked += 1
-                activity.heartbeat(parked)
-            if len(page) < PAGE:
-                break
-            after = (page[-1].stage_id, page[-1].target)
+            )
+            parked += 1
+            activity.heartbeat(parked)
     return parked
 
 

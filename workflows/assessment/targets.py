@@ -124,36 +124,29 @@ class TargetRunner:
             # not started count as cancelled, and everything is recorded before we go.
             for task in list(running):
                 task.cancel()
-            for target in targets:
-                if target.value not in results:
-                    self._count(
-                        results,
-                        TargetResult(
-                            target=target.value,
-                            tool=self.inp.tool,
-                            state="cancelled",
-                            category=Category.USER_ABORT.value,
-                            message="cancelled",
-                        ),
-                    )
+            self._not_started(targets, results, "cancelled")
             if running:
                 await asyncio.gather(*running, return_exceptions=True)  # let cancellations land
             await self._record(list(results.values()))
             raise
         if self.progress.security_error is not None:
-            for target in targets:
-                if target.value not in results:
-                    self._count(
-                        results,
-                        TargetResult(
-                            target=target.value,
-                            tool=self.inp.tool,
-                            state="cancelled",
-                            category=Category.USER_ABORT.value,
-                            message="not started: security violation in this stage",
-                        ),
-                    )
+            self._not_started(targets, results, "not started: security violation in this stage")
         await self._record(list(results.values()))
+
+    def _not_started(self, targets: list[TargetRef], results: dict[str, TargetResult], why: str) -> None:
+        """Targets of the batch without an outcome yet count as cancelled, with why."""
+        for target in targets:
+            if target.value not in results:
+                self._count(
+                    results,
+                    TargetResult(
+                        target=target.value,
+                        tool=self.inp.tool,
+                        state="cancelled",
+                        category=Category.USER_ABORT.value,
+                        message=why,
+                    ),
+                )
 
     async def _run_target(self, target: TargetRef, results: dict[str, TargetResult]) -> None:
         task = StageTaskInput(
