@@ -122,14 +122,15 @@ class AssessmentWorkflow(AssessmentAPI):
     async def run(self, req: AssessmentRequest) -> AssessmentStatus:
         cancelled = False
         try:
-            if req.carried is None:
-                await self._begin(req)  # 1
-                await self._acquire()  # 2
-            await self._run_stage_dag()  # 3, 4
-        except AcquisitionFailed as failed:
-            self._stop(failed.error.message, "failed", failed.error)
-            self._desk.acquisition_failed(failed.error)
-            await self._run_stage_dag()  # nothing runs but `always` stages
+            try:
+                if req.carried is None:
+                    await self._begin(req)  # 1
+                    await self._acquire()  # 2
+                await self._run_stage_dag()  # 3, 4
+            except AcquisitionFailed as failed:
+                self._stop(failed.error.message, "failed", failed.error)
+                self._desk.acquisition_failed(failed.error)
+                await self._run_stage_dag()  # nothing runs but `always` stages
         except asyncio.CancelledError:
             cancelled = True
             self._stop("cancelled through Temporal (workflow cancel request)", "cancelled")
