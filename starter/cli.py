@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import importlib
 import json
+import os
 import re
 import sys
 import uuid
@@ -29,6 +30,8 @@ from secflow.spec import Spec, SpecError, load_spec
 from secflow.temporal_client import connect
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WITH_ERRORS, EXIT_CANCELLED = 0, 1, 2, 3, 4
+# The reader of our output went away (a pipe closed early): 128 + SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 141
 OUTCOME_EXIT = {
     "completed": EXIT_OK,
     "completed_with_errors": EXIT_WITH_ERRORS,
@@ -145,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (`starter findings ID | head`): what it took is what it
+        # wanted. Exit as a program killed by SIGPIPE would, without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
