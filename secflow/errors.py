@@ -1,6 +1,6 @@
 """SecFlow's one error taxonomy: every failure is classified once, here.
 
-Design rule 4: a failure becomes one `Category`; Temporal sees
+Rule 4 (docs/architecture.md): a failure becomes one `Category`; Temporal sees
 ``ApplicationError(type=<category>, non_retryable=...)``; retries, the DLQ, alert severity
 and the report all read that one classification. This module holds:
 

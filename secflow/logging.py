@@ -5,7 +5,7 @@ One pipeline for everything a worker prints. structlog events and stdlib records
 come out as one JSON object per line:
 
     merge contextvars -> logger name -> level -> UTC timestamp -> Temporal context
-    -> stack/exception rendering -> redact (last, design rule 7) -> JSON
+    -> stack/exception rendering -> redact (last, rule 7 of docs/architecture.md) -> JSON
 
 Workflow code logs through `workflow_logger()`, which drops events while the workflow is
 replaying history, so a replay (after a worker restart or a cache eviction) does not log

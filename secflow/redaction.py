@@ -1,6 +1,6 @@
 """Secrets never leave the process: one `redact()` for text, one `redact_value()` for data.
 
-Design rule 7 ("nothing leaks"): tokens, passwords, API keys, Authorization headers and
+Rule 7 of docs/architecture.md ("nothing leaks"): tokens, passwords, API keys, Authorization headers and
 credentials in URLs must not reach logs, Temporal history, reports or alerts. Everything
 that leaves a worker as text (log events, `ApplicationError` messages, alert bodies,
 evidence snippets) goes through this module first.

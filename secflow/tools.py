@@ -18,7 +18,7 @@ from secflow.durations import Duration
 
 
 class RetryClass(str, Enum):
-    """Rows of the retry table (design brief); a tool belongs to one."""
+    """Rows of the retry table (docs/architecture.md, rule 5); a tool belongs to one."""
 
     HTTP_API = "http_api"
     ENRICHMENT = "enrichment"

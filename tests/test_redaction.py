@@ -1,4 +1,4 @@
-"""secflow.redaction: secrets out, ordinary text untouched (design rule 7)."""
+"""secflow.redaction: secrets out, ordinary text untouched (rule 7 of docs/architecture.md)."""
 
 from __future__ import annotations
 
