@@ -21,7 +21,7 @@ from secflow.models import ShardProgress
 from secflow.settings import load_settings
 from secflow.store import open_store
 from tests.helpers import activity_order, final_status, make_spec, start, status_of, wait_for
-from tests.servers import closed_port
+from tests.servers import GOOD_HEADERS, Reply, ScriptedServer, closed_port
 
 PAYLOAD_BUDGET = 256 * 1024
 
@@ -241,3 +241,64 @@ async def test_pause_and_resume_reach_a_running_shard(client: Client, worker: st
     status = await final_status(handle, timeout=300)
     assert status.outcome == "completed"
     assert status.stages["sweep"].counts == {"succeeded": 800}
+
+
+async def test_security_violation_in_a_shard_stops_the_round_and_the_assessment(client: Client, worker: str) -> None:
+    """One of 150 URL targets redirects out of scope: the shard starts nothing new, the
+    stage fails as `security`, the assessment stops, the target is dead-lettered and paged."""
+    outside = ScriptedServer([Reply(200, GOOD_HEADERS)])
+    bad = "/p0077"
+
+    def reply(n: int, path: str) -> Reply:
+        return Reply(302, {"Location": f"http://localhost:{outside.port}/"}) if path == bad else Reply(200, GOOD_HEADERS)
+
+    site = ScriptedServer(reply)
+    try:
+        spec = make_spec(
+            [{"url": f"{site.url}p{i:04d}"} for i in range(150)],
+            [{"id": "headers", "kind": "dast", "tool": "http_headers",
+              "options": {"targets_in_flight": 5, "targets_per_batch": 50}}],
+            scope={"allow": [site.url]},
+        )
+        handle = await start(client, spec, worker)
+        status = await final_status(handle, timeout=120)
+    finally:
+        outside.close()
+        site.close()
+    assert outside.requests == [], "the out-of-scope server must never be contacted"
+    assert status.outcome == "failed"
+    headers = status.stages["headers"]
+    assert headers.state == "failed" and headers.error is not None and headers.error.category == "security"
+    assert headers.counts.get("succeeded", 0) < 149, "nothing new starts after the violation"
+    assert len(site.requests) < 150
+    assert status.incidents
+    from secflow.dead_letters import list_dead_letters
+
+    parked = [e for e in list_dead_letters(open_store()) if e.workflow_id == handle.id]
+    assert [(e.reason, e.category, e.target) for e in parked] == [("security_violation", "security", f"{site.url}{bad[1:]}")]
+
+
+async def test_worker_killed_during_a_sharded_stage_loses_and_repeats_nothing(client: Client, server, task_queue: str, tmp_path: Path) -> None:
+    """Two worker processes; one SIGKILLed mid-shard. The other finishes the shard (its
+    workflow tasks and the dead worker's activities); every target is reported once."""
+    import signal
+
+    from tests.test_durability import WorkerProcess
+
+    workers = [WorkerProcess(task_queue, server.address, tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        n = 1500
+        spec = make_spec(_hosts(n), [_sweep(n, closed_port(), targets_per_batch=100, targets_in_flight=20)],
+                         scope={"allow": ["127.0.0.0/16"]})
+        handle = await start(client, spec, task_queue)
+        await wait_for(handle, lambda s: s.stages["sweep"].progress.done >= 300, timeout=120)
+        workers[0].kill(signal.SIGKILL)
+        workers[0].wait()
+        status = await final_status(handle, timeout=300)
+    finally:
+        for w in workers:
+            w.stop()
+    assert status.outcome == "completed", status.reason
+    assert status.stages["sweep"].counts == {"succeeded": n}
+    outcomes = open_store().list_target_outcomes(handle.id, stage_id="sweep", limit=10_000)
+    assert len(outcomes) == len({o.target for o in outcomes}) == n
