@@ -15,7 +15,15 @@ from temporalio.client import Client, WorkflowHandle
 
 from secflow.documents import save_spec
 from secflow.locking import lock_keys
-from secflow.models import INLINE_TARGETS, SMALL_TEXT, AssessmentRequest, AssessmentStatus, SpecSummary, TargetRef
+from secflow.models import (
+    DEFAULT_EVENT_BUDGET,
+    INLINE_TARGETS,
+    SMALL_TEXT,
+    AssessmentRequest,
+    AssessmentStatus,
+    SpecSummary,
+    TargetRef,
+)
 from secflow.spec import Spec
 from secflow.store import FindingsStore, open_store
 from secflow.tools import TOOLS
@@ -32,12 +40,20 @@ async def start_assessment(
     requested_by: str = "",
     store: FindingsStore | None = None,
     result_type: type | None = AssessmentStatus,
+    event_budget: int = DEFAULT_EVENT_BUDGET,
+    shard_event_budget: int = DEFAULT_EVENT_BUDGET,
     **start_options: Any,
 ) -> WorkflowHandle[Any, Any]:
     """Store `spec` and start its assessment; returns the handle (raises as start_workflow does)."""
     ref = await asyncio.to_thread(save_spec, store or open_store(), spec)
     summary = await asyncio.to_thread(summarize_spec, spec)
-    request = AssessmentRequest(spec_ref=ref, summary=summary, requested_by=requested_by, **_budgets(start_options))
+    request = AssessmentRequest(
+        spec_ref=ref,
+        summary=summary,
+        requested_by=requested_by,
+        event_budget=event_budget,
+        shard_event_budget=shard_event_budget,
+    )
     return await client.start_workflow(
         ASSESSMENT_WORKFLOW,
         request,
@@ -64,8 +80,3 @@ def summarize_spec(spec: Spec) -> SpecSummary:
         targets_by_tool={t: len(spec.targets_for(t)) if TOOLS[t].target_kinds else 1 for t in tools},
         few_targets=few,
     )
-
-
-def _budgets(options: dict[str, Any]) -> dict[str, Any]:
-    """Event budgets are the request's, not the start call's (tests lower them)."""
-    return {k: options.pop(k) for k in ("event_budget", "shard_event_budget") if k in options}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from secflow.retries import RetryPlan
 from secflow.spec import LockPolicy, Spec, Stage
@@ -387,11 +387,20 @@ class AssessmentCarry(BaseModel):
     summary: SpecSummary
     compensations: list[dict[str, Any]] = Field(default_factory=list)  # (name, activity, input) not yet run
     waits: dict[str, str] = Field(default_factory=dict)
-    wait_deadlines: dict[str, datetime] = Field(default_factory=dict)
+    # When each carried wait began, so its wait_timeout runs on from there.
+    wait_since: dict[str, datetime] = Field(default_factory=dict)
     paused: bool = False
     open_incidents: dict[str, dict[str, str]] = Field(default_factory=dict)
     occurrence_seq: int = 0
-    lock_batches_done: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        """The first recorded histories carry `wait_since` under its first name."""
+        if isinstance(data, dict) and "wait_deadlines" in data and "wait_since" not in data:
+            data = {**data, "wait_since": data["wait_deadlines"]}
+            del data["wait_deadlines"]
+        return data
 
 
 AssessmentRequest.model_rebuild()

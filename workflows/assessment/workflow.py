@@ -100,7 +100,7 @@ class AssessmentWorkflow(AssessmentAPI):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._children: dict[str, workflow.ChildWorkflowHandle] = {}
         self._waits: dict[str, str] = dict(carry.waits) if carry else {}  # stage id -> "approval" | "failure"
-        self._wait_since: dict[str, datetime] = dict(carry.wait_deadlines) if carry else {}
+        self._wait_since: dict[str, datetime] = dict(carry.wait_since) if carry else {}
         self._signals: list[asyncio.Task[None]] = []  # pause/resume sent to stage shards
         self._answers: dict[str, str] = {}
         self._paused = carry.paused if carry else False
@@ -735,7 +735,7 @@ class AssessmentWorkflow(AssessmentAPI):
             summary=self._summary,
             compensations=self._saga.pending(),
             waits=dict(self._waits),
-            wait_deadlines=dict(self._wait_since),
+            wait_since=dict(self._wait_since),
             paused=self._paused,
             open_incidents=self._desk.open_incidents,
             occurrence_seq=self._desk.occurrence_seq,
