@@ -9,7 +9,7 @@ from activities.alerts import plan_alerts, send_alert
 from activities.dlq import park_dead_letter
 from activities.incidents import open_incident
 from activities.locks import acquire_scan_locks, release_scan_locks
-from activities.report import report
+from activities.report import render_final_reports, report
 from activities.resources import (
     acquire_scan_lock,
     create_workspace,
@@ -44,6 +44,7 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     detect_secrets,
     cve_enrich,
     report,
+    render_final_reports,
     create_workspace,
     remove_workspace,
     acquire_scan_lock,

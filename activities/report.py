@@ -4,24 +4,30 @@ The rendering lives in `secflow.reports` (pure functions, shared with `python -m
 report`); this activity only gathers the inputs and writes the files.
 
 Writes to `<data dir>/reports/<assessment id>/report.{sarif,md,html,json}` (outside the
-workspace, which is removed when the assessment ends). Files are written to a temporary
-name and renamed, so a crash mid-write never leaves half a report and a retry simply
-overwrites.
+workspace, which is removed when the assessment ends), through
+`secflow.reports.files.write_private_file`: 0600 files in a 0700 directory, a random
+temporary name renamed into place, never through a link. A crash mid-write never leaves
+half a report and a retry simply overwrites.
+
+The stage runs while the assessment is still running, so its files are a snapshot (they
+say so). `render_final_reports`, called by the workflow once the assessment has ended
+(after the compensations), renders the same files again from the final status.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from temporalio import activity
 
-from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.runner import ToolContext, ToolOutput, classified, run_tool
 from secflow.models import WHOLE_STAGE, AssessmentStatus, StageTaskInput, StageTaskResult, TargetFailure
 from secflow.reports import RENDERERS
+from secflow.reports.files import write_private_file
+from secflow.reports.final import FinalReportsRequest, FinalReportsResult, report_formats
 from secflow.settings import load_settings
-from secflow.store import FindingsStore
+from secflow.store import FindingsStore, open_store
 from secflow.tools import ReportOptions
 
 
@@ -76,20 +82,32 @@ def with_targets_from_store(store: FindingsStore, status: AssessmentStatus) -> A
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write via a temporary file in the same directory and rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write a report file: all or nothing, private, never through a link (see the docstring)."""
+    return write_private_file(path, text, make_dir=True)
 
 
 @activity.defn(name="report")
 async def report(inp: StageTaskInput) -> StageTaskResult:
     return await run_tool(report_tool, inp)
+
+
+@activity.defn(name="render_final_reports")
+@classified
+async def render_final_reports(req: FinalReportsRequest) -> FinalReportsResult:
+    """Render the report stage's files again from the final status (idempotent: same inputs,
+    same bytes). Only the formats the stage wrote; nothing when it wrote none."""
+    formats = report_formats(req.status)
+    if not formats:
+        return FinalReportsResult()
+    store = open_store()
+    status = await asyncio.to_thread(with_targets_from_store, store, req.status)
+    findings = await asyncio.to_thread(store.list_findings, status.workflow_id)
+    errors = await asyncio.to_thread(store.list_errors, status.workflow_id)
+    out_dir = load_settings().reports_dir / status.workflow_id
+    written: dict[str, str] = {}
+    for fmt in formats:
+        if fmt not in RENDERERS:
+            continue  # a format this worker does not know (a newer one wrote it): leave that file
+        render, filename = RENDERERS[fmt]
+        written[fmt] = str(await asyncio.to_thread(write_atomic, out_dir / filename, render(status, findings, errors)))
+    return FinalReportsResult(written=written)

@@ -405,10 +405,10 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
 async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     """Render from the store plus the assessment's status (stored result once it has ended)."""
-    import os
     from pathlib import Path
 
     from secflow.reports import RENDERERS
+    from secflow.reports.files import write_private_file
     from secflow.store import open_store
 
     out = Path(args.output) if args.output else None
@@ -425,14 +425,12 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
         return EXIT_OK
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
+        # 0600, a random O_EXCL|O_NOFOLLOW temporary name, renamed over the target: a
+        # link planted at either name is never followed.
+        write_private_file(out, text)
     except OSError as exc:
         raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"{args.format} report of {handle.id} written to {out}", file=sys.stderr)
     return EXIT_OK
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from secflow import guidance
 from secflow.findings import SEVERITY_ORDER, CveEnrichment, Finding, FindingEnrichment
 from secflow.models import AssessmentStatus, StageStatus
 from secflow.redaction import redact
+from secflow.reports.remediation import Remediation, normalise_cwe, remediation_for
 from secflow.store import ErrorEvent
 
 # Stage states a reader must be told about, with why.
@@ -267,3 +269,98 @@ def freshness_text(c: CveEnrichment) -> str:
     if c.partial:
         return f"PARTIAL ({fetched}): {c.partial_reason or 'no reason recorded'}"
     return f"current, fetched {fetched}"
+
+
+# --- snapshot or final ------------------------------------------------------------------
+def is_final(status: AssessmentStatus) -> bool:
+    """Whether the status is the assessment's last word (it has an outcome)."""
+    return status.outcome is not None
+
+
+def snapshot_note(status: AssessmentStatus) -> str:
+    """One plain sentence for a report of an assessment that has not ended ("" when final)."""
+    if is_final(status):
+        return ""
+    return (
+        f"SNAPSHOT: the assessment was still {status.status} when this report was written. "
+        "Stages, errors still marked pending, compensations and the finish time may change; "
+        "SecFlow rewrites its report files with the final outcome when the assessment ends, "
+        f"and `{guidance.CLI} report {status.workflow_id} --format md` renders the current state."
+    )
+
+
+# --- one issue, however many tools found it ----------------------------------------------
+@dataclass(frozen=True)
+class Issue:
+    """Findings of one problem: the same target, location and CWE, from one or more tools.
+
+    The store keeps each tool's finding (its own fingerprint); the reports show the issue
+    once and name every tool that found it. `findings` are in report order (worst first)."""
+
+    findings: tuple[Finding, ...]
+    remediation: Remediation
+
+    @property
+    def lead(self) -> Finding:
+        return self.findings[0]
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f.tool for f in self.findings))
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f"{f.tool}:{f.rule_id}" for f in self.findings))
+
+    @property
+    def cwe(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(normalise_cwe(c) for f in self.findings for c in f.cwe))
+
+    @property
+    def cve(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for f in self.findings for c in f.cve))
+
+
+def group_issues(findings: list[Finding]) -> list[Issue]:
+    """Findings (already `prepare`d) grouped into issues: two findings are one issue when
+    they share the target and the location and have a CWE in common (bandit B602 and
+    semgrep's shell=True rule on one line, both CWE-78). Findings without a CWE stand alone."""
+    groups: list[list[Finding]] = []
+    index: dict[tuple[str, str, str], int] = {}  # (target, location, CWE) -> group
+    for f in findings:
+        keys = [(f.target, f.location.strip(), normalise_cwe(c)) for c in f.cwe]
+        found = sorted({index[k] for k in keys if k in index})
+        if not found:
+            groups.append([f])
+            g = len(groups) - 1
+        else:
+            g = found[0]
+            groups[g].append(f)
+            for other in found[1:]:  # this finding joins two issues: one issue now
+                groups[g] += groups[other]
+                groups[other] = []
+                for k, v in index.items():
+                    if v == other:
+                        index[k] = g
+        for k in keys:
+            index[k] = g
+    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    issues = []
+    for group in groups:
+        if not group:
+            continue
+        ordered = tuple(sorted(group, key=lambda f: (rank[f.severity], f.tool, f.rule_id, f.fingerprint)))
+        issues.append(Issue(findings=ordered, remediation=_remediation_of(ordered)))
+    return sorted(issues, key=lambda i: (rank[i.lead.severity], i.lead.location, i.lead.tool, i.lead.rule_id, i.lead.fingerprint))
+
+
+def _remediation_of(findings: tuple[Finding, ...]) -> Remediation:
+    """The first finding's text that has one; the references of all, once each."""
+    parts = [remediation_for(f) for f in findings]
+    text = next((r.text for r in parts if r.text), "")
+    refs = tuple(dict.fromkeys(ref for r in parts for ref in r.references))
+    return Remediation(text=text, references=refs)
+
+
+def issue_severity_counts(issues: list[Issue]) -> dict[str, int]:
+    return severity_counts([i.lead for i in issues])

@@ -19,13 +19,16 @@ from secflow.reports._common import (
     enrichment_summary,
     epss_text,
     freshness_text,
+    group_issues,
+    is_final,
+    issue_severity_counts,
     kev_text,
     outcome_of,
     prepare,
-    refs,
-    severity_counts,
+    snapshot_note,
     stage_note,
 )
+from secflow.reports.remediation import Remediation
 from secflow.store import ErrorEvent
 
 _CSS = """
@@ -40,6 +43,8 @@ th{background:#f6f8fa}code{font-family:ui-monospace,monospace;font-size:.85rem}
 .evidence{white-space:pre-wrap;word-break:break-all}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem 1rem;margin:.5rem 0}
 .kev{color:#82071e;font-weight:600}
+.snapshot{background:#ddf4ff;border:1px solid #54aeff;padding:.5rem 1rem;margin:.5rem 0;font-weight:600}
+.fix{max-width:40rem}
 """.strip()
 
 
@@ -60,7 +65,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[ErrorEvent]) -> str:
     status, findings, errors = prepare(status, findings, errors)
-    counts = severity_counts(findings)
+    issues = group_issues(findings)
+    counts = issue_severity_counts(issues)
+    final = is_final(status)
     parts: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -74,20 +81,27 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
         "</head>",
         "<body>",
         f"<h1>Assessment report: {_e(status.name)}</h1>",
+        *([] if final else [f'<p class="snapshot">{_e(snapshot_note(status))}</p>']),
         "<ul>",
         f"<li>Assessment: <code>{_e(status.workflow_id)}</code></li>",
-        f"<li>State when the report was written: <strong>{_e(status.status)}</strong>"
+        (
+            f"<li>Outcome: <strong>{_e(status.outcome)}</strong>"
+            if final
+            else f"<li>State when this snapshot was written: <strong>{_e(status.status)}</strong>"
+        )
         + (f" ({_e(status.reason)})" if status.reason else "")
         + "</li>",
         f"<li>Started: {_e(_when(status.started_at))}</li>",
-        f"<li>Finished: {_e(_when(status.finished_at))}</li>",
+        f"<li>Finished: {_e(_when(status.finished_at)) if final else 'not yet (snapshot)'}</li>",
         *_enrichment_headline(findings),
         "</ul>",
         "<h2>Summary by severity</h2>",
+        f"<p>{len(issues)} issue(s) from {len(findings)} finding(s): an issue found by several tools at the same "
+        "location and CWE is counted once.</p>",
         _table(
-            ["severity", "findings"],
+            ["severity", "issues"],
             [[f'<span class="sev {_e(sev)}">{_e(sev)}</span>', str(n)] for sev, n in counts.items()]
-            + [["<strong>total</strong>", f"<strong>{len(findings)}</strong>"]],
+            + [["<strong>total</strong>", f"<strong>{len(issues)}</strong>"]],
         ),
         "<h2>Stages</h2>",
     ]
@@ -176,21 +190,27 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
             )
         )
     parts.append("<h2>Findings</h2>")
-    if findings:
+    if issues:
         parts.append(
             _table(
-                ["severity", "title", "location", "CWE / CVE", "tool", "rule", "evidence"],
+                ["severity", "title", "location", "CWE / CVE", "found by", "rules", "evidence", "remediation"],
                 [
                     [
-                        f'<span class="sev {_e(f.severity.value)}">{_e(f.severity.value)}</span>',
-                        _e(f.title),
-                        f"<code>{_e(f.location)}</code>",
-                        _e(refs(f)),
-                        _e(f.tool),
-                        _e(f.rule_id),
-                        f'<span class="evidence">{_e(f.evidence)}</span>',
+                        f'<span class="sev {_e(i.lead.severity.value)}">{_e(i.lead.severity.value)}</span>',
+                        _e(i.lead.title),
+                        f"<code>{_e(i.lead.location)}</code>",
+                        _e(", ".join([*i.cwe, *i.cve])),
+                        _e(", ".join(i.tools)),
+                        _e(", ".join(i.rules)),
+                        "<br>".join(
+                            f'<span class="evidence">{_e(f.evidence)}</span>'
+                            + (f" ({_e(f.tool)})" if len(i.findings) > 1 else "")
+                            for f in i.findings
+                            if f.evidence
+                        ),
+                        _fix(i.remediation),
                     ]
-                    for f in findings
+                    for i in issues
                 ],
             )
         )
@@ -199,6 +219,15 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
     parts += _enrichment_section(findings)
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
+
+
+def _fix(r: Remediation) -> str:
+    """Remediation text and reference links (escaped; links only to http(s) URLs from the catalogue)."""
+    links = ", ".join(
+        f'<a href="{_e(ref.url)}">{_e(ref.label)}</a>' for ref in r.references if ref.url.startswith(("https://", "http://"))
+    )
+    text = _e(r.text) if r.text else "No remediation on record for this rule; see the references."
+    return f'<div class="fix">{text}' + (f"<br>References: {links}" if links else "") + "</div>"
 
 
 def _enrichment_headline(findings: list[Finding]) -> list[str]:

@@ -8,6 +8,7 @@ from secflow.findings import Finding
 from secflow.models import AssessmentStatus
 from secflow.reports._common import (
     EnrichmentSummary,
+    Issue,
     cvss_text,
     degraded_stages,
     enriched_cves,
@@ -15,11 +16,13 @@ from secflow.reports._common import (
     enrichment_summary,
     epss_text,
     freshness_text,
+    group_issues,
+    is_final,
+    issue_severity_counts,
     kev_text,
     outcome_of,
     prepare,
-    refs,
-    severity_counts,
+    snapshot_note,
     stage_note,
 )
 from secflow.store import ErrorEvent
@@ -44,15 +47,21 @@ def _when(dt: datetime | None) -> str:
 
 def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: list[ErrorEvent]) -> str:
     status, findings, errors = prepare(status, findings, errors)
-    counts = severity_counts(findings)
-    lines = [
-        f"# Assessment report: {_cell(status.name)}",
-        "",
+    issues = group_issues(findings)
+    counts = issue_severity_counts(issues)
+    lines = [f"# Assessment report: {_cell(status.name)}", ""]
+    if not is_final(status):
+        lines += [f"> **{_cell(snapshot_note(status))}**", ""]
+    lines += [
         f"- Assessment: `{status.workflow_id}`",
-        f"- State when the report was written: **{_cell(status.status)}**"
+        (
+            f"- Outcome: **{_cell(status.outcome)}**"
+            if is_final(status)
+            else f"- State when this snapshot was written: **{_cell(status.status)}**"
+        )
         + (f" ({_cell(status.reason)})" if status.reason else ""),
         f"- Started: {_when(status.started_at)}",
-        f"- Finished: {_when(status.finished_at)}",
+        f"- Finished: {_when(status.finished_at) if is_final(status) else 'not yet (snapshot)'}",
     ]
     enrichment = enrichment_summary(findings)
     if enrichment.any:
@@ -62,10 +71,13 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
         "",
         "## Summary by severity",
         "",
-        "| severity | findings |",
+        f"{len(issues)} issue(s) from {len(findings)} finding(s): an issue found by several tools at the same "
+        "location and CWE is counted once.",
+        "",
+        "| severity | issues |",
         "|---|---|",
         *[f"| {sev} | {n} |" for sev, n in counts.items()],
-        f"| **total** | **{len(findings)}** |",
+        f"| **total** | **{len(issues)}** |",
         "",
         "## Stages",
         "",
@@ -112,17 +124,21 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
             err = f" ({c.error.category}: {_cell(c.error.message)})" if c.error else ""
             lines.append(f"- {_cell(c.name)}: {c.state}{err}")
     lines += ["", "## Findings", ""]
-    if findings:
-        lines += ["| severity | title | location | CWE / CVE | tool | rule |", "|---|---|---|---|---|---|"]
-        for f in findings:
+    if issues:
+        lines += ["| severity | title | location | CWE / CVE | found by | rules |", "|---|---|---|---|---|---|"]
+        for i in issues:
+            f = i.lead
             lines.append(
-                f"| {f.severity.value} | {_cell(f.title)} | {_cell(f.location)} | {_cell(refs(f))} | {_cell(f.tool)} | {_cell(f.rule_id)} |"
+                f"| {f.severity.value} | {_cell(f.title)} | {_cell(f.location)} | {_cell(', '.join([*i.cwe, *i.cve]))} | "
+                f"{_cell(', '.join(i.tools))} | {_cell(', '.join(i.rules))} |"
             )
-        evidenced = [f for f in findings if f.evidence]
+        evidenced = [(i, f) for i in issues for f in i.findings if f.evidence]
         if evidenced:
             lines += ["", "### Evidence", ""]
-            for f in evidenced:
-                lines.append(f"- **{_cell(f.title)}** at `{f.location.replace('`', '')}`: {_cell(f.evidence)}")
+            for i, f in evidenced:
+                by = f" ({_cell(f.tool)})" if len(i.findings) > 1 else ""
+                lines.append(f"- **{_cell(f.title)}** at `{f.location.replace('`', '')}`{by}: {_cell(f.evidence)}")
+        lines += _remediation_section(issues)
     else:
         lines.append("No findings.")
     if enrichment.any:
@@ -157,4 +173,19 @@ def _enrichment_section(findings: list[Finding], summary: EnrichmentSummary) -> 
         if described:
             lines += ["", "### CVE descriptions (NVD)", ""]
             lines += [f"- **{_cell(c.cve_id)}**: {_cell(c.description)}" for c in described]
+    return lines
+
+
+def _remediation_section(issues: list[Issue]) -> list[str]:
+    """How to fix each issue: the text once per distinct fix, with where and the references."""
+    fixes: dict[str, list[Issue]] = {}
+    for i in issues:
+        fixes.setdefault(i.remediation.text, []).append(i)
+    lines = ["", "### Remediation", ""]
+    for text, group in fixes.items():
+        rules = ", ".join(dict.fromkeys(r for i in group for r in i.rules))
+        where = ", ".join(dict.fromkeys(f"`{i.lead.location.replace('`', '')}`" for i in group))
+        refs = ", ".join(dict.fromkeys(f"[{_cell(r.label)}]({r.url})" for i in group for r in i.remediation.references))
+        fix = _cell(text) if text else "No remediation on record for this rule; see the references."
+        lines.append(f"- **{_cell(rules)}** at {where}: {fix}" + (f" References: {refs}." if refs else ""))
     return lines

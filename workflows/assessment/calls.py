@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.dlq import park_dead_letter
     from activities.incidents import open_incident
     from activities.locks import acquire_scan_locks, release_scan_locks
+    from activities.report import render_final_reports
     from activities.resources import create_workspace, finalize_assessment, remove_workspace
     from activities.stage_batches import (
         count_stage_targets,
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceInfo,
         WorkspaceRequest,
     )
+    from secflow.reports.final import FinalReportsRequest, FinalReportsResult
     from secflow.retries import STORE_PLAN, RetryPlan, plan_for, to_retry_policy
     from secflow.tools import RetryClass
 
@@ -109,6 +111,10 @@ async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
 
 async def finalize(req: FinalizeRequest) -> FindingCounts:
     return await workflow.execute_activity(finalize_assessment, req, start_to_close_timeout=LONG, retry_policy=_STORE)
+
+
+async def final_reports(req: FinalReportsRequest) -> FinalReportsResult:
+    return await workflow.execute_activity(render_final_reports, req, start_to_close_timeout=LONG, retry_policy=_FILESYSTEM)
 
 
 async def run_tool_activity(tool: str, task: StageTaskInput, plan: RetryPlan, timeout: timedelta) -> StageTaskResult:

@@ -10,7 +10,8 @@ The process:
    its failures go through the stage's `on_failure` policy (`policy.verdict`);
 4. `always` stages run whatever happened (the report);
 5. count findings from the store and close the error ledger;
-6. compensate LIFO and end as completed, completed_with_errors, failed or cancelled.
+6. compensate LIFO and end as completed, completed_with_errors, failed or cancelled;
+7. render the report stage's files again from the final status (they were a snapshot).
 
 The run continues as new when its history passes its budget at a quiet moment (nothing
 in flight but human waits), carrying its state. Decisions are pure functions in
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
         WorkspaceRequest,
     )
+    from secflow.reports.final import FINAL_REPORTS_PATCH, FinalReportsRequest, report_formats
     from secflow.retries import STORE_PLAN, plan_for
     from secflow.spec import Stage
     from secflow.tools import TOOLS, RetryClass
@@ -240,6 +242,7 @@ class AssessmentWorkflow(AssessmentAPI):
         self._status.outcome = outcome
         self._status.finished_at = workflow.now()
         self._publish()
+        await self._final_reports()  # 7
 
         failed = self._saga.failed
         if failed:
@@ -715,6 +718,24 @@ class AssessmentWorkflow(AssessmentAPI):
                 f"findings could not be counted from the store ({error.category}: {error.message}); counts are the workflow's own"
             )
             workflow.logger.error("finalize failed", extra={"error": error.message, "category": error.category})
+
+    async def _final_reports(self) -> None:
+        """Render the report stage's files again from the final status: the stage ran
+        before the ledger was closed and the compensations ran, so its files are a snapshot.
+        A new command, so behind a patch: recorded histories replay without it."""
+        if not report_formats(self._status) or not workflow.patched(FINAL_REPORTS_PATCH):
+            return
+        try:
+            await calls.final_reports(FinalReportsRequest(status=self._snapshot()))
+        except ActivityError as err:
+            error = error_from_activity(err, plan_for(RetryClass.FILESYSTEM))
+            # The assessment has ended; its report files stay the stage's snapshot (they say so).
+            self._status.reason = (self._status.reason + "; " if self._status.reason else "") + (
+                f"the final report files could not be written ({error.category}: {error.message}); "
+                "they show the state when the report stage ran"
+            )
+            workflow.logger.error("final reports failed", extra={"error": error.message, "category": error.category})
+            self._publish()
 
     # ------------------------------------------------------------------ continue-as-new
 
