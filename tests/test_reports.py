@@ -113,8 +113,10 @@ def test_sarif_of_a_realistic_assessment_validates_and_maps_everything() -> None
     assert doc["version"] == "2.1.0"
     runs = {r["tool"]["driver"]["name"]: r for r in doc["runs"]}
     assert set(runs) == {"sca", "http_headers", "portscan", "tls"}, "one run per tool; the report stage is not a tool run"
-    for run in runs.values():
-        assert run["automationDetails"]["id"] == "demo/a-1"
+    for tool, run in runs.items():
+        # category (all before the last /) per spec and tool; the run id is the assessment
+        assert run["automationDetails"]["id"] == f"secflow/demo/{tool}/a-1"
+        assert run["tool"]["driver"]["version"]  # the tool's version (SecFlow's for built-ins)
     results = {r["partialFingerprints"][FINGERPRINT_KEY]: r for run in runs.values() for r in run["results"]}
     assert set(results) == {f.fingerprint for f in findings}
     by_fp = {f.fingerprint: f for f in findings}
@@ -122,19 +124,32 @@ def test_sarif_of_a_realistic_assessment_validates_and_maps_everything() -> None
     # file:line -> relative artifact + region
     sca = next(r for fp, r in results.items() if by_fp[fp].location == "requirements.txt:12")
     phys = sca["locations"][0]["physicalLocation"]
+    # /srv/app is no repository on this machine: the target directory is the root
     assert phys["artifactLocation"] == {"uri": "requirements.txt", "uriBaseId": "SRCROOT"}
+    assert runs["sca"]["originalUriBaseIds"]["SRCROOT"]["uri"] == "file:///srv/app/"
     assert phys["region"] == {"startLine": 12}
     spaced = next(r for fp, r in results.items() if by_fp[fp].location == "sub dir/poetry.lock:40")
     assert spaced["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "sub%20dir/poetry.lock"
-    # URL -> absolute artifact URI + logical location
+    # URL -> a logical location with the URL in properties, never an http:// artifact
     csp = next(r for fp, r in results.items() if by_fp[fp].rule_id == "missing-csp")
-    assert csp["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "http://127.0.0.1:8080/"
-    assert "region" not in csp["locations"][0]["physicalLocation"]
-    # host:port -> not mistaken for file:line
-    for rule, loc in (("open-port", "127.0.0.1:8080"), ("tls-protocol-tls1_0", "example.test:8443")):
+    loc = csp["locations"][0]
+    assert loc["logicalLocations"][0] == {"name": "http://127.0.0.1:8080/", "fullyQualifiedName": "http://127.0.0.1:8080/", "kind": "resource"}
+    assert loc["properties"] == {"url": "http://127.0.0.1:8080/", "host": "127.0.0.1", "port": 8080}
+    assert csp["properties"]["url"] == "http://127.0.0.1:8080/"
+    assert loc["physicalLocation"]["artifactLocation"] == {"uri": "127.0.0.1/8080/", "uriBaseId": "SECFLOW_TARGET"}
+    assert "region" not in loc["physicalLocation"]
+    # host:port -> not mistaken for file:line, not a tcp:// artifact
+    for rule, loc_text, host, port in (
+        ("open-port", "127.0.0.1:8080", "127.0.0.1", 8080),
+        ("tls-protocol-tls1_0", "example.test:8443", "example.test", 8443),
+    ):
         res = next(r for fp, r in results.items() if by_fp[fp].rule_id == rule)
-        assert res["locations"][0]["physicalLocation"]["artifactLocation"] == {"uri": f"tcp://{loc}"}
-        assert res["locations"][0]["logicalLocations"][0]["name"] == loc
+        assert res["locations"][0]["logicalLocations"][0]["name"] == loc_text
+        assert (res["properties"]["host"], res["properties"]["port"]) == (host, port)
+        assert "://" not in res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    for run in runs.values():
+        for base in run["originalUriBaseIds"].values():
+            assert base["uri"].endswith("/") and ":" in base["uri"]  # absolute, resolvable
 
     # rules: CWE tags, security-severity, help
     rule = runs["sca"]["tool"]["driver"]["rules"][runs["sca"]["results"][0]["ruleIndex"]]

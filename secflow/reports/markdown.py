@@ -126,17 +126,17 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
     lines += ["", "## Findings", ""]
     if issues:
         lines += ["| severity | title | location | CWE / CVE | found by | rules |", "|---|---|---|---|---|---|"]
-        for i in issues:
-            f = i.lead
+        for issue in issues:
+            f = issue.lead
             lines.append(
-                f"| {f.severity.value} | {_cell(f.title)} | {_cell(f.location)} | {_cell(', '.join([*i.cwe, *i.cve]))} | "
-                f"{_cell(', '.join(i.tools))} | {_cell(', '.join(i.rules))} |"
+                f"| {f.severity.value} | {_cell(f.title)} | {_cell(f.location)} | {_cell(', '.join([*issue.cwe, *issue.cve]))} | "
+                f"{_cell(', '.join(issue.tools))} | {_cell(', '.join(issue.rules))} |"
             )
-        evidenced = [(i, f) for i in issues for f in i.findings if f.evidence]
+        evidenced = [(issue, f) for issue in issues for f in issue.findings if f.evidence]
         if evidenced:
             lines += ["", "### Evidence", ""]
-            for i, f in evidenced:
-                by = f" ({_cell(f.tool)})" if len(i.findings) > 1 else ""
+            for issue, f in evidenced:
+                by = f" ({_cell(f.tool)})" if len(issue.findings) > 1 else ""
                 lines.append(f"- **{_cell(f.title)}** at `{f.location.replace('`', '')}`{by}: {_cell(f.evidence)}")
         lines += _remediation_section(issues)
     else:

@@ -65,13 +65,21 @@ def cwe_url(cwe: str) -> str | None:
     return f"https://cwe.mitre.org/data/definitions/{int(m[1])}.html" if m else None
 
 
+def _rule_entry(rules: dict[str, Any], rule_id: str) -> dict[str, Any] | None:
+    """The rule's entry; semgrep prefixes its ids with the rules file's folder
+    (`rules.semgrep.secflow.python.x`), so a dotted suffix matches too."""
+    if rule_id in rules:
+        return rules[rule_id]
+    return next((v for k, v in rules.items() if rule_id.endswith("." + k)), None)
+
+
 def remediation_for(f: Finding) -> Remediation:
     """The remediation of a finding (its rule's, its tool's or its CWE's) and its references."""
     cat = _catalogue()
     cwes = [normalise_cwe(c) for c in f.cwe]
     tool = _tool_key(f.tool)
     entry: dict[str, Any] = (
-        cat["rules"].get(tool, {}).get(f.rule_id)
+        _rule_entry(cat["rules"].get(tool, {}), f.rule_id)
         or cat["tools"].get(tool)
         or cat["tools"].get(_tool_key(f.rule_id))
         or next((cat["cwe"][c] for c in cwes if c in cat["cwe"]), None)
