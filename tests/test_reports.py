@@ -51,80 +51,27 @@ def _finding(**kw) -> Finding:
 
 def realistic_findings() -> list[Finding]:
     return [
-        _finding(
-            tool="sca",
-            rule_id="GHSA-462w-v97r-4m45",
-            title="jinja2 2.11.2: sandbox escape",
-            severity=Severity.CRITICAL,
-            target="/srv/app",
-            location="requirements.txt:12",
-            cwe=["CWE-1336"],
-            cve=["CVE-2024-22195"],
-            evidence="jinja2==2.11.2; fixed in 3.1.3; score 9.8",
-        ),
-        _finding(
-            tool="sca",
-            rule_id="GHSA-8q59-q68h-6hv4",
-            title="urllib3 1.26.4: header injection",
-            severity=Severity.HIGH,
-            target="/srv/app",
-            location="sub dir/poetry.lock:40",
-            cwe=["CWE-93"],
-            cve=["CVE-2023-43804"],
-        ),
-        _finding(
-            tool="http_headers",
-            rule_id="missing-csp",
-            title="Content-Security-Policy missing",
-            severity=Severity.MEDIUM,
-            target="http://127.0.0.1:8080/",
-            location="http://127.0.0.1:8080/",
-            cwe=["CWE-693"],
-            evidence="no Content-Security-Policy header",
-        ),
-        _finding(
-            tool="http_headers",
-            rule_id="weak-cookie",
-            title="Cookie sid without Secure",
-            severity=Severity.LOW,
-            target="http://127.0.0.1:8080/",
-            location="http://127.0.0.1:8080/#cookie=sid",
-            cwe=["CWE-614"],
-        ),
-        _finding(
-            tool="portscan",
-            rule_id="open-port",
-            title="Open TCP port 8080",
-            severity=Severity.INFO,
-            target="127.0.0.1",
-            location="127.0.0.1:8080",
-        ),
-        _finding(
-            tool="tls",
-            rule_id="tls-protocol-tls1_0",
-            title="TLS 1.0 accepted",
-            severity=Severity.MEDIUM,
-            target="https://example.test:8443/",
-            location="example.test:8443",
-            cwe=["CWE-326"],
-        ),
+        _finding(tool="sca", rule_id="GHSA-462w-v97r-4m45", title="jinja2 2.11.2: sandbox escape", severity=Severity.CRITICAL,
+                 target="/srv/app", location="requirements.txt:12", cwe=["CWE-1336"], cve=["CVE-2024-22195"],
+                 evidence="jinja2==2.11.2; fixed in 3.1.3; score 9.8"),
+        _finding(tool="sca", rule_id="GHSA-8q59-q68h-6hv4", title="urllib3 1.26.4: header injection", severity=Severity.HIGH,
+                 target="/srv/app", location="sub dir/poetry.lock:40", cwe=["CWE-93"], cve=["CVE-2023-43804"]),
+        _finding(tool="http_headers", rule_id="missing-csp", title="Content-Security-Policy missing", severity=Severity.MEDIUM,
+                 target="http://127.0.0.1:8080/", location="http://127.0.0.1:8080/", cwe=["CWE-693"],
+                 evidence="no Content-Security-Policy header"),
+        _finding(tool="http_headers", rule_id="weak-cookie", title="Cookie sid without Secure", severity=Severity.LOW,
+                 target="http://127.0.0.1:8080/", location="http://127.0.0.1:8080/#cookie=sid", cwe=["CWE-614"]),
+        _finding(tool="portscan", rule_id="open-port", title="Open TCP port 8080", severity=Severity.INFO,
+                 target="127.0.0.1", location="127.0.0.1:8080"),
+        _finding(tool="tls", rule_id="tls-protocol-tls1_0", title="TLS 1.0 accepted", severity=Severity.MEDIUM,
+                 target="https://example.test:8443/", location="example.test:8443", cwe=["CWE-326"]),
     ]
 
 
 def _error(n: int, stage: str, tool: str, category: str, outcome: str | None, message: str = "boom") -> ErrorEvent:
-    return ErrorEvent(
-        event_id=f"e{n}",
-        assessment_id="a-1",
-        stage_id=stage,
-        target="http://127.0.0.1:8080/",
-        tool=tool,
-        attempt=n,
-        category=category,
-        message=message,
-        retryable=category == "transient",
-        occurred_at=T0 + timedelta(seconds=n),
-        outcome=outcome,
-    )
+    return ErrorEvent(event_id=f"e{n}", assessment_id="a-1", stage_id=stage, target="http://127.0.0.1:8080/", tool=tool,
+                      attempt=n, category=category, message=message, retryable=category == "transient",
+                      occurred_at=T0 + timedelta(seconds=n), outcome=outcome)
 
 
 def realistic_status() -> AssessmentStatus:
@@ -140,23 +87,11 @@ def realistic_status() -> AssessmentStatus:
             "deps": StageStatus(state="succeeded", kind="sca", tool="sca", attempts=1, findings=2),
             "ports": StageStatus(state="succeeded", kind="discovery", tool="portscan", attempts=1, findings=1),
             "headers": StageStatus(state="succeeded", kind="dast", tool="http_headers", attempts=2, findings=2),
-            "tls": StageStatus(
-                state="partial",
-                kind="dast",
-                tool="tls",
-                attempts=3,
-                findings=1,
-                degraded=True,
-                reason="1 of 2 targets failed (50% <= tolerated 50%)",
-            ),
+            "tls": StageStatus(state="partial", kind="dast", tool="tls", attempts=3, findings=1, degraded=True,
+                               reason="1 of 2 targets failed (50% <= tolerated 50%)"),
             "nuclei": StageStatus(state="skipped", kind="dast", tool="http_headers", reason="skipped by alice: out of window"),
-            "exploit": StageStatus(
-                state="failed",
-                kind="dast",
-                tool="http_headers",
-                attempts=1,
-                error=ErrorInfo(category="permanent", message="401 Unauthorized", attempts=1),
-            ),
+            "exploit": StageStatus(state="failed", kind="dast", tool="http_headers", attempts=1,
+                                   error=ErrorInfo(category="permanent", message="401 Unauthorized", attempts=1)),
             "report": StageStatus(state="running", kind="report", tool="report"),
         },
         interventions=[Intervention(action="skip", stage="nuclei", by="alice", reason="out of window", at=T0, via="update")],
@@ -198,11 +133,7 @@ def test_sarif_of_a_realistic_assessment_validates_and_maps_everything() -> None
     # URL -> a logical location with the URL in properties, never an http:// artifact
     csp = next(r for fp, r in results.items() if by_fp[fp].rule_id == "missing-csp")
     loc = csp["locations"][0]
-    assert loc["logicalLocations"][0] == {
-        "name": "http://127.0.0.1:8080/",
-        "fullyQualifiedName": "http://127.0.0.1:8080/",
-        "kind": "resource",
-    }
+    assert loc["logicalLocations"][0] == {"name": "http://127.0.0.1:8080/", "fullyQualifiedName": "http://127.0.0.1:8080/", "kind": "resource"}
     assert loc["properties"] == {"url": "http://127.0.0.1:8080/", "host": "127.0.0.1", "port": 8080}
     assert csp["properties"]["url"] == "http://127.0.0.1:8080/"
     assert loc["physicalLocation"]["artifactLocation"] == {"uri": "127.0.0.1/8080/", "uriBaseId": "SECFLOW_TARGET"}
@@ -243,13 +174,7 @@ def test_sarif_of_a_realistic_assessment_validates_and_maps_everything() -> None
 
 @pytest.mark.parametrize(
     ("severity", "level"),
-    [
-        (Severity.CRITICAL, "error"),
-        (Severity.HIGH, "error"),
-        (Severity.MEDIUM, "warning"),
-        (Severity.LOW, "note"),
-        (Severity.INFO, "note"),
-    ],
+    [(Severity.CRITICAL, "error"), (Severity.HIGH, "error"), (Severity.MEDIUM, "warning"), (Severity.LOW, "note"), (Severity.INFO, "note")],
 )
 def test_sarif_levels(severity: Severity, level: str) -> None:
     f = _finding(tool="portscan", rule_id="r", title="t", severity=severity, target="127.0.0.1", location="127.0.0.1:22")
@@ -266,12 +191,8 @@ def test_sarif_of_an_empty_assessment_validates() -> None:
     assert doc["runs"][0]["results"] == [] and doc["runs"][0]["tool"]["driver"]["rules"] == []
     assert doc["runs"][0]["invocations"][0]["executionSuccessful"] is True
     # with stages but no findings: one empty run per tool, so an upload says "nothing found"
-    status = AssessmentStatus(
-        workflow_id="e-2",
-        name="empty",
-        status="completed",
-        stages={"h": StageStatus(state="succeeded", kind="dast", tool="http_headers")},
-    )
+    status = AssessmentStatus(workflow_id="e-2", name="empty", status="completed",
+                              stages={"h": StageStatus(state="succeeded", kind="dast", tool="http_headers")})
     doc = validate_sarif(render_sarif(status, [], []))
     assert [r["tool"]["driver"]["name"] for r in doc["runs"]] == ["http_headers"]
 
@@ -284,12 +205,7 @@ def test_human_reports_say_what_was_degraded_and_how_errors_ended(render) -> Non
     assert "skipped by alice: out of window" in text
     assert "permanent: 401 Unauthorized" in text
     # every error with its category and outcome (None is pending)
-    for category, outcome in (
-        ("transient", "recovered"),
-        ("external_tool", "degraded"),
-        ("permanent", "failed"),
-        ("resource", "pending"),
-    ):
+    for category, outcome in (("transient", "recovered"), ("external_tool", "degraded"), ("permanent", "failed"), ("resource", "pending")):
         assert category in text and outcome in text
     assert "503 Service Unavailable" in text and "disk full" in text
     # interventions, CWE/CVE, summary
@@ -299,15 +215,9 @@ def test_human_reports_say_what_was_degraded_and_how_errors_ended(render) -> Non
 
 
 def test_html_escapes_everything_and_is_self_contained() -> None:
-    evil = _finding(
-        tool="http_headers",
-        rule_id="server-banner",
-        title='Server: <script>alert("x")</script>',
-        severity=Severity.LOW,
-        target="http://127.0.0.1/",
-        location="http://127.0.0.1/?q=<img src=x onerror=alert(1)>",
-        evidence="<b>bold</b> & 'quoted'",
-    )
+    evil = _finding(tool="http_headers", rule_id="server-banner", title='Server: <script>alert("x")</script>', severity=Severity.LOW,
+                    target="http://127.0.0.1/", location="http://127.0.0.1/?q=<img src=x onerror=alert(1)>",
+                    evidence="<b>bold</b> & 'quoted'")
     status = realistic_status()
     status.stages["tls"].reason = "<iframe src=//evil>"
     err = _error(9, "headers", "http_headers", "external_tool", "failed", "garbage <svg onload=alert(1)>")
@@ -317,21 +227,15 @@ def test_html_escapes_everything_and_is_self_contained() -> None:
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; &#x27;quoted&#x27;" in text
     # no external assets, no scripts at all
     assert "<script" not in text and "src=" not in text.replace("src=x", "").replace("src=//evil", "")
-    assert 'http-equiv="Content-Security-Policy"' in text and "<link" not in text
+    assert "http-equiv=\"Content-Security-Policy\"" in text and "<link" not in text
     # Markdown does not let raw HTML through either (GitHub renders it)
     assert "<script>" not in render_markdown(status, [evil], [err])
 
 
 def test_secrets_never_reach_any_report() -> None:
-    leaky = _finding(
-        tool="http_headers",
-        rule_id="token-in-page",
-        title=f"token={SECRET} in page",
-        severity=Severity.HIGH,
-        target="http://127.0.0.1/",
-        location="http://user:hunter2pass@127.0.0.1/",
-        evidence=f"Authorization: Bearer {SECRET}",
-    )
+    leaky = _finding(tool="http_headers", rule_id="token-in-page", title=f"token={SECRET} in page", severity=Severity.HIGH,
+                     target="http://127.0.0.1/", location="http://user:hunter2pass@127.0.0.1/",
+                     evidence=f"Authorization: Bearer {SECRET}")
     err = _error(1, "headers", "http_headers", "permanent", "failed", f"401 with api_key={SECRET}")
     status = realistic_status()
     status.stages["tls"].reason = f"password={SECRET}"
@@ -352,17 +256,7 @@ def test_json_report_has_stable_keys() -> None:
     assert doc["summary"]["errors_by_outcome"] == {"degraded": 1, "failed": 1, "pending": 1, "recovered": 1}
     assert {d["stage"] for d in doc["summary"]["degraded"]} == {"tls", "nuclei", "exploit"}
     assert [f["severity"] for f in doc["findings"]][:2] == ["critical", "high"]
-    assert set(doc["findings"][0]) >= {
-        "fingerprint",
-        "tool",
-        "rule_id",
-        "title",
-        "severity",
-        "location",
-        "cwe",
-        "cve",
-        "evidence",
-    }
+    assert set(doc["findings"][0]) >= {"fingerprint", "tool", "rule_id", "title", "severity", "location", "cwe", "cve", "evidence"}
     assert set(doc["errors"][0]) >= {"event_id", "stage_id", "category", "message", "outcome"}
     # deterministic: same input, same bytes
     findings, errors = realistic_findings(), realistic_errors()
@@ -370,9 +264,7 @@ def test_json_report_has_stable_keys() -> None:
 
 
 def _starter(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "starter", *args], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "starter", *args], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120)
 
 
 async def test_report_stage_writes_all_four_and_the_starter_renders_the_same(client: Client, worker: str, tmp_path: Path) -> None:
@@ -382,12 +274,7 @@ async def test_report_stage_writes_all_four_and_the_starter_renders_the_same(cli
         spec = make_spec(
             [{"url": flaky.url}],
             [
-                {
-                    "id": "headers",
-                    "kind": "dast",
-                    "tool": "http_headers",
-                    "retry": {"max_attempts": 3, "initial_interval": "100ms"},
-                },
+                {"id": "headers", "kind": "dast", "tool": "http_headers", "retry": {"max_attempts": 3, "initial_interval": "100ms"}},
                 {"id": "report", "kind": "report", "depends_on": ["headers"], "always": True},
             ],
         )
@@ -458,35 +345,16 @@ def _enrich_payloads() -> dict[str, dict]:
     def record(cve: str):
         return parse_nvd({"totalResults": 1, "format": "NVD_CVE", "vulnerabilities": [nvd[cve]]})
 
-    fresh = EnrichedCve(
-        cve_id="CVE-2021-44228",
-        nvd=record("CVE-2021-44228"),
-        epss=epss["CVE-2021-44228"],
-        kev=kev["CVE-2021-44228"],
-        fetched_at=T0,
-    )
-    stale = EnrichedCve(
-        cve_id="CVE-2019-10906",
-        nvd=record("CVE-2019-10906"),
-        epss=epss.get("CVE-2019-10906"),
-        fetched_at=T0 - timedelta(hours=72),
-    )
-    partial = EnrichedCve(
-        cve_id="CVE-2020-28493",
-        epss=epss.get("CVE-2020-28493"),
-        fetched_at=T0,
-        partial=True,
-        partial_reason="NVD unavailable: HTTP 503",
-    )
+    fresh = EnrichedCve(cve_id="CVE-2021-44228", nvd=record("CVE-2021-44228"), epss=epss["CVE-2021-44228"],
+                        kev=kev["CVE-2021-44228"], fetched_at=T0)
+    stale = EnrichedCve(cve_id="CVE-2019-10906", nvd=record("CVE-2019-10906"), epss=epss.get("CVE-2019-10906"),
+                        fetched_at=T0 - timedelta(hours=72))
+    partial = EnrichedCve(cve_id="CVE-2020-28493", epss=epss.get("CVE-2020-28493"), fetched_at=T0, partial=True,
+                          partial_reason="NVD unavailable: HTTP 503")
     return {
         "fresh": {**fresh.model_dump(mode="json"), "status": "enriched"},
-        "stale": {
-            **stale.model_dump(mode="json"),
-            "status": "stale",
-            "stale": True,
-            "stale_age_seconds": 72 * 3600.0,
-            "stale_reason": "stale: cached data from 2025-04-28T12:00:00+00:00 (72.0 h old) used because NVD unavailable: HTTP 503",
-        },
+        "stale": {**stale.model_dump(mode="json"), "status": "stale", "stale": True, "stale_age_seconds": 72 * 3600.0,
+                  "stale_reason": "stale: cached data from 2025-04-28T12:00:00+00:00 (72.0 h old) used because NVD unavailable: HTTP 503"},
         "partial": {**partial.model_dump(mode="json"), "status": "partial"},
     }
 
@@ -495,33 +363,12 @@ def enriched_findings() -> list[Finding]:
     from secflow.findings import FindingEnrichment
 
     p = _enrich_payloads()
-    log4j = _finding(
-        tool="sca",
-        rule_id="GHSA-jfh8-c2jp-5v3q",
-        title="log4j-core 2.14.1: Log4Shell",
-        severity=Severity.HIGH,
-        target="/srv/app",
-        location="pom.xml:30",
-        cve=["CVE-2021-44228"],
-    )
-    jinja_stale = _finding(
-        tool="sca",
-        rule_id="PYSEC-2019-217",
-        title="jinja2 2.10: sandbox escape",
-        severity=Severity.MEDIUM,
-        target="/srv/app",
-        location="requirements.txt:1",
-        cve=["CVE-2019-10906"],
-    )
-    jinja_partial = _finding(
-        tool="sca",
-        rule_id="GHSA-g3rq-g295-4j3m",
-        title="jinja2 2.10: ReDoS",
-        severity=Severity.MEDIUM,
-        target="/srv/app",
-        location="requirements.txt:1#redos",
-        cve=["CVE-2020-28493"],
-    )
+    log4j = _finding(tool="sca", rule_id="GHSA-jfh8-c2jp-5v3q", title="log4j-core 2.14.1: Log4Shell", severity=Severity.HIGH,
+                     target="/srv/app", location="pom.xml:30", cve=["CVE-2021-44228"])
+    jinja_stale = _finding(tool="sca", rule_id="PYSEC-2019-217", title="jinja2 2.10: sandbox escape", severity=Severity.MEDIUM,
+                           target="/srv/app", location="requirements.txt:1", cve=["CVE-2019-10906"])
+    jinja_partial = _finding(tool="sca", rule_id="GHSA-g3rq-g295-4j3m", title="jinja2 2.10: ReDoS", severity=Severity.MEDIUM,
+                             target="/srv/app", location="requirements.txt:1#redos", cve=["CVE-2020-28493"])
     out = []
     for f, key in ((log4j, "fresh"), (jinja_stale, "stale"), (jinja_partial, "partial")):
         out.append(f.model_copy(update={"enrichment": FindingEnrichment.from_stored(json.dumps({"cves": [p[key]]}))}))
@@ -530,9 +377,7 @@ def enriched_findings() -> list[Finding]:
 
 def test_enrichment_does_not_change_the_fingerprint() -> None:
     for f in enriched_findings():
-        bare = Finding.new(
-            tool=f.tool, rule_id=f.rule_id, title=f.title, severity=f.severity, target=f.target, location=f.location
-        )
+        bare = Finding.new(tool=f.tool, rule_id=f.rule_id, title=f.title, severity=f.severity, target=f.target, location=f.location)
         assert f.enrichment is not None and f.fingerprint == bare.fingerprint
     [fresh, stale, partial] = [f.enrichment.cves[0] for f in enriched_findings()]
     assert (fresh.cvss3_score, fresh.in_kev, fresh.status) == (10.0, True, "enriched")
@@ -565,13 +410,7 @@ def test_sarif_carries_enrichment_and_ranks_by_cvss() -> None:
     partial = results["GHSA-g3rq-g295-4j3m"]
     assert partial["properties"]["enrichment"]["partial"] is True
     assert "PARTIAL data: NVD unavailable: HTTP 503" in partial["message"]["text"]
-    assert run["properties"]["enrichment"] == {
-        "cves": 3,
-        "current": 1,
-        "stale": 1,
-        "partial": 1,
-        "oldestStaleAgeSeconds": 72 * 3600.0,
-    }
+    assert run["properties"]["enrichment"] == {"cves": 3, "current": 1, "stale": 1, "partial": 1, "oldestStaleAgeSeconds": 72 * 3600.0}
     # no enrichment: no property, the severity table decides, as before
     plain = validate_sarif(render_sarif(realistic_status(), realistic_findings(), []))
     assert all("enrichment" not in r["properties"] for run in plain["runs"] for r in run["results"])
@@ -590,10 +429,7 @@ def test_human_reports_show_enrichment_and_say_when_stale_or_partial(render) -> 
     assert "0.92429 (percentile 0.99574)" in text and "Apache Log4j2" in text
     assert "current, fetched 2025-05-01T12:00:00+00:00" in text
     # stale: says so, how stale, since when, why
-    assert (
-        "STALE: cached data fetched 2025-04-28T12:00:00+00:00, 72.0 h (3.0 days) old when used, because NVD unavailable: HTTP 503"
-        in text
-    )
+    assert "STALE: cached data fetched 2025-04-28T12:00:00+00:00, 72.0 h (3.0 days) old when used, because NVD unavailable: HTTP 503" in text
     assert "Stale data." in text
     # partial: says so, and which data is unknown
     assert "Partial data." in text and "PARTIAL (2025-05-01T12:00:00+00:00): NVD unavailable: HTTP 503" in text
@@ -609,14 +445,8 @@ def test_json_report_carries_enrichment() -> None:
     assert cve["cvss3_score"] == 10.0 and cve["in_kev"] is True and cve["kev_due_date"] == "2021-12-24"
     summary = doc["summary"]["enrichment"]
     assert summary["cves"] == 3 and summary["current"] == 1
-    assert summary["stale"] == [
-        {
-            "cve": "CVE-2019-10906",
-            "age_seconds": 72 * 3600.0,
-            "fetched_at": "2025-04-28T12:00:00+00:00",
-            "reason": _enrich_payloads()["stale"]["stale_reason"],
-        }
-    ]
+    assert summary["stale"] == [{"cve": "CVE-2019-10906", "age_seconds": 72 * 3600.0, "fetched_at": "2025-04-28T12:00:00+00:00",
+                                 "reason": _enrich_payloads()["stale"]["stale_reason"]}]
     assert summary["partial"] == [{"cve": "CVE-2020-28493", "reason": "NVD unavailable: HTTP 503"}]
     assert summary["oldest_stale_age_seconds"] == 72 * 3600.0
     plain = json.loads(render_json(realistic_status(), realistic_findings(), []))
