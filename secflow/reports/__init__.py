@@ -10,6 +10,12 @@ inputs. Free text (titles, evidence, messages, reasons) goes through `redact` fi
 | md | `markdown.py` | people, in a terminal or a pull request |
 | html | `html.py` | people, in a browser (one self-contained page) |
 | json | `json_report.py` | machines (stable keys) |
+
+A status without an outcome renders as a snapshot and says so; the workflow renders the
+report stage's files again from its final status when it ends (`final.py`). Issues found
+by several tools are grouped in `_common.group_issues`; remediation comes from
+`remediation.py` (`rules/remediation.yaml`), SARIF drivers from `tool_info.py`, and every
+file is written by `files.py` (0600, 0700, never through a link). See docs/reports.md.
 """
 
 from __future__ import annotations
