@@ -62,7 +62,7 @@ async def test_happy_path_scans_reports_and_releases_everything(client: Client, 
     # compensations ran LIFO: lock released before the workspace is removed
     assert [c.state for c in status.compensations] == ["done", "done"]
     order = await activity_order(handle)
-    assert order[-2:] == ["release_scan_locks", "remove_workspace"]
+    assert order[-3:] == ["release_scan_locks", "remove_workspace", "render_final_reports"]  # reports re-rendered last
     assert not Path(status.workspace).exists()
     assert all(lock.holder != handle.id for lock in store.list_locks())
 
@@ -104,7 +104,7 @@ async def test_required_stage_failure_fails_fast_and_unwinds_lifo(client: Client
     assert status.stages["after"].state == "skipped"
     assert status.stages["report"].state == "succeeded", "always stages run after a failure"
     order = await activity_order(handle)
-    assert order[-2:] == ["release_scan_locks", "remove_workspace"]
+    assert order[-3:] == ["release_scan_locks", "remove_workspace", "render_final_reports"]  # reports re-rendered last
     assert [c.state for c in status.compensations] == ["done", "done"]
     desc = await handle.describe()
     assert desc.status.name == "FAILED"
