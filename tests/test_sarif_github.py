@@ -11,12 +11,14 @@ import asyncio
 import gzip
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -250,8 +252,6 @@ async def test_demo_sarif_passes_the_schema_and_githubs_upload_rules(demo: DemoR
     assert categories == {f"secflow/demo-sarif/{t}" for t in runs}
     assert all(r["automationDetails"]["id"].endswith("/" + demo.id) for r in doc["runs"])
 
-    from importlib import metadata
-
     for tool, package in (("bandit", "bandit"), ("semgrep", "semgrep"), ("detect_secrets", "detect-secrets")):
         driver = runs[tool]["tool"]["driver"]
         assert driver["version"] == metadata.version(package)  # the version that ran, not SecFlow's
@@ -317,3 +317,98 @@ async def test_report_output_option_replaces_a_planted_link_instead_of_following
     assert not out.is_symlink() and stat.S_IMODE(out.stat().st_mode) == 0o600
     assert json.loads(out.read_text())["runs"][0]["properties"]["final"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sarif", "victim.txt"]  # no temporary left
+
+
+# --- the checker and the non-file locations, without a server ----------------------------
+def _network_findings() -> list:
+    from secflow.findings import Finding, Severity
+
+    def f(tool: str, rule: str, target: str, location: str, sev: Severity = Severity.MEDIUM, cwe: list[str] | None = None):
+        return Finding.new(
+            tool=tool, rule_id=rule, title=f"{tool} {rule}", severity=sev, target=target, location=location, cwe=cwe
+        )
+
+    return [
+        f("portscan", "open-port", "127.0.0.1", "127.0.0.1:8080", Severity.INFO),
+        f("nmap", "open-port", "127.0.0.1", "127.0.0.1:53/udp", Severity.INFO),
+        f("tls", "tls-protocol-tls1.0", "https://[::1]:8443/", "[::1]:8443", Severity.HIGH, ["CWE-326"]),
+        f("http_headers", "csp-missing", "http://127.0.0.1:8089/", "http://127.0.0.1:8089/", cwe=["CWE-693"]),
+        f(
+            "http_headers",
+            "cookie-missing-secure",
+            "http://127.0.0.1:8089/",
+            "http://127.0.0.1:8089/login#cookie=sid",
+            cwe=["CWE-614"],
+        ),
+        f("sca", "GHSA-462w-v97r-4m45", str(APP), "requirements.txt:2", Severity.CRITICAL, ["CWE-1336"]),
+    ]
+
+
+def _status(name: str = "demo") -> AssessmentStatus:
+    return AssessmentStatus(workflow_id="a-1", name=name, status="completed", outcome="completed")
+
+
+def test_network_findings_are_logical_locations_and_pass_the_upload_rules() -> None:
+    from secflow.reports import render_sarif
+
+    text = render_sarif(_status(), _network_findings(), [])
+    doc = json.loads(text)
+    jsonschema.Draft7Validator(SCHEMA).validate(doc)
+    assert github_upload_problems(text) == []
+    runs = {r["tool"]["driver"]["name"]: r for r in doc["runs"]}
+    if shutil.which("nmap"):  # `nmap --version`; left out (never guessed) where nmap is absent
+        nmap_says = subprocess.run(["nmap", "--version"], capture_output=True, text=True, check=True).stdout
+        assert f"Nmap version {runs['nmap']['tool']['driver']['version']} " in nmap_says
+    else:
+        assert "version" not in runs["nmap"]["tool"]["driver"]
+    assert runs["portscan"]["tool"]["driver"]["version"] == metadata.version("secflow")
+    for tool in ("portscan", "nmap", "tls", "http_headers"):
+        for res in runs[tool]["results"]:
+            loc = res["locations"][0]
+            assert "://" not in loc["physicalLocation"]["artifactLocation"]["uri"]
+            assert loc["physicalLocation"]["artifactLocation"]["uriBaseId"] == "SECFLOW_TARGET"
+            assert loc["logicalLocations"][0]["kind"] == "resource"
+            assert "host" in loc["properties"] and loc["properties"] == {
+                k: v for k, v in res["properties"].items() if k in ("url", "host", "port", "protocol")
+            }
+    [udp] = runs["nmap"]["results"]
+    assert udp["locations"][0]["properties"] == {"host": "127.0.0.1", "port": 53, "protocol": "udp"}
+    [tls] = runs["tls"]["results"]
+    assert tls["locations"][0]["properties"]["host"] == "::1"
+    cookie = next(r for r in runs["http_headers"]["results"] if r["ruleId"] == "cookie-missing-secure")
+    assert cookie["locations"][0]["properties"]["url"] == "http://127.0.0.1:8089/login#cookie=sid"
+    # the file finding in the same log is still relative to the repository root
+    [sca] = runs["sca"]["results"]
+    assert sca["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "examples/vulnerable-app/requirements.txt"
+
+
+def test_the_upload_checker_catches_what_github_refuses() -> None:
+    from secflow.reports import render_sarif
+
+    doc = json.loads(render_sarif(_status(), _network_findings(), []))
+    run = doc["runs"][0]
+    run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"] = {"uri": "tcp://127.0.0.1:8080"}
+    del run["results"][-1]["locations"][0]["physicalLocation"]
+    run["results"].append(dict(run["results"][0]))  # the same fingerprint twice
+    doc["runs"] += [json.loads(json.dumps(doc["runs"][1]))] * 20  # 21+ runs, repeated categories
+    problems = github_upload_problems(json.dumps(doc))
+    assert any("not a file" in p for p in problems)
+    assert any("no physicalLocation" in p for p in problems)
+    assert any("fingerprint repeated" in p for p in problems)
+    assert any("runs (1..20 allowed)" in p for p in problems)
+    assert any("category" in p for p in problems)
+
+
+def test_a_run_keeps_the_most_severe_results_within_githubs_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import secflow.reports.sarif as sarif
+    from secflow.findings import Finding, Severity
+
+    monkeypatch.setattr(sarif, "MAX_RESULTS_PER_RUN", 3)  # GitHub's 25,000, scaled down
+    findings = [
+        Finding.new(tool="bandit", rule_id=f"B{n}", title="t", severity=sev, target=str(APP), location=f"app.py:{n}")
+        for n, sev in enumerate([Severity.LOW, Severity.HIGH, Severity.INFO, Severity.CRITICAL, Severity.MEDIUM], start=1)
+    ]
+    [run] = json.loads(sarif.render_sarif(_status(), findings, []))["runs"]
+    assert sorted(r["properties"]["severity"] for r in run["results"]) == ["critical", "high", "medium"]
+    [note] = run["invocations"][0]["toolExecutionNotifications"]
+    assert note["descriptor"]["id"] == "results-limit" and note["message"]["text"].startswith("2 less severe")
