@@ -158,3 +158,46 @@ def test_issues_group_only_the_same_target_location_and_cwe() -> None:
     # semgrep's prefixed rule id still finds its remediation
     assert "shell=False" in shell.remediation.text
     assert any(r.label == "OWASP A03:2021 Injection" for r in shell.remediation.references)
+
+
+# --- the final re-render meets a planted link: refused, said, the assessment still ends ----
+async def test_final_reports_refuse_a_report_directory_swapped_for_a_link(client, worker: str, tmp_path: Path) -> None:
+    import shutil
+
+    from temporalio.api.enums.v1 import EventType
+
+    from secflow.models import Decision
+    from secflow.settings import load_settings
+    from tests.helpers import activity_order, final_status, make_spec, start, wait_for
+
+    app = Path(__file__).resolve().parent.parent / "examples" / "vulnerable-app"
+    spec = make_spec(
+        [{"path": str(app)}],
+        [
+            {"id": "bandit", "kind": "sast", "tool": "bandit"},
+            {"id": "report", "kind": "report", "depends_on": ["bandit"], "options": {"formats": ["md"]}},
+            {"id": "late", "kind": "sast", "tool": "bandit", "depends_on": ["report"], "requires_approval": True},
+        ],
+        scope={"allow": [str(app)]},
+    )
+    handle = await start(client, spec, worker)
+    await wait_for(handle, lambda s: s.awaiting == ["late"], timeout=120)
+    report_dir = load_settings().reports_dir / handle.id
+    assert "SNAPSHOT" in (report_dir / "report.md").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(report_dir)
+    report_dir.symlink_to(elsewhere, target_is_directory=True)
+    await handle.signal("reject", Decision(stage="late", by="tests"))
+    status = await final_status(handle)
+    assert status.outcome == "completed_with_errors"
+    assert "the final report files could not be written (permanent:" in status.reason
+    assert "symbolic link" in status.reason
+    assert list(elsewhere.iterdir()) == []
+    assert (await activity_order(handle))[-1] == "render_final_reports"
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    ]
+    assert attempts[-1] == 1  # permanent: not retried
