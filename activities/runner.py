@@ -104,7 +104,7 @@ class ToolContext:
         permanent error (retrying will not create it).
         """
         given = os.path.abspath(self.input.target)
-        real = os.path.realpath(given)
+        real = os.path.realpath(self.input.target)  # not of `given`: `link/..` is the link target's parent
         self.require_in_scope(path=given)
         self.require_in_scope(path=real)
         if not os.path.exists(real):

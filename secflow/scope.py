@@ -207,9 +207,10 @@ def path_readings(path: str) -> tuple[frozenset[str], frozenset[str]]:
         decoded = nxt
     else:
         raise ValueError(f"path is percent-encoded more than {_MAX_DECODE_ROUNDS - 1} times over")
-    bad = _unsafe_char(decoded)
+    # An encoded space is an ordinary path character; a decoded NUL or line break is not.
+    bad = next((c for c in decoded if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
     if bad is not None:
-        raise ValueError(f"path decodes to a control or whitespace character ({bad!a})")
+        raise ValueError(f"path decodes to a control character ({bad!a})")
     return _variants(path), _variants(decoded.replace("\\", "/"))
 
 
@@ -312,7 +313,7 @@ class Rules:
             )
         elif entry.startswith(("/", "./", "../")) or entry == ".":
             given = os.path.normpath(os.path.abspath(entry))
-            self.path_prefixes.extend(dict.fromkeys((given, os.path.realpath(given))))
+            self.path_prefixes.extend(dict.fromkeys((given, os.path.realpath(entry), os.path.realpath(given))))
         elif "/" in entry:
             try:
                 self.networks.append(ipaddress.ip_network(entry, strict=False))
@@ -410,13 +411,16 @@ class Scope:
             if not isinstance(value, str) or not value or any(c in value for c in "\x00\n\r"):
                 return "not a usable path, so outside scope.allow"
             given = os.path.normpath(os.path.abspath(value))
-            real = os.path.realpath(given)
-            if self.deny.has_path(given, real):
+            # `a/link/..` is the parent of the link's TARGET to the filesystem, but `a` to
+            # a lexical normpath: both readings must be in scope.
+            reals = dict.fromkeys((os.path.realpath(value), os.path.realpath(given)))
+            if self.deny.has_path(given, *reals):
                 return "matches scope.deny"
-            if self.allow.has_path(real):
+            outside = [real for real in reals if not self.allow.has_path(real)]
+            if not outside:
                 return None
-            if real != given:
-                return f"leads (symlinks followed) to {real}, outside scope.allow"
+            if outside[0] != given:
+                return f"leads (symlinks followed) to {outside[0]}, outside scope.allow"
             return "outside scope.allow"
         raise ValueError(f"unknown target kind {kind!r}")
 
