@@ -2,7 +2,9 @@
 
 Plain async Python: no Temporal here. Redirects are followed by hand so that scope is
 checked before every hop: an out-of-scope redirect raises `ScopeViolation` before any
-connection to it is made. Transport errors (timeouts, resets, garbage on the wire) and
+connection to it is made. With `ScopedTransport` every connection also goes to an address
+checked at connect time (docs/scope.md): DNS answers and redirects to denied or
+non-public addresses are refused, and a name is never resolved twice. Transport errors (timeouts, resets, garbage on the wire) and
 5xx/429 answers propagate as httpx exceptions for the caller to classify.
 
 Evidence carries header values, but never cookie values: only cookie names and attributes.
