@@ -487,7 +487,10 @@ class Scope:
         permitted = [a for a in answers if self.permits_address(str(a[0]), via=canon)]
         if not permitted:
             shown = ", ".join(sorted({str(a[0]) for a in answers}))
-            raise ScopeViolation(f"host {canon} resolves to {shown}, outside the scope (or denied); not connecting")
+            raise ScopeViolation(
+                f"host {canon} resolves to {shown}, outside the scope (denied, or not public and not allowed by an"
+                " IP/CIDR entry of scope.allow); not connecting"
+            )
         chosen = next((a for a in permitted if strict_ip(str(a[0])) and ":" not in str(a[0])), permitted[0])
         checked = strict_ip(str(chosen[0]))
         assert checked is not None
