@@ -28,13 +28,15 @@ from temporalio.exceptions import ApplicationError
 
 from secflow import metrics
 from secflow.documents import cached_spec, load_spec
+from secflow.engagement import EngagementLimits, apply_limits
 from secflow.error_stats import dependency_of, resolve_recovered
 from secflow.errors import Category, Classification, PermanentError, ScopeViolation, classify, to_application_error
 from secflow.findings import Finding
 from secflow.logging import get_logger
 from secflow.models import StageTaskInput, StageTaskResult
+from secflow.redaction import redact
 from secflow.retries import next_delay
-from secflow.scope import Scope
+from secflow.scope import Address, Scope
 from secflow.spec import Spec
 from secflow.store import ErrorEvent, FindingsStore, open_store
 
@@ -59,12 +61,15 @@ class ToolContext:
         self, inp: StageTaskInput, store: FindingsStore, resume: dict[str, Any] | None, spec: Spec | None = None
     ) -> None:
         self.input = inp
-        self.options = inp.options
         self.store = store
         self.resume = resume
         # The scope and chaos section come from the stored spec when the input names it
         # (the sharded workflow never copies them per activity), else from the input.
-        self.scope = Scope.parse(list(spec.scope.allow) if spec is not None else inp.scope)
+        self.scope = Scope.parse(spec.scope.allow, spec.scope.deny) if spec is not None else Scope.parse(inp.scope)
+        # Rules of engagement: the workflow folded the stage's limits into the options;
+        # fold them again from the stored spec (idempotent), so an input built by an older
+        # workflow, or for a fallback tool, still honours them (secflow/engagement.py).
+        self.options = apply_limits(inp.tool, inp.options, _stage_limits(spec, inp.stage_id))
         self._chaos = dict(spec.chaos) if spec is not None else inp.chaos
         self.log = get_logger(stage=inp.stage_id, target=inp.target, tool=inp.tool)
         self.heartbeat_payload: dict[str, Any] = resume or {}
@@ -78,13 +83,18 @@ class ToolContext:
         return SpecChaos(self._chaos, scope=self.input.assessment_id)
 
     def require_in_scope(self, *, url: str | None = None, host: str | None = None, path: str | None = None) -> None:
-        """Defence in depth: the spec was validated, but check again right before touching."""
-        if url is not None and not self.scope.permits_url(url):
-            raise ScopeViolation(f"{url} is outside scope.allow")
-        if host is not None and not self.scope.permits_host(host):
-            raise ScopeViolation(f"host {host} is outside scope.allow")
-        if path is not None and not self.scope.permits_path(path):
-            raise ScopeViolation(f"path {path} is outside scope.allow")
+        """Defence in depth: the spec was validated, but check again right before touching.
+        Tools that connect also check the address they connect to (`connect_address`)."""
+        for kind, value in (("url", url), ("host", host), ("path", path)):
+            if value is None:
+                continue
+            why = self.scope.refusal(kind, value)
+            if why is not None:
+                raise ScopeViolation(f"{kind} {redact(ascii(value)[1:-1])}: {why}")
+
+    async def connect_address(self, host: str, port: int = 0) -> Address:
+        """Resolve `host` once and check the address against the scope; connect only to it."""
+        return await self.scope.connect_address(host, port)
 
     def source_tree(self) -> tuple[str, str]:
         """Resolve a `path:` target for a scanner: (real path, root directory).
@@ -94,7 +104,7 @@ class ToolContext:
         permanent error (retrying will not create it).
         """
         given = os.path.abspath(self.input.target)
-        real = os.path.realpath(given)
+        real = os.path.realpath(self.input.target)  # not of `given`: `link/..` is the link target's parent
         self.require_in_scope(path=given)
         self.require_in_scope(path=real)
         if not os.path.exists(real):
@@ -120,6 +130,15 @@ class ToolContext:
 
 
 ToolFn = Callable[[ToolContext], Awaitable[ToolOutput]]
+
+
+def _stage_limits(spec: Spec | None, stage_id: str) -> EngagementLimits | None:
+    if spec is None:
+        return None
+    try:
+        return spec.stage(stage_id).engagement_limits
+    except KeyError:
+        return None
 
 
 async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:

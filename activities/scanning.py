@@ -8,7 +8,7 @@ import httpx
 from temporalio import activity
 
 from activities.runner import ToolContext, ToolOutput, run_tool
-from activities.tools.http_headers import check_headers
+from activities.tools.http_headers import ScopedTransport, check_headers
 from activities.tools.portscan import PortscanProgress, parse_ports, port_findings, scan_ports
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.tools import HttpHeadersOptions, PortscanOptions
@@ -18,6 +18,9 @@ async def portscan_tool(ctx: ToolContext) -> ToolOutput:
     host = ctx.input.target
     ctx.require_in_scope(host=host)
     opts = PortscanOptions.model_validate(ctx.options)
+    # Resolved once and checked against the scope (deny list and DNS answers included);
+    # every probe goes to this address, never to the name again (no DNS rebinding).
+    address = await ctx.connect_address(host)
     ports = parse_ports(opts.ports)
     resume = _resume_point(ctx, len(ports))
     if resume is not None:
@@ -50,7 +53,7 @@ async def portscan_tool(ctx: ToolContext) -> ToolOutput:
     saver = asyncio.create_task(checkpointer())
     try:
         final = await scan_ports(
-            host,
+            address.ip,
             ports,
             rate=opts.rate,
             connect_timeout=opts.connect_timeout.total_seconds(),
@@ -86,11 +89,12 @@ async def http_headers_tool(ctx: ToolContext) -> ToolOutput:
     ctx.require_in_scope(url=url)
     opts = HttpHeadersOptions.model_validate(ctx.options)
     # trust_env=False: a scan must go to the target itself, never through a proxy from
-    # the environment. Redirects are followed by check_headers, scope-checked hop by hop.
+    # the environment. Redirects are followed by check_headers, scope-checked hop by hop,
+    # and every connection (redirects included) goes to an address checked at connect time.
     async with httpx.AsyncClient(
         follow_redirects=False,
         timeout=opts.request_timeout.total_seconds(),
-        verify=opts.verify_tls,
+        transport=ScopedTransport(ctx.scope, verify=opts.verify_tls),
         trust_env=False,
     ) as client:
         report = await check_headers(url, client=client, permits_url=ctx.scope.permits_url, max_redirects=opts.max_redirects)

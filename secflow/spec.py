@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from secflow.durations import Duration
+from secflow.engagement import RATE_OPTION, EngagementLimits, apply_limits, ports_outside, stage_limits
 from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
 from secflow.scope import Scope
 from secflow.tools import (
@@ -43,6 +44,9 @@ class _Strict(BaseModel):
 
 class ScopeSpec(_Strict):
     allow: list[str] = Field(min_length=1)
+    # Same entry forms as `allow`; a target or address matching a deny entry is out of
+    # scope whatever `allow` says (secflow/scope.py).
+    deny: list[str] = Field(default_factory=list)
 
 
 class Target(_Strict):
@@ -88,6 +92,7 @@ class Stage(_Strict):
     retry: RetryOverride | None = None
     timeout: Duration | None = None
     always: bool = False
+    limits: EngagementLimits | None = None
 
     @property
     def tool_name(self) -> str:
@@ -112,9 +117,14 @@ class Stage(_Strict):
         options its model knows, so nmap's `timing` does not break portscan's run."""
         options = {k: v for k, v in self.options.items() if k not in STAGE_OPTIONS}
         if tool is None or tool == self.tool_name or tool not in TOOLS:
-            return options
+            return apply_limits(tool or self.tool_name, options, self.engagement_limits)
         known = TOOLS[tool].options.model_fields
-        return {k: v for k, v in options.items() if k in known}
+        return apply_limits(tool, {k: v for k, v in options.items() if k in known}, self.engagement_limits)
+
+    @property
+    def engagement_limits(self) -> EngagementLimits | None:
+        """`limits`, tightened by the stage tool's own rate option (a fallback inherits it)."""
+        return stage_limits(self.limits, self.tool_name, self.options)
 
     def retry_plan(self, tool: str | None = None) -> RetryPlan:
         """The kind's row of the retry table with this stage's overrides (sandbox tools stay at 1)."""
@@ -314,13 +324,14 @@ def _semantic_problems(
 
     parsed_scope: Scope | None = None
     if scope is not None:
-        for i, entry in enumerate(scope.allow):
-            try:
-                Scope.parse([entry])
-            except ValueError as exc:
-                problems.append(Problem(path=f"scope.allow[{i}]", reason=str(exc)))
+        for section, entries in (("allow", scope.allow), ("deny", scope.deny)):
+            for i, entry in enumerate(entries):
+                try:
+                    Scope.parse([entry])
+                except ValueError as exc:
+                    problems.append(Problem(path=f"scope.{section}[{i}]", reason=str(exc)))
         try:
-            parsed_scope = Scope.parse(scope.allow)
+            parsed_scope = Scope.parse(scope.allow, scope.deny)
         except ValueError:
             parsed_scope = None
 
@@ -338,17 +349,18 @@ def _semantic_problems(
 
 def _target_scope_problems(scope: Scope, i: int, target: Target) -> list[Problem]:
     path = f"targets[{i}].{target.kind}"
-    if target.kind == "host":
-        ok = scope.permits_host(target.value)
-    elif target.kind == "url":
-        if not target.value.startswith(("http://", "https://")):
-            return [Problem(path=path, reason=f"{target.value!r} is not an http(s) URL")]
-        ok = scope.permits_url(target.value)
-    else:
-        ok = scope.permits_path(target.value)
-    if ok:
+    if target.kind == "url" and not target.value.startswith(("http://", "https://")):
+        return [Problem(path=path, reason=f"{target.value!r} is not an http(s) URL")]
+    # Hosts and URLs are canonicalised (IDNA, no control characters, normalised paths) and
+    # paths resolved through their symlinks before the scope is asked: secflow/scope.py.
+    why = scope.refusal(target.kind, target.value)
+    if why is None:
         return []
-    return [Problem(path=path, reason=f"{target.value!r} is outside scope.allow")]
+    return [
+        Problem(
+            path=path, reason=f"{target.value!r} is {why}" if why.startswith(("outside", "not")) else f"{target.value!r} {why}"
+        )
+    ]
 
 
 def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Problem]:
@@ -383,6 +395,7 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
             )
         if info.retry_class is RetryClass.SANDBOX and stage.retry and (stage.retry.max_attempts or 1) > 1:
             problems.append(Problem(path=f"{where}.retry.max_attempts", reason="sandbox launches are never retried"))
+    problems.extend(_limits_problems(where, stage))
     tfp = stage.options.get("tolerated_failure_percent")
     if tfp is not None and (isinstance(tfp, bool) or not isinstance(tfp, (int, float)) or not 0 <= tfp <= 100):
         problems.append(Problem(path=f"{where}.options.tolerated_failure_percent", reason="must be a number from 0 to 100"))
@@ -428,6 +441,26 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
             Problem(path=f"{where}.requires_approval", reason="an always stage runs unconditionally and cannot be gated")
         )
     return problems
+
+
+def _limits_problems(where: str, stage: Stage) -> list[Problem]:
+    """`limits` is for stages that probe (a discovery tool, or one as fallback), and a
+    discovery tool's own `ports` must lie inside `limits.ports`."""
+    if stage.limits is None:
+        return []
+    tools = [t for t in (stage.tool_name, stage.fallback_tool) if t]
+    if not any(t in RATE_OPTION for t in tools):
+        return [
+            Problem(
+                path=f"{where}.limits",
+                reason=f"limits apply to discovery tools ({', '.join(sorted(RATE_OPTION))}); {' / '.join(tools)} does not probe",
+            )
+        ]
+    outside = ports_outside(stage.limits, stage.options.get("ports"))
+    if outside:
+        shown = ", ".join(map(str, outside[:10])) + (", ..." if len(outside) > 10 else "")
+        return [Problem(path=f"{where}.options.ports", reason=f"ports {shown} are outside limits.ports ({stage.limits.ports})")]
+    return []
 
 
 def _dag_problems(raw_stages: Any) -> list[Problem]:

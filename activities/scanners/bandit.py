@@ -10,6 +10,8 @@ as substrings of the whole path: a bare ``.git`` would also drop ``/srv/.github-
 
 Before anything runs: the path must be in `scope.allow` (by its given and its real,
 symlink-resolved form; outside is a `ScopeViolation`, category security) and must exist.
+Symlinks inside the tree that lead outside it or outside the scope are excluded (bandit
+follows symlinked files and would quote their code in findings).
 
 Findings: one per issue; ``rule_id`` is bandit's test id (B602), ``title`` its issue text,
 severity and confidence from bandit's, CWE from ``issue_cwe.id``, location
@@ -24,8 +26,10 @@ failure of the run: they are logged and counted in the stage outputs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from temporalio import activity
@@ -54,13 +58,20 @@ def bandit_binary() -> str:
     return locate_binary("bandit", BINARY_ENV)
 
 
-def build_argv(path: str, opts: BanditOptions) -> list[str]:
+def build_argv(path: str, opts: BanditOptions, skipped_links: Sequence[str] = ()) -> list[str]:
     argv = [bandit_binary(), "-r", "-f", "json", "-q", "--exit-zero", "--ini", os.devnull]
-    argv += ["--exclude", ",".join([*DEFAULT_EXCLUDES, *opts.exclude])]
+    argv += ["--exclude", ",".join([*DEFAULT_EXCLUDES, *opts.exclude, *map(_exclude_link, skipped_links)])]
     if opts.skip:
         argv += ["--skip", ",".join(opts.skip)]
     argv += ["--", path]
     return argv
+
+
+def _exclude_link(path: str) -> str:
+    """An exclude for one absolute link path. bandit drops a file when an exclude is a
+    substring of its path or matches it as a glob; a comma (its list separator) becomes
+    the glob's one-character wildcard."""
+    return path.replace(",", "?")
 
 
 def parse_bandit_json(
@@ -134,8 +145,13 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
     target = ctx.input.target
     opts = BanditOptions.model_validate(ctx.options)
     real, root = ctx.source_tree()
+    # bandit opens symlinked files while it walks: links that leave the tree or the scope
+    # are excluded, so no file outside the scope is read or quoted in a finding.
+    skipped = await asyncio.to_thread(ctx.scope.escaping_links, real) if os.path.isdir(real) else []
+    if skipped:
+        ctx.log.warning("not following symlinks that leave the scope", count=len(skipped), paths=skipped[:20])
     result = await run_process(
-        build_argv(real, opts),
+        build_argv(real, opts, skipped),
         tool=TOOL,
         cwd=ctx.working_dir(root),
         timeout=opts.timeout.total_seconds(),
@@ -148,7 +164,7 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
         findings=findings,
         items_done=1,
         items_total=1,
-        outputs={"issues": str(len(findings)), "files_not_scanned": str(len(errors))},
+        outputs={"issues": str(len(findings)), "files_not_scanned": str(len(errors)), "symlinks_skipped": str(len(skipped))},
     )
 
 

@@ -25,6 +25,7 @@ external_tool (output tails kept, redacted); past its timeout -> transient.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -66,21 +67,6 @@ def build_argv(scan: str, opts: DetectSecretsOptions, extra_excludes: list[str])
         argv += ["--disable-plugin", plugin]
     argv += ["--", scan]
     return argv
-
-
-def escaping_links(root: str, permits_path: Any) -> list[str]:
-    """Relative paths of symlinks under `root` whose target is outside `root` or the scope."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                continue
-            real = os.path.realpath(path)
-            inside = os.path.commonpath([real, root]) == root
-            if not inside or not permits_path(real):
-                found.append(os.path.relpath(path, root).replace(os.sep, "/"))
-    return found
 
 
 def parse_detect_secrets_json(stdout: bytes, *, target: str, prefix: str = "", stderr: bytes = b"") -> list[Finding]:
@@ -149,7 +135,8 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
     real, root = ctx.source_tree()
     if os.path.isdir(real):
         root, scan, prefix = real, ".", ""
-        skipped = escaping_links(root, ctx.scope.permits_path)
+        links = await asyncio.to_thread(ctx.scope.escaping_links, root)
+        skipped = [os.path.relpath(p, root).replace(os.sep, "/") for p in links]
     else:
         root, scan, prefix = os.path.dirname(real), os.path.basename(real), ""
         skipped = []

@@ -6,7 +6,10 @@ the wire), version probes on open ports, XML on stdout, no reverse DNS, and the 
 ONE argv element after ``--``: it can never be read as an option. Before that, the host is
 checked to be an IP address or a hostname (letters, digits, dots, hyphens, no leading
 hyphen): a target such as ``-oN /tmp/x`` or ``127.0.0.1; rm -rf /`` is refused as an
-injection attempt (security) before any process starts. The port list is re-written in a
+injection attempt (security) before any process starts. A name is then resolved once
+and its address checked against the scope (`Scope.connect_address`); nmap is given that
+address, so it scans exactly what was checked. ``--max-rate`` and ``-p`` carry the stage's
+``limits`` (secflow/engagement.py). The port list is re-written in a
 canonical form from `parse_port_spec`, so only digits, commas and hyphens reach ``-p``.
 
 Findings: one per open port, rule ``open-port``, location ``host:port`` (``[v6]:port``),
@@ -241,8 +244,13 @@ def port_findings(target: str, ports: list[OpenPort]) -> list[Finding]:
 async def nmap_tool(ctx: ToolContext) -> ToolOutput:
     target = ctx.input.target
     opts = NmapOptions.model_validate(ctx.options)
-    argv = build_argv(target, opts)  # validates the host first: nothing runs on a bad one
+    build_argv(target, opts)  # validates the host first: nothing runs on a bad one
     ctx.require_in_scope(host=target)
+    # nmap gets the address checked against the scope (deny list and DNS answers
+    # included), never the name: with -n it resolves nothing itself, so what it scans is
+    # exactly what was checked.
+    address = await ctx.connect_address(target)
+    argv = build_argv(address.ip, opts)
     result = await run_process(
         argv,
         tool=TOOL,

@@ -33,10 +33,12 @@ are logged (redacted: semgrep quotes the offending source) and counted in the ou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +87,7 @@ def semgrep_env() -> dict[str, str]:
     return env
 
 
-def build_argv(path: str, opts: SemgrepOptions) -> list[str]:
+def build_argv(path: str, opts: SemgrepOptions, skipped_links: Sequence[str] = ()) -> list[str]:
     argv = [semgrep_binary(), "scan", "--config", str(RULES_FILE)]
     for extra in opts.rules:
         argv += ["--config", extra]
@@ -93,10 +95,17 @@ def build_argv(path: str, opts: SemgrepOptions) -> list[str]:
         "--json", "--metrics=off", "--disable-version-check", "--no-git-ignore", "--quiet", "--oss-only",
         "--no-rewrite-rule-ids", "--x-ignore-semgrepignore-files",
     ]  # fmt: skip
-    for pattern in (*DEFAULT_EXCLUDES, *opts.exclude):
+    for pattern in (*DEFAULT_EXCLUDES, *opts.exclude, *(_exclude_link(link, path) for link in skipped_links)):
         argv.append(f"--exclude={pattern}")
     argv += ["--", path]
     return argv
+
+
+def _exclude_link(link: str, root: str) -> str:
+    """An exclude anchored at the scan root for one absolute link path; a glob special
+    character in its name becomes the one-character wildcard (gitignore syntax)."""
+    rel = os.path.relpath(link, root).replace(os.sep, "/")
+    return "/" + re.sub(r"[*?\[\]\\!#]", "?", rel)
 
 
 def parse_semgrep_json(stdout: bytes, *, root: str, target: str, stderr: bytes = b"") -> tuple[list[Finding], list[str]]:
@@ -227,11 +236,16 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
     target = ctx.input.target
     opts = SemgrepOptions.model_validate(ctx.options)
     real, root = ctx.source_tree()
+    # semgrep skips symlinks today; links that leave the tree or the scope are excluded
+    # anyway, so no future semgrep reads a file outside the scope.
+    skipped = await asyncio.to_thread(ctx.scope.escaping_links, real) if os.path.isdir(real) else []
+    if skipped:
+        ctx.log.warning("not following symlinks that leave the scope", count=len(skipped), paths=skipped[:20])
     for rules in (str(RULES_FILE), *opts.rules):
         if not os.path.isfile(rules):
             raise PermanentError(f"semgrep rules file {rules} does not exist")
     result = await run_process(
-        build_argv(real, opts),
+        build_argv(real, opts, skipped),
         tool=TOOL,
         cwd=ctx.working_dir(root),
         env=semgrep_env(),

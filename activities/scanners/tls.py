@@ -210,8 +210,12 @@ def parse_certificate(der: bytes) -> CertInfo:
 # ======================================================================================
 # The checks
 # ======================================================================================
-def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expiry_days: int, target: str) -> TlsReport:
+def probe_tls(
+    host: str, port: int, *, timeout: float, ca_file: str | None, expiry_days: int, target: str, address: str | None = None
+) -> TlsReport:
+    """Probe `host` (SNI, names in findings) by connecting to `address` (default: `host`)."""
     report = TlsReport()
+    connect = address or host
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     sni = host
 
@@ -233,7 +237,7 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
         )
 
     # 1. First contact with anything goes. Refused / reset / timeout leave from here as-is.
-    first = _handshake(host, port, _permissive(), timeout, sni)
+    first = _handshake(connect, port, _permissive(), timeout, sni)
 
     # 2. Protocol versions, one probe each.
     for name, version in (("TLSv1", "TLSv1"), ("TLSv1.1", "TLSv1_1"), ("TLSv1.2", "TLSv1_2"), ("TLSv1.3", "TLSv1_3")):
@@ -246,7 +250,7 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
         if not _protocol_available(name):
             report.not_testable.append(name)
             continue
-        if _accepted(host, port, ctx, timeout, sni) is not None:
+        if _accepted(connect, port, ctx, timeout, sni) is not None:
             report.accepted.append(name)
     for name, rule in (("TLSv1", "protocol-tls1.0"), ("TLSv1.1", "protocol-tls1.1")):
         if name in report.accepted:
@@ -274,7 +278,7 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
         except ssl.SSLError:
             report.not_testable.append(cipher_string)
             continue
-        got = _accepted(host, port, ctx, timeout, sni)
+        got = _accepted(connect, port, ctx, timeout, sni)
         if got is not None:
             finding(
                 f"cipher-{rule}",
@@ -341,7 +345,7 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
         warnings.simplefilter("ignore", DeprecationWarning)
         trust.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     try:
-        _accepted(host, port, trust, timeout, sni)
+        _accepted(connect, port, trust, timeout, sni)
     except ssl.SSLCertVerificationError as err:
         code = err.verify_code
         if code in _TIME_ERRORS:
@@ -373,7 +377,7 @@ def probe_tls(host: str, port: int, *, timeout: float, ca_file: str | None, expi
         warnings.simplefilter("ignore", DeprecationWarning)
         names.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     try:
-        _accepted(host, port, names, timeout, sni)
+        _accepted(connect, port, names, timeout, sni)
     except ssl.SSLCertVerificationError as err:
         if err.verify_code in (_V_HOSTNAME_MISMATCH, _V_IP_MISMATCH):
             finding(
@@ -401,6 +405,9 @@ async def tls_tool(ctx: ToolContext) -> ToolOutput:
         return ToolOutput(findings=[], items_done=1, items_total=1, outputs={"skipped": "not an https URL"})
     host = parts.hostname
     port = parts.port or 443
+    # Resolved once and checked against the scope (deny list and DNS answers included);
+    # every probe connects to this address, never to the name again (no DNS rebinding).
+    address = await ctx.connect_address(host, port)
     report = await asyncio.to_thread(
         probe_tls,
         host,
@@ -409,6 +416,7 @@ async def tls_tool(ctx: ToolContext) -> ToolOutput:
         ca_file=opts.ca_file,
         expiry_days=opts.expiry_warning_days,
         target=url,
+        address=address.ip,
     )
     if report.not_testable:
         ctx.log.info("local OpenSSL cannot offer some probes", not_testable=report.not_testable)

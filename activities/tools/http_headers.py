@@ -2,7 +2,9 @@
 
 Plain async Python: no Temporal here. Redirects are followed by hand so that scope is
 checked before every hop: an out-of-scope redirect raises `ScopeViolation` before any
-connection to it is made. Transport errors (timeouts, resets, garbage on the wire) and
+connection to it is made. With `ScopedTransport` every connection also goes to an address
+checked at connect time (docs/scope.md): DNS answers and redirects to denied or
+non-public addresses are refused, and a name is never resolved twice. Transport errors (timeouts, resets, garbage on the wire) and
 5xx/429 answers propagate as httpx exceptions for the caller to classify.
 
 Evidence carries header values, but never cookie values: only cookie names and attributes.
@@ -17,14 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from pydantic import BaseModel
 
 from secflow.errors import ScopeViolation
 from secflow.findings import Confidence, Finding, Severity
 from secflow.redaction import REDACTED, redact
+from secflow.scope import Scope
 
 TOOL = "http_headers"
 
@@ -91,6 +96,47 @@ async def check_headers(
                 status=response.status_code,
                 findings=findings,
             )
+
+
+class _ScopedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Every TCP connection goes to an address `Scope.connect_address` checked a moment
+    before: the URL's name is resolved once, here, and the answer is checked against the
+    scope (deny list, non-public addresses); TLS still uses the name for SNI and for
+    certificate checks (httpcore passes it to start_tls, not to connect_tcp)."""
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        address = await self._scope.connect_address(host, port)
+        return await self._inner.connect_tcp(address.ip, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
+        raise ScopeViolation("unix sockets are never a scan target")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class ScopedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport whose connections are checked against `scope` at connect time."""
+
+    def __init__(self, scope: Scope, *, verify: bool = True) -> None:
+        super().__init__(verify=verify, trust_env=False)
+        # httpx takes no network backend, so its pool is rebuilt with ours (same settings).
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            max_connections=httpx.Limits().max_connections,
+            network_backend=_ScopedNetworkBackend(scope),
+        )
 
 
 def header_findings(target: str, final_url: str, headers: httpx.Headers) -> list[Finding]:

@@ -11,7 +11,8 @@ ports below it. A port found open above the watermark is kept back until the wat
 passes it; if the scan dies first, the resumed scan probes that port again. Nothing is
 counted twice and nothing is lost.
 
-Scope is the caller's job: `scan_ports` connects to whatever `host` it is given.
+Scope is the caller's job: `scan_ports` connects to whatever `host` it is given. The
+activity (activities/scanning.py) gives it the address `Scope.connect_address` checked.
 """
 
 from __future__ import annotations
