@@ -143,6 +143,27 @@ _rule(
     r"(https?://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/)[A-Za-z0-9/_-]+",
     lambda m: f"{m.group(1)}{REDACTED}",
 )
+# Other services whose webhook or API path carries the token (issue 10, item 9: httpx logs
+# the full URL of every request at INFO): Microsoft Teams (webhookb2), Telegram bots,
+# Zapier, IFTTT, and any `/hooks/` or `/webhook(s)/` segment that looks like a token
+# (16+ characters with a digit), as Mattermost, Rocket.Chat and most home-grown
+# receivers use.
+_rule(r"(https?://[^\s/]+/webhookb2/)[^\s?#\"']+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(r"(https?://api\.telegram\.org/(?:file/)?bot)\d+:[A-Za-z0-9_-]+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(r"(https?://hooks\.zapier\.com/hooks/catch/)[^\s?#\"']+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(r"(https?://maker\.ifttt\.com/trigger/[^\s/]+/(?:json/)?with/key/)[A-Za-z0-9_-]+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(
+    r"(https?://[^\s/]+(?:/[^\s/?#]+)*?/(?:hooks|webhooks?)/)(?:[A-Za-z0-9_-]*/)*?"
+    r"(?=[A-Za-z0-9_-]{16,})(?=[A-Za-z_-]*\d)[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*",
+    lambda m: f"{m.group(1)}{REDACTED}",
+)
+# Query parameters that are keys by name alone: ?key= (Google APIs, Google Chat webhooks),
+# ?sig= (Azure SAS), ?code= (Azure Functions keys).
+_rule(
+    r"(?<=[?&])((?:key|sig|code)=)(?!\[REDACTED\])[^&#\s\"'<>]+",
+    lambda m: f"{m.group(1)}{REDACTED}",
+    re.IGNORECASE,
+)
 
 
 # 5. Credentials in URLs: scheme://user:pass@host -> scheme://user:[REDACTED]@host.
