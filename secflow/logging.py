@@ -150,8 +150,8 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "_from_structlog", False):
-            return True
+        if isinstance(record.msg, dict) and hasattr(record, "_logger"):
+            return True  # from structlog (wrap_for_formatter): `redact_event` cleans it
         try:
             message = record.getMessage()
         except Exception:  # a bad format string must not lose the record

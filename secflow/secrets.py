@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from secflow.errors import PermanentError
-from secflow.redaction import is_sensitive_key, register_secret
+from secflow.redaction import register_secret
 
 __all__ = [
     "MAX_SECRET_FILE_BYTES",
@@ -45,6 +45,7 @@ __all__ = [
     "auth_headers",
     "inline_url_credentials",
     "is_ref",
+    "names_a_credential",
     "resolve",
 ]
 
@@ -52,10 +53,14 @@ REF_FORMS = "{from_env: NAME} or {from_file: /absolute/path}"
 MAX_SECRET_FILE_BYTES = 64 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REF_KEYS = frozenset({"from_env", "from_file"})
-# Query parameter names that carry a credential besides what `is_sensitive_key` knows:
-# `key=` (Google APIs, Jira webhooks), `sig=` (Azure SAS), `code=` is left alone (OAuth
-# codes are one-shot and a scan target with one is a user's URL, not a stored secret).
-_QUERY_KEY_SUFFIXES = ("key", "apikey", "sig")
+# Query parameter names that carry a credential: the name (lower case, letters and digits
+# only) ends with one of these words, or is `key` (Google APIs) or `sig` (Azure SAS).
+# Names that merely contain one (max_tokens, sort_key, password_policy) are not secrets.
+_QUERY_SECRET_ENDINGS = (
+    "password", "passwd", "pwd", "passphrase", "secret", "token", "apikey", "accesskey", "privatekey",
+    "secretkey", "signature", "credential", "credentials", "sessionid", "auth",
+)  # fmt: skip
+_QUERY_KEY_NAMES = frozenset({"key", "sig", "pass"})
 
 
 class SecretUnavailable(PermanentError):
@@ -254,9 +259,11 @@ def auth_headers(auth: TargetAuth | None, *, where: str = "auth", env: Mapping[s
     return {auth.header.name: value}
 
 
-def _credential_query_name(name: str) -> bool:
+def names_a_credential(name: str) -> bool:
+    """True for a query parameter or option name whose value is a credential (api_key,
+    access_token, password, X-Auth-Token, key, sig), not for max_tokens or sort_key."""
     norm = re.sub(r"[^a-z0-9]", "", name.lower())
-    return is_sensitive_key(name) or norm.endswith(_QUERY_KEY_SUFFIXES)
+    return norm in _QUERY_KEY_NAMES or norm.endswith(_QUERY_SECRET_ENDINGS)
 
 
 def inline_url_credentials(url: str) -> list[tuple[str, str]]:
@@ -273,6 +280,6 @@ def inline_url_credentials(url: str) -> list[tuple[str, str]]:
         if parts.password:
             found.append(("userinfo", parts.password))
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if value and _credential_query_name(name):
+        if value and names_a_credential(name):
             found.append((f"query parameter {name!r}", value))
     return found

@@ -16,10 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from secflow.durations import Duration
-from secflow.redaction import REDACTED, is_sensitive_key
+from secflow.redaction import REDACTED
 from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
 from secflow.scope import Scope
-from secflow.secrets import REF_FORMS, TargetAuth, inline_url_credentials, is_ref
+from secflow.secrets import REF_FORMS, TargetAuth, inline_url_credentials, is_ref, names_a_credential
 from secflow.tools import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -327,7 +327,7 @@ def _inline_credentials(data: dict[str, Any]) -> tuple[list[Problem], list[str]]
 def _inline_options(options: dict[str, Any], where: str, problems: list[Problem], values: list[str]) -> None:
     for key, value in options.items():
         path = f"{where}.{key}"
-        if is_sensitive_key(key) and value is not None and not is_ref(value):
+        if names_a_credential(key) and value is not None and not is_ref(value):
             if isinstance(value, str):
                 values.append(value)
             problems.append(Problem(path=path, reason=f"an inline secret is refused; give a reference: {REF_FORMS}"))
