@@ -245,3 +245,41 @@ def test_check_headers_runs_without_credentials() -> None:
     finally:
         server.close()
     assert [r.header("Authorization") for r in server.received] == [None]
+
+
+# --- an option that carries a secret: the NVD API key by reference -----------------------------
+async def test_nvd_api_key_option_by_reference(client, worker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from secflow.http import reset_http_state
+    from tests.enrich_standins import EpssStandin, KevStandin, NvdStandin
+    from tests.helpers import final_status, make_spec, start
+    from tests.test_enrich import ALL_CVES, seed_findings
+
+    reset_http_state()
+    monkeypatch.delenv("SECFLOW_NVD_API_KEY", raising=False)
+    key = f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-{secrets.token_hex(6)}"
+    key_file = _file(tmp_path, key + "\n")
+    nvd, epss, kev = NvdStandin(api_key=key), EpssStandin(), KevStandin()
+    for name, url in (("NVD", nvd.url), ("EPSS", epss.url), ("KEV", kev.feed_url)):
+        monkeypatch.setenv(f"SECFLOW_{name}_URL", url)
+    root = tmp_path / "app"
+    root.mkdir()
+    cves = ALL_CVES[:2]
+    workflow_id = seed_findings(root, cves)
+    stage = {"id": "enrich", "kind": "enrich", "tool": "cve-enrich", "options": {"api_key": {"from_file": str(key_file)}},
+             "retry": {"max_attempts": 1}}
+    spec = make_spec([{"path": str(root)}], [stage], scope={"allow": [str(root)]})
+    try:
+        handle = await start(client, spec, worker, workflow_id=workflow_id)
+        status = await final_status(handle)
+    finally:
+        for server in (nvd, epss, kev):
+            server.close()
+    assert status.outcome == "completed", status.reason
+    assert nvd.requests and all(r.headers.get("apiKey") == key for r in nvd.requests)
+    history = await handle.fetch_history()
+    raw = b"".join(e.SerializeToString() for e in history.events)
+    assert key.encode() not in raw and str(key_file).encode() in raw, "the reference travels, not the key"
+
+    with pytest.raises(SpecError) as info:
+        make_spec([{"path": str(root)}], [{**stage, "options": {"api_key": key}}], scope={"allow": [str(root)]})
+    assert [p.path for p in info.value.problems][-1] == "stages[0].options.api_key" and key not in str(info.value)
