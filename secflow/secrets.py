@@ -27,12 +27,12 @@ import re
 import stat
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from secflow.errors import PermanentError
-from secflow.redaction import register_secret
+from secflow.redaction import REDACTED, register_secret
 
 __all__ = [
     "MAX_SECRET_FILE_BYTES",
@@ -45,6 +45,7 @@ __all__ = [
     "auth_headers",
     "inline_url_credentials",
     "is_ref",
+    "mask_url_credentials",
     "names_a_credential",
     "resolve",
 ]
@@ -283,3 +284,20 @@ def inline_url_credentials(url: str) -> list[tuple[str, str]]:
         if value and names_a_credential(name):
             found.append((f"query parameter {name!r}", value))
     return found
+
+
+def mask_url_credentials(url: str) -> str:
+    """`url` with the credentials `inline_url_credentials` finds replaced by ``[REDACTED]``
+    (whatever their length or encoding), for messages that must show the URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    pieces = []
+    for piece in parts.query.split("&") if parts.query else []:
+        name, sep, value = piece.partition("=")
+        pieces.append(f"{name}={REDACTED}" if sep and value and names_a_credential(unquote_plus(name)) else piece)
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pieces), parts.fragment))

@@ -19,7 +19,14 @@ from secflow.durations import Duration
 from secflow.redaction import REDACTED
 from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
 from secflow.scope import Scope
-from secflow.secrets import REF_FORMS, TargetAuth, inline_url_credentials, is_ref, names_a_credential
+from secflow.secrets import (
+    REF_FORMS,
+    TargetAuth,
+    inline_url_credentials,
+    is_ref,
+    mask_url_credentials,
+    names_a_credential,
+)
 from secflow.tools import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -289,18 +296,21 @@ def validate_spec_data(data: Any) -> Spec:
 _URL_AUTH_HINT = "auth: {basic: {username: NAME, password: REF}}, auth: {bearer: REF} or auth: {header: {name: NAME, value: REF}}"
 
 
-def _inline_credentials(data: dict[str, Any]) -> tuple[list[Problem], list[str]]:
-    """Credentials written into the spec (docs/secrets.md), and the values to keep out of
-    every message: userinfo or token-like query parameters in a URL target or scope entry,
-    a secret-named stage option that is not a reference."""
+def _inline_credentials(data: dict[str, Any]) -> tuple[list[Problem], list[tuple[str, str]]]:
+    """Credentials written into the spec (docs/secrets.md), and what to replace in every
+    message so none is echoed: userinfo or token-like query parameters in a URL target or
+    scope entry, a secret-named stage option that is not a reference."""
     problems: list[Problem] = []
-    values: list[str] = []
+    values: list[tuple[str, str]] = []  # (text, its replacement)
     for i, target in enumerate(data.get("targets") or []):
         url = target.get("url") if isinstance(target, dict) else None
         if not isinstance(url, str):
             continue
-        for what, value in inline_url_credentials(url):
-            values.append(value)
+        found = inline_url_credentials(url)
+        if found:
+            values.append((url, mask_url_credentials(url)))
+        for what, value in found:
+            values.append((value, REDACTED))
             problems.append(
                 Problem(
                     path=f"targets[{i}].url",
@@ -312,8 +322,9 @@ def _inline_credentials(data: dict[str, Any]) -> tuple[list[Problem], list[str]]
     allow = scope.get("allow") if isinstance(scope, dict) else None
     for i, entry in enumerate(allow if isinstance(allow, list) else []):
         found = inline_url_credentials(entry) if isinstance(entry, str) else []
-        values.extend(value for _, value in found)
+        values.extend((value, REDACTED) for _, value in found)
         if found:
+            values.append((entry, mask_url_credentials(entry)))
             problems.append(
                 Problem(path=f"scope.allow[{i}]", reason="credentials in a scope entry are refused; scope names no secrets")
             )
@@ -324,27 +335,32 @@ def _inline_credentials(data: dict[str, Any]) -> tuple[list[Problem], list[str]]
     return problems, values
 
 
-def _inline_options(options: dict[str, Any], where: str, problems: list[Problem], values: list[str]) -> None:
+def _inline_options(options: dict[str, Any], where: str, problems: list[Problem], values: list[tuple[str, str]]) -> None:
     for key, value in options.items():
         path = f"{where}.{key}"
         if names_a_credential(key) and value is not None and not is_ref(value):
             if isinstance(value, str):
-                values.append(value)
+                values.append((value, REDACTED))
             problems.append(Problem(path=path, reason=f"an inline secret is refused; give a reference: {REF_FORMS}"))
         elif isinstance(value, dict) and not is_ref(value):
             _inline_options(value, path, problems, values)
 
 
-def _scrubbed(problems: list[Problem], values: list[str]) -> list[Problem]:
-    """The problems with any inline secret replaced: an error message must not echo it."""
-    secrets = sorted({v for v in values if v}, key=len, reverse=True)
-    if not secrets:
+# A bare value shorter than this is replaced only inside its URL: blanking every "1" or
+# "ab" in every message would garble paths like stages[1].
+_SCRUB_MIN = 4
+
+
+def _scrubbed(problems: list[Problem], values: list[tuple[str, str]]) -> list[Problem]:
+    """The problems with every inline secret replaced: an error message must not echo it."""
+    pairs = sorted({(v, r) for v, r in values if len(v) >= _SCRUB_MIN or r != REDACTED}, key=lambda p: len(p[0]), reverse=True)
+    if not pairs:
         return problems
     out = []
     for p in problems:
         reason = p.reason
-        for value in secrets:
-            reason = reason.replace(value, REDACTED)
+        for value, replacement in pairs:
+            reason = reason.replace(value, replacement)
         out.append(Problem(path=p.path, reason=reason))
     return out
 

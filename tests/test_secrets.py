@@ -182,6 +182,15 @@ def test_outside_scope_message_does_not_echo_the_inline_password() -> None:
     assert "outside scope.allow" in str(info.value) and "Pl4nted-pw" not in str(info.value)
 
 
+def test_short_inline_values_are_masked_in_their_url_without_garbling_paths() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec_data(_spec([{"url": "http://10.1.1.1/?token=1"}, {"url": "http://u:ab@10.1.1.1/"}]))
+    text = str(info.value)
+    assert "'http://10.1.1.1/?token=[REDACTED]' is outside scope.allow" in text
+    assert "'http://[REDACTED]@10.1.1.1/' is outside scope.allow" in text
+    assert "targets[1].url" in text and ":ab@" not in text
+
+
 def test_references_validate_and_only_the_reference_is_in_the_spec() -> None:
     spec = validate_spec_data(_spec([{"url": "http://127.0.0.1/", "auth": {"bearer": {"from_env": "SCAN_TOKEN"}}}]))
     assert spec.targets[0].auth is not None and spec.targets[0].auth.refs() == [SecretRef(from_env="SCAN_TOKEN")]
