@@ -292,3 +292,35 @@ async def test_nvd_api_key_option_by_reference(client, worker: str, tmp_path: Pa
     with pytest.raises(SpecError) as info:
         make_spec([{"path": str(root)}], [{**stage, "options": {"api_key": key}}], scope={"allow": [str(root)]})
     assert [p.path for p in info.value.problems][-1] == "stages[0].options.api_key" and key not in str(info.value)
+
+
+# --- a reference that does not resolve in the worker: permanent, parked, named -------------------
+async def test_an_unresolvable_reference_fails_once_as_permanent_and_is_parked_by_name(
+    client, worker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secflow.dead_letters import list_dead_letters
+    from secflow.store import open_store
+    from tests.helpers import final_status, make_spec, start
+
+    monkeypatch.delenv("SECFLOW_TEST_NEVER_SET", raising=False)
+    target = _Recorder()
+    loose = _file(tmp_path, "Pl4nted-file-value", 0o644)
+    try:
+        spec = make_spec(
+            [{"url": f"{target.url}/a", "auth": {"bearer": {"from_env": "SECFLOW_TEST_NEVER_SET"}}},
+             {"url": f"{target.url}/b", "auth": {"header": {"name": "X-Api-Key", "value": {"from_file": str(loose)}}}}],
+            [{"id": "headers", "kind": "dast", "tool": "http_headers", "retry": {"max_attempts": 3, "initial_interval": "100ms"}}],
+        )
+        handle = await start(client, spec, worker)
+        status = await final_status(handle)
+    finally:
+        target.close()
+    assert status.outcome == "failed" and status.stages["headers"].state == "failed"
+    assert target.received == [], "nothing was sent without its credential"
+    parked = {d.target: d for d in list_dead_letters(open_store(), workflow_id=handle.id)}
+    assert set(parked) == {f"{target.url}/a", f"{target.url}/b"}
+    a, b = parked[f"{target.url}/a"], parked[f"{target.url}/b"]
+    assert (a.category, a.attempts, b.category, b.attempts) == ("permanent", 1, "permanent", 1), "never retried"
+    assert "targets[0].auth.bearer: secret {from_env: SECFLOW_TEST_NEVER_SET}: environment variable" in a.message
+    assert f"targets[1].auth.header.value: secret {{from_file: {loose}}}: file mode 0644 is too open" in b.message
+    assert "Pl4nted-file-value" not in a.message + b.message
