@@ -63,6 +63,7 @@ class ToolContext:
         self.input = inp
         self.store = store
         self.resume = resume
+        self.spec = spec  # the stored spec when the input names one (target auth reads it)
         # The scope and chaos section come from the stored spec when the input names it
         # (the sharded workflow never copies them per activity), else from the input.
         self.scope = Scope.parse(spec.scope.allow, spec.scope.deny) if spec is not None else Scope.parse(inp.scope)

@@ -11,6 +11,7 @@ from activities.runner import ToolContext, ToolOutput, run_tool
 from activities.tools.http_headers import ScopedTransport, check_headers
 from activities.tools.portscan import PortscanProgress, parse_ports, port_findings, scan_ports
 from secflow.models import StageTaskInput, StageTaskResult
+from secflow.secrets import TargetAuth, auth_headers
 from secflow.tools import HttpHeadersOptions, PortscanOptions
 
 
@@ -84,10 +85,22 @@ def _resume_point(ctx: ToolContext, total: int) -> PortscanProgress | None:
     return progress
 
 
+def _target_auth(ctx: ToolContext, url: str) -> tuple[TargetAuth | None, str]:
+    """The spec's `auth` for this URL target (references only) and its field path."""
+    if ctx.spec is not None:
+        for i, target in enumerate(ctx.spec.targets):
+            if target.url == url and target.auth is not None:
+                return target.auth, f"targets[{i}].auth"
+    return None, ""
+
+
 async def http_headers_tool(ctx: ToolContext) -> ToolOutput:
     url = ctx.input.target
     ctx.require_in_scope(url=url)
     opts = HttpHeadersOptions.model_validate(ctx.options)
+    auth, where = _target_auth(ctx, url)
+    # Resolved here, right before use; the values never leave this activity (rule 7).
+    credentials = auth_headers(auth, where=where)
     # trust_env=False: a scan must go to the target itself, never through a proxy from
     # the environment. Redirects are followed by check_headers, scope-checked hop by hop,
     # and every connection (redirects included) goes to an address checked at connect time.
@@ -97,7 +110,9 @@ async def http_headers_tool(ctx: ToolContext) -> ToolOutput:
         transport=ScopedTransport(ctx.scope, verify=opts.verify_tls),
         trust_env=False,
     ) as client:
-        report = await check_headers(url, client=client, permits_url=ctx.scope.permits_url, max_redirects=opts.max_redirects)
+        report = await check_headers(
+            url, client=client, permits_url=ctx.scope.permits_url, max_redirects=opts.max_redirects, auth_headers=credentials
+        )
     return ToolOutput(findings=report.findings, items_done=1, items_total=1)
 
 

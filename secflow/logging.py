@@ -7,6 +7,10 @@ come out as one JSON object per line:
     merge contextvars -> logger name -> level -> UTC timestamp -> Temporal context
     -> stack/exception rendering -> redact (last, rule 7 of docs/architecture.md) -> JSON
 
+Stdlib records of third-party libraries (httpx logs full request URLs at INFO) are also
+redacted at the source by `RedactingFilter`, on their loggers and on our handler, so a
+handler that is not ours never sees a token either.
+
 Workflow code logs through `workflow_logger()`, which drops events while the workflow is
 replaying history, so a replay (after a worker restart or a cache eviction) does not log
 the same lines twice. Workflow modules import this module inside
@@ -24,13 +28,16 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from secflow.redaction import redact_event
+from secflow.redaction import redact, redact_event
 
 __all__ = [
+    "THIRD_PARTY_LOGGERS",
+    "RedactingFilter",
     "ReplaySafeLogger",
     "configure_logging",
     "drop_replayed_workflow_events",
     "get_logger",
+    "install_redacting_filter",
     "reset_logging",
     "temporal_context",
     "workflow_logger",
@@ -107,6 +114,70 @@ def temporal_context(logger: WrappedLogger, method_name: str, event_dict: EventD
     return event_dict
 
 
+# --------------------------------------------------------------------------------------
+# stdlib filter: third-party records redacted at the source, whatever handler gets them
+# --------------------------------------------------------------------------------------
+# Loggers of libraries that put URLs or headers into their messages: httpx logs every
+# request's full URL at INFO (a webhook URL is its token), httpcore its connections at
+# DEBUG. A filter on a logger only sees records logged through that very logger, so the
+# children are named one by one.
+THIRD_PARTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+    "urllib3",
+    "urllib3.connectionpool",
+    "temporalio",
+    "temporalio.activity",
+    "temporalio.workflow",
+    "temporalio.worker",
+    "temporalio.client",
+    "asyncio",
+)
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces a stdlib record's message (and exception text) with its redacted form.
+
+    Rule 7 of docs/architecture.md: our JSON handler redacts last anyway; this filter makes
+    the record itself clean, so any other handler (a library's, pytest's capture, a
+    handler someone adds to the root logger) never formats a secret either. Records from
+    structlog carry an event dict and are redacted by `redact_event`.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, dict) and hasattr(record, "_logger"):
+            return True  # from structlog (wrap_for_formatter): `redact_event` cleans it
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = f"{record.msg} {record.args}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_redacting_filter(names: tuple[str, ...] = THIRD_PARTY_LOGGERS) -> None:
+    """Attach the redacting filter to these loggers (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
 def _shared_processors() -> list[Processor]:
     """The chain both structlog events and stdlib records run through before rendering."""
     return [
@@ -156,7 +227,9 @@ def configure_logging(level: str | None = None, *, stream: TextIO | None = None)
     )
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_FILTER)
     setattr(handler, _HANDLER_MARK, True)
+    install_redacting_filter()
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:

@@ -19,15 +19,18 @@ When in doubt we over-redact: a log line that says `password=[REDACTED]` where i
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 __all__ = [
     "REDACTED",
+    "forget_secrets",
     "is_sensitive_key",
     "redact",
     "redact_event",
     "redact_value",
+    "register_secret",
 ]
 
 REDACTED = "[REDACTED]"
@@ -140,6 +143,27 @@ _rule(
     r"(https?://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/)[A-Za-z0-9/_-]+",
     lambda m: f"{m.group(1)}{REDACTED}",
 )
+# Other services whose webhook or API path carries the token (issue 10, item 9: httpx logs
+# the full URL of every request at INFO): Microsoft Teams (webhookb2), Telegram bots,
+# Zapier, IFTTT, and any `/hooks/` or `/webhook(s)/` segment that looks like a token
+# (16+ characters with a digit), as Mattermost, Rocket.Chat and most home-grown
+# receivers use.
+_rule(r"(https?://[^\s/]+/webhookb2/)[^\s?#\"']+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(r"(https?://api\.telegram\.org/(?:file/)?bot)\d+:[A-Za-z0-9_-]+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(r"(https?://hooks\.zapier\.com/hooks/catch/)[^\s?#\"']+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(r"(https?://maker\.ifttt\.com/trigger/[^\s/]+/(?:json/)?with/key/)[A-Za-z0-9_-]+", lambda m: f"{m.group(1)}{REDACTED}")
+_rule(
+    r"(https?://[^\s/]+(?:/[^\s/?#]+)*?/(?:hooks|webhooks?)/)(?:[A-Za-z0-9_-]*/)*?"
+    r"(?=[A-Za-z0-9_-]{16,})(?=[A-Za-z_-]*\d)[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*",
+    lambda m: f"{m.group(1)}{REDACTED}",
+)
+# Query parameters that are keys by name alone: ?key= (Google APIs, Google Chat webhooks),
+# ?sig= (Azure SAS), ?code= (Azure Functions keys).
+_rule(
+    r"(?<=[?&])((?:key|sig|code)=)(?!\[REDACTED\])[^&#\s\"'<>]+",
+    lambda m: f"{m.group(1)}{REDACTED}",
+    re.IGNORECASE,
+)
 
 
 # 5. Credentials in URLs: scheme://user:pass@host -> scheme://user:[REDACTED]@host.
@@ -228,7 +252,35 @@ _rule(
 
 # 11. Bare keys: key=value, key: value, key => value, --key=value (a quoted value is taken
 #     whole). A value without a letter or digit ("token: '}'" in a parser message) is
-#     not a secret.
+#     not a secret. Nor is prose after "key: " (issue 11): expat's "unclosed token: line
+#     19, column 36" and a finding title "Hard-coded secret: use a secret store" read on
+#     after the colon, while a credential in `key: value` text ends its line or its field.
+#     So a colon-separated value that is one plain word (letters only) followed by more
+#     words on its line, a Title Case name ("Base64 High Entropy String") or a word that
+#     says a value is absent stays. A value with a digit followed by ordinary words
+#     ("password: hunter2 rejected") is still redacted. `=` and `=>` are assignments,
+#     never prose: their values are always redacted.
+_PROSE_WORD = re.compile(r"[A-Za-z]{1,15}")
+_TITLE_WORD = re.compile(r"[A-Z][A-Za-z]{0,14}\d{0,3}")
+_TITLE_TAIL = re.compile(r"(?:[ \t]+[A-Z][A-Za-z]*){2,}\b")
+_ABSENT_WORDS = frozenset(
+    {"missing", "none", "null", "nil", "empty", "unset", "absent", "required", "invalid", "expired", "revoked",
+     "present", "redacted", "hidden", "omitted", "undefined", "n/a"}
+)  # fmt: skip
+
+
+def _prose_after_colon(m: re.Match[str], value: str) -> bool:
+    if not re.search(r":\s+$", m.group("head")):
+        return False
+    if value.lower() in _ABSENT_WORDS:
+        return True
+    rest = m.string[m.end() :]
+    if _TITLE_WORD.fullmatch(value) and _TITLE_TAIL.match(rest):
+        return True  # a name in Title Case: "Base64 High Entropy String"
+    # One word and more words after it on the same line: "line 19, column 36".
+    return _PROSE_WORD.fullmatch(value) is not None and re.match(r"[ \t]+[^\s]", rest) is not None
+
+
 def _bare_kv(m: re.Match[str]) -> str:
     quote = m.group("q")
     if quote:
@@ -237,7 +289,7 @@ def _bare_kv(m: re.Match[str]) -> str:
             return m.group(0)
         return f"{m.group('head')}{quote}{REDACTED}{quote}"
     value = m.group("val")
-    if value.startswith(REDACTED) or not _has_alnum(value):
+    if value.startswith(REDACTED) or not _has_alnum(value) or _prose_after_colon(m, value):
         return m.group(0)
     return f"{m.group('head')}{REDACTED}"
 
@@ -258,6 +310,41 @@ _rule(
 )
 
 
+# --------------------------------------------------------------------------------------
+# Known values: a secret this process resolved (secflow/secrets.py) is scrubbed wherever it
+# shows up, whatever it looks like, before the rules run. Held in memory only.
+# --------------------------------------------------------------------------------------
+_KNOWN_MIN = 6  # shorter values would blank ordinary words; the rules still apply to them
+_known: frozenset[str] = frozenset()
+_known_pattern: re.Pattern[str] | None = None
+_known_lock = threading.Lock()
+
+
+def register_secret(*values: str) -> None:
+    """Scrub these exact values (and their percent-encoded forms) from every later `redact`."""
+    global _known, _known_pattern
+    from urllib.parse import quote
+
+    fresh = set()
+    for value in values:
+        if isinstance(value, str) and len(value) >= _KNOWN_MIN:
+            fresh.update({value, quote(value, safe=""), quote(value, safe="/")})
+    with _known_lock:
+        if fresh <= _known:
+            return
+        _known = _known | fresh
+        # Longest first, so a value containing another is taken whole.
+        ordered = sorted(_known, key=len, reverse=True)
+        _known_pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def forget_secrets() -> None:
+    """Drop every registered value (tests)."""
+    global _known, _known_pattern
+    with _known_lock:
+        _known, _known_pattern = frozenset(), None
+
+
 def redact(text: str) -> str:
     """`text` with every secret it contains replaced by ``[REDACTED]``.
 
@@ -268,6 +355,9 @@ def redact(text: str) -> str:
         text = str(text)
     if not text:
         return text
+    known = _known_pattern
+    if known is not None:
+        text = known.sub(REDACTED, text)
     for pattern, repl in _RULES:
         text = pattern.sub(repl, text)
     return text

@@ -17,8 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from secflow.durations import Duration
 from secflow.engagement import RATE_OPTION, EngagementLimits, apply_limits, ports_outside, stage_limits
+from secflow.redaction import REDACTED
 from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
 from secflow.scope import Scope
+from secflow.secrets import (
+    REF_FORMS,
+    TargetAuth,
+    inline_url_credentials,
+    is_ref,
+    mask_url_credentials,
+    names_a_credential,
+)
 from secflow.tools import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -53,12 +62,17 @@ class Target(_Strict):
     host: str | None = None
     url: str | None = None
     path: str | None = None
+    # How a URL target authenticates; references only, resolved by the activity
+    # (secflow/secrets.py, docs/secrets.md).
+    auth: TargetAuth | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Target:
         given = [k for k in ("host", "url", "path") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("a target has exactly one of host, url or path")
+        if self.auth is not None and not self.url:
+            raise ValueError("auth is only for url targets")
         return self
 
     @property
@@ -280,11 +294,85 @@ def validate_spec_data(data: Any) -> Spec:
     stages = _valid_list(Stage, data.get("stages"))
     problems.extend(_semantic_problems(scope, targets, stages, data.get("stages")))
     problems.extend(_chaos_problems(data.get("chaos")))
+    credential_problems, inline_values = _inline_credentials(data)
+    problems.extend(credential_problems)
 
     if problems:
-        raise SpecError(_dedupe(problems))
+        raise SpecError(_dedupe(_scrubbed(problems, inline_values)))
     assert spec is not None
     return spec
+
+
+_URL_AUTH_HINT = "auth: {basic: {username: NAME, password: REF}}, auth: {bearer: REF} or auth: {header: {name: NAME, value: REF}}"
+
+
+def _inline_credentials(data: dict[str, Any]) -> tuple[list[Problem], list[tuple[str, str]]]:
+    """Credentials written into the spec (docs/secrets.md), and what to replace in every
+    message so none is echoed: userinfo or token-like query parameters in a URL target or
+    scope entry, a secret-named stage option that is not a reference."""
+    problems: list[Problem] = []
+    values: list[tuple[str, str]] = []  # (text, its replacement)
+    for i, target in enumerate(data.get("targets") or []):
+        url = target.get("url") if isinstance(target, dict) else None
+        if not isinstance(url, str):
+            continue
+        found = inline_url_credentials(url)
+        if found:
+            values.append((url, mask_url_credentials(url)))
+        for what, value in found:
+            values.append((value, REDACTED))
+            problems.append(
+                Problem(
+                    path=f"targets[{i}].url",
+                    reason=f"credentials in the URL ({what}) are refused; give them by reference with "
+                    f"{_URL_AUTH_HINT}, where REF is {REF_FORMS}",
+                )
+            )
+    scope = data.get("scope")
+    allow = scope.get("allow") if isinstance(scope, dict) else None
+    for i, entry in enumerate(allow if isinstance(allow, list) else []):
+        found = inline_url_credentials(entry) if isinstance(entry, str) else []
+        values.extend((value, REDACTED) for _, value in found)
+        if found:
+            values.append((entry, mask_url_credentials(entry)))
+            problems.append(
+                Problem(path=f"scope.allow[{i}]", reason="credentials in a scope entry are refused; scope names no secrets")
+            )
+    for i, stage in enumerate(data.get("stages") or []):
+        options = stage.get("options") if isinstance(stage, dict) else None
+        if isinstance(options, dict):
+            _inline_options(options, f"stages[{i}].options", problems, values)
+    return problems, values
+
+
+def _inline_options(options: dict[str, Any], where: str, problems: list[Problem], values: list[tuple[str, str]]) -> None:
+    for key, value in options.items():
+        path = f"{where}.{key}"
+        if names_a_credential(key) and value is not None and not is_ref(value):
+            if isinstance(value, str):
+                values.append((value, REDACTED))
+            problems.append(Problem(path=path, reason=f"an inline secret is refused; give a reference: {REF_FORMS}"))
+        elif isinstance(value, dict) and not is_ref(value):
+            _inline_options(value, path, problems, values)
+
+
+# A bare value shorter than this is replaced only inside its URL: blanking every "1" or
+# "ab" in every message would garble paths like stages[1].
+_SCRUB_MIN = 4
+
+
+def _scrubbed(problems: list[Problem], values: list[tuple[str, str]]) -> list[Problem]:
+    """The problems with every inline secret replaced: an error message must not echo it."""
+    pairs = sorted({(v, r) for v, r in values if len(v) >= _SCRUB_MIN or r != REDACTED}, key=lambda p: len(p[0]), reverse=True)
+    if not pairs:
+        return problems
+    out = []
+    for p in problems:
+        reason = p.reason
+        for value, replacement in pairs:
+            reason = reason.replace(value, replacement)
+        out.append(Problem(path=p.path, reason=reason))
+    return out
 
 
 def _chaos_problems(raw: Any) -> list[Problem]:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from secflow.durations import Duration
+from secflow.secrets import SecretRef
 
 
 class RetryClass(str, Enum):
@@ -77,6 +78,8 @@ class CveEnrichOptions(_Options):
 
     max_age: Duration = Field(default="24h", validate_default=True, description="cached data younger than this is used as is")
     request_timeout: Duration = Field(default="30s", validate_default=True)
+    # By reference only (docs/secrets.md); without it, SECFLOW_NVD_API_KEY if set.
+    api_key: SecretRef | None = Field(None, description="NVD API key: {from_env: NAME} or {from_file: /path}")
 
 
 class TlsOptions(_Options):

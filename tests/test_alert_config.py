@@ -237,3 +237,84 @@ async def test_the_worker_refuses_to_start_with_a_bad_config_and_never_polls(cli
     finally:
         started.terminate()
         await started.wait()
+
+
+# --- secrets by reference, https only (issue 10, items 3 and 9) ------------------------------
+@pytest.mark.parametrize(
+    ("channel", "field"),
+    [
+        ({"type": "webhook", "url": "http://alerts.example.com/in", "secret_env": "S"}, "url"),
+        ({"type": "slack", "url": "http://chat.example.com/hook"}, "url"),
+        ({"type": "pagerduty", "base_url": "http://events.pagerduty.com", "routing_key_env": "S"}, "base_url"),
+        ({"type": "jira", "base_url": "http://jira.example.com", "project": "SEC", "email": "a@example.com", "token_env": "S"},
+         "base_url"),
+    ],
+)
+def test_channels_require_https_except_to_loopback(channel: dict, field: str) -> None:
+    problems = problems_of({"channels": {"c": channel}}, {"S": "s" * 32})
+    assert any(p.startswith(f"channels.c.{field}: must be https://") for p in problems), problems
+    for loopback in ("http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:9", "http://127.3.4.5"):
+        parse_alerts_config({"channels": {"c": {**channel, field: loopback}}}, env={"S": "s" * 32})
+
+
+def test_a_url_given_by_reference_must_be_https_too() -> None:
+    problems = problems_of({"channels": {"s": {"type": "slack", "url": {"from_env": "HOOK"}}}},
+                           {"HOOK": "http://hooks.example.com/services/T0/B0/Pl4ntedT0ken"})
+    assert problems == ["channels.s.url: {from_env: HOOK}: must be https:// (plain http is allowed to loopback only): "
+                        "'http://hooks.example.com/...'"]
+
+
+@pytest.mark.parametrize(
+    ("channel", "field", "reason"),
+    [
+        ({"type": "webhook", "url": "https://h.example/x", "secret": "Pl4ntedT0ken"}, "secret", "an inline secret is refused"),
+        ({"type": "pagerduty", "routing_key": "Pl4ntedT0ken"}, "routing_key", "an inline secret is refused"),
+        ({"type": "jira", "base_url": "https://j.example", "project": "SEC", "email": "a@example.com", "token": "Pl4ntedT0ken"},
+         "token", "an inline secret is refused"),
+        ({"type": "email", "host": "smtp.example", "from": "a@example.com", "to": ["b@example.com"], "username": "u",
+          "password": "Pl4ntedT0ken"}, "password", "an inline secret is refused"),
+        ({"type": "webhook", "url": "https://h.example/x?token=Pl4ntedT0ken", "secret_env": "S"}, "url",
+         "carries a credential in query parameter 'token'; give the whole URL by reference"),
+        ({"type": "slack", "url": "https://hooks.slack.com/services/T0/B0/Pl4ntedT0ken"}, "url",
+         "carries a credential in its path (a webhook token)"),
+    ],
+)
+def test_inline_channel_secrets_are_refused_without_echoing_them(channel: dict, field: str, reason: str) -> None:
+    problems = problems_of({"channels": {"c": channel}}, {"S": "x"})
+    assert any(p.startswith(f"channels.c.{field}: {reason}") for p in problems), problems
+    assert "{from_env: NAME} or {from_file: /absolute/path}" in " ".join(problems)
+    assert not any("Pl4ntedT0ken" in p for p in problems), problems
+
+
+def test_references_from_env_and_file(tmp_path: Path) -> None:
+    key = tmp_path / "pd-key"
+    key.write_text("0123456789abcdef0123456789abcdef\n")
+    key.chmod(0o600)
+    doc = {"channels": {
+        "pd": {"type": "pagerduty", "routing_key": {"from_file": str(key)}},
+        "hook": {"type": "webhook", "url": {"from_env": "HOOK_URL"}, "secret": {"from_env": "HOOK_SECRET"}},
+    }}
+    config = parse_alerts_config(doc, env={"HOOK_URL": "https://h.example/hooks/abc123def456ghi789", "HOOK_SECRET": "s3"})
+    assert config.channels["pd"].secret_ref("routing_key").from_file == str(key)
+    # The references are what the config holds; nothing resolved is kept on it.
+    dumped = config.model_dump_json()
+    assert "0123456789abcdef" not in dumped and "abc123def456ghi789" not in dumped and "HOOK_URL" in dumped
+
+    key.chmod(0o644)
+    assert problems_of(doc, {"HOOK_URL": "https://h.example/x", "HOOK_SECRET": "s3"}) == [
+        f"channels.pd.routing_key: {{from_file: {key}}}: file mode 0644 is too open (readable or writable by others); "
+        f"chmod 600 {key}"
+    ]
+    assert problems_of(doc, {"HOOK_URL": "https://h.example/x"}) == [
+        f"channels.pd.routing_key: {{from_file: {key}}}: file mode 0644 is too open (readable or writable by others); "
+        f"chmod 600 {key}",
+        "channels.hook.secret: {from_env: HOOK_SECRET}: environment variable HOOK_SECRET is not set",
+    ]
+
+
+def test_a_secret_given_twice_or_not_at_all() -> None:
+    both = {"type": "jira", "base_url": "https://j.example", "project": "SEC", "email": "a@example.com",
+            "token": {"from_env": "T"}, "token_env": "T"}
+    assert "channels.j: give exactly one of `token` or `token_env`" in problems_of({"channels": {"j": both}}, {"T": "x"})
+    neither = {"type": "pagerduty"}
+    assert "channels.p: give exactly one of `routing_key` or `routing_key_env`" in problems_of({"channels": {"p": neither}})

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 import structlog
 from temporalio.client import Client
@@ -22,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from secflow.logging import (
+    RedactingFilter,
     ReplaySafeLogger,
     configure_logging,
     drop_replayed_workflow_events,
@@ -141,6 +143,44 @@ def test_stdlib_records_come_out_as_the_same_json(log_stream: io.StringIO) -> No
     assert temporal["logger"] == "temporalio.worker._workflow" and temporal["level"] == "info"
     assert "timestamp" in temporal
     assert "pw-in-url" not in httpx_line["event"]
+
+
+def test_httpx_request_lines_are_redacted_for_any_handler(log_stream: io.StringIO) -> None:
+    """httpx logs each request's full URL at INFO (issue 10, item 9): a webhook URL with its
+    token in the path or query. The filter cleans the record itself, so a plain handler
+    that is not ours (added to the root logger by anyone) sees no token either."""
+    from tests.alert_standins import WebhookStandin
+
+    plain = io.StringIO()
+    other = logging.StreamHandler(plain)
+    other.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(other)
+    hook = WebhookStandin()
+    path_token, query_key = "9f8e7d6c5b4a39281706f5e4", "AIzaSyPl4ntedQueryKey00"
+    try:
+        httpx.post(f"{hook.url}/hooks/{path_token}?key={query_key}&threadKey=ops", json={"x": 1}, trust_env=False)
+    finally:
+        logging.getLogger().removeHandler(other)
+        hook.close()
+    assert hook.received[0].path == f"/hooks/{path_token}", "the request itself went out whole"
+    ours = [line for line in _lines(log_stream) if line["logger"] == "httpx"]
+    assert ours and ours[0]["event"].startswith(f'HTTP Request: POST {hook.url}/hooks/{REDACTED}?key={REDACTED}&threadKey=ops')
+    assert "httpx INFO HTTP Request: POST" in plain.getvalue()
+    for text in (log_stream.getvalue(), plain.getvalue()):
+        assert path_token not in text and query_key not in text
+
+
+def test_redacting_filter_cleans_arguments_and_exceptions() -> None:
+    record = logging.LogRecord("urllib3.connectionpool", logging.WARNING, __file__, 1,
+                               "Retrying %s after %r", ("https://u:Pl4nted-pw@127.0.0.1/x", "reset"), None)
+    try:
+        raise ConnectionError("Authorization: Bearer Pl4ntedBearer0123456789")
+    except ConnectionError:
+        record.exc_info = sys.exc_info()
+    assert RedactingFilter().filter(record) is True
+    text = logging.Formatter().format(record)
+    assert "Pl4nted-pw" not in text and "Pl4ntedBearer0123456789" not in text
+    assert "Retrying https://u:[REDACTED]@127.0.0.1/x after 'reset'" in text and "ConnectionError" in text
 
 
 def test_processors_outside_temporal_are_no_ops() -> None:

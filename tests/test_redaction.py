@@ -200,3 +200,79 @@ def test_redact_event_processor() -> None:
         assert secret not in rendered
     assert "RuntimeError" in out["exception"] and "exc_info" not in out
     assert out["n"] == 1 and out["ok"] is True and out["none"] is None
+
+
+# --- issue 11: prose after "token:" / "secret:" is not a secret; credentials still are -------
+PROSE_KEPT = [
+    "xml.etree.ElementTree.ParseError: unclosed token: line 19, column 36",  # nmap XML cut short
+    "not well-formed (invalid token): line 3, column 7",
+    "Missing token: line 19, column 36",
+    "CSRF token: missing",
+    "Hard-coded secret: Secret Keyword",  # detect-secrets titles
+    "Hard-coded secret: AWS Access Key",
+    "Hard-coded secret: Base64 High Entropy String",
+    "Hard-coded secret: GitHub Token",
+    "Hard-coded secret: JSON Web Token",
+    "Hard-coded secret: SendGrid API Key",
+    "Hard-coded secret: NPM tokens",
+    "Weak JWT secret: use a random 256-bit key",
+    "session token: expired after 30m",
+]
+STILL_SECRET = [
+    ("password: hunter2", "hunter2"),
+    ("password: hunter", "hunter"),  # one word at the end of its line is a value
+    ("password: hunter2 rejected by server", "hunter2"),  # a digit: not prose
+    ("token=line 19", "line"),  # `=` assigns: never prose
+    ("api_key => Sunshine extra", "Sunshine"),
+    ("secret: Tr0ub4dor&3", "Tr0ub4dor"),
+    ("  password: 'quoted words stay secret'", "quoted words stay secret"),
+    ("client_secret: s3cr3t-value then more", "s3cr3t-value"),
+]
+
+
+@pytest.mark.parametrize("text", PROSE_KEPT)
+def test_prose_after_a_secret_word_is_kept(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(("text", "secret"), STILL_SECRET)
+def test_values_after_a_secret_word_are_still_redacted(text: str, secret: str) -> None:
+    out = redact(text)
+    assert secret not in out and REDACTED in out
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("HTTP Request: POST https://alerts.example.com/hooks/a1b2c3d4e5f6g7h8i9j0 \"HTTP/1.1 200 OK\"", "a1b2c3d4e5f6g7h8i9j0"),
+        ("https://chat.googleapis.com/v1/spaces/AAA/messages?key=AIzaSyDdI0hCZtE6vy&token=t0k3n", "AIzaSyDdI0hCZtE6vy"),
+        ("https://acme.webhook.office.com/webhookb2/1234-abcd@5678/IncomingWebhook/abcdef0123/9999", "abcdef0123"),
+        ("https://api.telegram.org/bot123456:ABC-DEF1234ghIkl-zyx57W2v1u/sendMessage", "ABC-DEF1234ghIkl"),
+        ("https://hooks.zapier.com/hooks/catch/123456/abcdef/", "abcdef"),
+        ("https://maker.ifttt.com/trigger/alert/with/key/dEf456GhI789", "dEf456GhI789"),
+        ("https://fn.azurewebsites.net/api/f?code=Zm9vYmFy0123==", "Zm9vYmFy0123"),
+    ],
+)
+def test_webhook_urls_lose_their_tokens(text: str, secret: str) -> None:
+    out = redact(text)
+    assert secret not in out and REDACTED in out and redact(out) == out
+
+
+@pytest.mark.parametrize("text", ["https://example.com/docs/hooks/getting-started", "https://example.com/api/webhooks/list"])
+def test_ordinary_hook_paths_are_kept(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_registered_values_are_scrubbed_whatever_they_look_like() -> None:
+    from secflow.redaction import forget_secrets, register_secret
+
+    try:
+        register_secret("plain-looking-value", "short")
+        assert redact("sent plain-looking-value and plain-looking%2Dvalue") == f"sent {REDACTED} and plain-looking%2Dvalue"
+        assert redact("sent short") == "sent short", "values under 6 characters would blank ordinary words"
+        register_secret("a/b c")  # too short: ignored
+        register_secret("with space/and?")
+        assert redact("url=https://h/with%20space%2Fand%3F") == f"url=https://h/{REDACTED}"
+    finally:
+        forget_secrets()
+    assert redact("sent plain-looking-value") == "sent plain-looking-value"

@@ -35,13 +35,14 @@ from secflow.alerting.config import (
     PagerDutyChannel,
     SlackChannel,
     WebhookChannel,
-    secret,
+    check_url,
 )
 from secflow.alerting.render import AlertMessage
 from secflow.errors import Classification, PermanentError, classify, parse_retry_after
 from secflow.http import DependencySettings, client_for, register_dependency
 from secflow.incidents import AlertRequest, IncidentEvent, Severity
-from secflow.redaction import redact
+from secflow.redaction import redact, register_secret
+from secflow.secrets import SecretUnavailable, resolve
 from secflow.store import FindingsStore
 
 __all__ = ["ChannelError", "Outcome", "SendContext", "applies", "dependency_name", "secret_values", "send", "sign"]
@@ -108,20 +109,35 @@ def applies(channel: Any, req: AlertRequest) -> bool:
 
 
 def secret_values(channel: Any) -> list[str]:
+    """The channel's secrets that resolve now (to scrub from error texts); none is kept."""
     values = []
-    for variable in channel.secret_envs().values():
+    for ref in channel.secret_refs().values():
         try:
-            values.append(secret(variable))
-        except KeyError:
+            values.append(resolve(ref))
+        except SecretUnavailable:
             pass
     return values
 
 
-def _secret(ctx: SendContext, variable: str) -> str:
+def _secret(ctx: SendContext, field: str) -> str:
+    """The channel's credential `field`, resolved now (SecretUnavailable -> permanent)."""
+    ref = ctx.channel.secret_ref(field)
+    if ref is None:
+        raise PermanentError(f"channels.{ctx.name}.{field}: not configured")
+    return resolve(ref, where=f"channels.{ctx.name}.{field}")
+
+
+def _url(ctx: SendContext) -> str:
+    """A Slack or webhook channel's URL: written in the file, or resolved from its reference
+    and checked like one written out (https except to loopback)."""
+    url = ctx.channel.url
+    if isinstance(url, str):
+        return url
+    value = _secret(ctx, "url")
     try:
-        return secret(variable)
-    except KeyError:
-        raise PermanentError(f"channel {ctx.name}: environment variable {variable} is not set in the worker") from None
+        return check_url(value, inline=False)
+    except ValueError as exc:
+        raise PermanentError(f"channels.{ctx.name}.url: {exc}") from None
 
 
 async def send(ctx: SendContext) -> Outcome:
@@ -226,8 +242,7 @@ def slack_payload(msg: AlertMessage) -> dict[str, Any]:
 
 
 async def _slack(ctx: SendContext) -> Outcome:
-    channel: SlackChannel = ctx.channel
-    url = channel.url or _secret(ctx, channel.url_env or "")
+    url = _url(ctx)
     await _request(ctx, "POST", url, body=_json(slack_payload(ctx.msg)), headers={"Content-Type": "application/json"})
     return Outcome()
 
@@ -273,9 +288,8 @@ def sign(secret_value: str, timestamp: str, body: bytes) -> str:
 
 
 async def _webhook(ctx: SendContext) -> Outcome:
-    channel: WebhookChannel = ctx.channel
-    url = channel.url or _secret(ctx, channel.url_env or "")
-    key = _secret(ctx, channel.secret_env)
+    url = _url(ctx)
+    key = _secret(ctx, "secret")
     body = _json(webhook_payload(ctx))
     timestamp = str(int(time.time()))
     headers = {
@@ -322,7 +336,7 @@ def pagerduty_event(ctx: SendContext, routing_key: str) -> dict[str, Any]:
 
 async def _pagerduty(ctx: SendContext) -> Outcome:
     channel: PagerDutyChannel = ctx.channel
-    key = _secret(ctx, channel.routing_key_env)
+    key = _secret(ctx, "routing_key")
     url = channel.base_url.rstrip("/") + "/v2/enqueue"
     response = await _request(
         ctx, "POST", url, body=_json(pagerduty_event(ctx, key)), headers={"Content-Type": "application/json"}
@@ -371,7 +385,7 @@ def _smtp_send(channel: EmailChannel, password: str | None, mail: EmailMessage) 
 
 async def _email(ctx: SendContext) -> Outcome:
     channel: EmailChannel = ctx.channel
-    password = _secret(ctx, channel.password_env) if channel.password_env else None
+    password = _secret(ctx, "password") if channel.secret_ref("password") is not None else None
     await asyncio.to_thread(_smtp_send, channel, password, email_message(ctx))
     return Outcome(external_ref=f"<{ctx.msg.delivery_id}@secflow>")
 
@@ -385,11 +399,13 @@ def jira_label(dedup_key: str) -> str:
 
 def _jira_auth(ctx: SendContext) -> str:
     channel: JiraChannel = ctx.channel
-    token = _secret(ctx, channel.token_env)
+    token = _secret(ctx, "token")
     if channel.auth == "bearer":
         return f"Bearer {token}"
     raw = f"{channel.email}:{token}".encode()
-    return "Basic " + base64.b64encode(raw).decode()
+    encoded = base64.b64encode(raw).decode()
+    register_secret(encoded)  # derived from the token: scrubbed from any text like it
+    return "Basic " + encoded
 
 
 async def _jira_call(ctx: SendContext, method: str, path: str, doc: Any = None) -> httpx.Response:

@@ -37,6 +37,8 @@ from secflow.enrichment import CVE_ID, EnrichedCve, EpssScore, KevEntry, NvdReco
 from secflow.errors import ExternalToolError, SecFlowError, TransientError, classify
 from secflow.http import breaker_for, client_for, settings_for
 from secflow.models import StageTaskInput, StageTaskResult
+from secflow.redaction import register_secret
+from secflow.secrets import resolve
 from secflow.tools import CveEnrichOptions
 
 NVD_URL = "https://services.nvd.nist.gov"
@@ -163,7 +165,12 @@ async def cve_enrich_tool(ctx: ToolContext) -> ToolOutput:
         http_timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         headers = {"User-Agent": "secflow-cve-enrich"}
         nvd_headers = dict(headers)
-        key = os.environ.get("SECFLOW_NVD_API_KEY", "").strip()
+        # The stage's `api_key` reference, resolved here and now; else the worker's variable.
+        if opts.api_key is not None:
+            key = resolve(opts.api_key, where=f"{ctx.input.stage_id}.options.api_key")
+        else:
+            key = os.environ.get("SECFLOW_NVD_API_KEY", "").strip()
+            register_secret(key)
         if key:
             nvd_headers["apiKey"] = key
         kev_split = urlsplit(_env_url("SECFLOW_KEV_URL", KEV_URL))

@@ -15,7 +15,7 @@ in a CSP report-uri do not end up in a finding either.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -56,6 +56,7 @@ async def check_headers(
     client: httpx.AsyncClient,
     permits_url: Callable[[str], bool],
     max_redirects: int = 5,
+    auth_headers: Mapping[str, str] | None = None,
 ) -> HeaderReport:
     """GET `url`, follow redirects inside scope, and assess the final response's headers.
 
@@ -64,7 +65,12 @@ async def check_headers(
     without connecting. More than `max_redirects` hops raise `httpx.TooManyRedirects`.
     A final 5xx or 429 raises `httpx.HTTPStatusError` (its response keeps Retry-After);
     any other status is assessed, since the headers are what is being checked.
+
+    `auth_headers` (resolved credentials, docs/secrets.md) go with requests to `url`'s own
+    origin only: a redirect to another host, port or scheme gets none, as browsers and
+    httpx do with Authorization, so one in-scope host never receives another's secret.
     """
+    origin = _origin(url)
     current = url
     if not permits_url(current):
         raise ScopeViolation(f"{redact(current)} is outside scope.allow")
@@ -72,7 +78,8 @@ async def check_headers(
     redirects = 0
     while True:
         # follow_redirects=False per request too: a hop must never bypass the scope check.
-        async with client.stream("GET", current, follow_redirects=False) as response:
+        headers = dict(auth_headers) if auth_headers and _origin(current) == origin else None
+        async with client.stream("GET", current, follow_redirects=False, headers=headers) as response:
             # Cookies set on the way (a login redirect often sets the session) count too.
             cookies.extend(
                 SetCookie.parse(raw, over_https=response.url.scheme == "https") for raw in response.headers.get_list("set-cookie")
@@ -137,6 +144,11 @@ class ScopedTransport(httpx.AsyncHTTPTransport):
             max_connections=httpx.Limits().max_connections,
             network_backend=_ScopedNetworkBackend(scope),
         )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = httpx.URL(url)
+    return parts.scheme, parts.host, parts.port
 
 
 def header_findings(target: str, final_url: str, headers: httpx.Headers) -> list[Finding]:

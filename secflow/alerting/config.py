@@ -4,12 +4,14 @@ Named by ``SECFLOW_ALERTS_CONFIG`` (YAML; format and a full example in the READM
 "Alerts and channels"). Without it SecFlow has no channels: incidents still open and
 escalate on the default timers, but every plan has empty tiers, so nobody is told.
 
-Secrets never sit in the file: a channel names the environment variable that holds each
-one (``token_env``, ``secret_env``, ``routing_key_env``, ``password_env``, ``url_env``
-for Slack webhook URLs, which carry their token in the path). `load_alerts_config()`
+Secrets never sit in the file: each is a reference (secflow/secrets.py, docs/secrets.md),
+``token: {from_env: NAME}`` or ``token: {from_file: /path}`` (likewise ``secret``,
+``routing_key``, ``password``, and ``url`` for webhook URLs that carry their token);
+the older ``token_env: NAME`` form (``secret_env``, ``routing_key_env``, ``password_env``,
+``url_env``) means ``{from_env: NAME}``. An inline secret is refused. `load_alerts_config()`
 checks the structure (pydantic, unknown keys refused), that every channel named in the
-routing exists, that every named variable is set, and that URLs are http(s) URLs without
-credentials; every problem is reported with its field path:
+routing exists, that every reference resolves, and that URLs are https (http only to
+loopback) without credentials; every problem is reported with its field path:
 
     channels.ops-pager.routing_key_env: environment variable SECFLOW_PD_KEY is not set
     routing.P1.tiers.0.1: unknown channel 'pagerdutty' (defined: ops-pager, team-slack)
@@ -19,11 +21,12 @@ The worker validates it at start and refuses to run with a bad file (worker.py).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -31,6 +34,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from secflow.durations import parse_duration
 from secflow.incidents import AlertPlan, Severity
+from secflow.secrets import REF_FORMS, SecretRef, SecretUnavailable, inline_url_credentials, resolve
 
 __all__ = [
     "DEFAULT_ROUTING",
@@ -87,17 +91,48 @@ Duration = Annotated[timedelta, BeforeValidator(_duration)]
 OptionalDuration = Annotated[timedelta | None, BeforeValidator(_optional_duration)]
 
 
-def check_url(value: str) -> str:
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: traffic that never leaves the machine."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# Hosts whose webhook URL path *is* the token (redaction rule 4 knows the same ones).
+_SECRET_PATH_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com", "discord.com", "discordapp.com")
+
+
+def check_url(value: str, *, inline: bool = True) -> str:
+    """An https URL (http only to loopback) with no credentials written into it.
+
+    `inline`: the URL sits in the file itself. One that came from a reference (the whole
+    URL is the secret, e.g. a Slack webhook) may carry a token in its path or query.
+    """
     text = str(value).strip()
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {_shown(text)!r}")
     if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain credentials; put secrets in an environment variable (`*_env`)")
+        raise ValueError(f"must not contain credentials; give secrets by reference: {REF_FORMS}")
     try:
         parts.port  # noqa: B018 (a bad port raises here)
     except ValueError:
         raise ValueError(f"bad port in URL {_shown(text)!r}") from None
+    if parts.scheme != "https" and not is_loopback(parts.hostname):
+        # A token sent over plain http is a token given away (issue 10, item 9).
+        raise ValueError(f"must be https:// (plain http is allowed to loopback only): {_shown(text)!r}")
+    if inline:
+        carried = [what for what, _ in inline_url_credentials(text) if what != "userinfo"]
+        host = parts.hostname.lower()
+        if any(host == h or host.endswith("." + h) for h in _SECRET_PATH_HOSTS) and parts.path.strip("/"):
+            carried.append("its path (a webhook token)")
+        if carried:
+            raise ValueError(f"carries a credential in {', '.join(carried)}; give the whole URL by reference: url: {REF_FORMS}")
     return text
 
 
@@ -105,7 +140,8 @@ def _shown(url: str) -> str:
     # Never echo a secret back in an error: show the scheme and host only.
     parts = urlsplit(url)
     host = parts.hostname or ""
-    return f"{parts.scheme}://{host}/..." if parts.scheme else url[:40]
+    # Without a scheme the text may be anything (a token pasted where a URL belongs).
+    return f"{parts.scheme}://{host}/..." if parts.scheme else f"({len(url)} characters, no scheme)"
 
 
 def _env_name(value: str) -> str:
@@ -114,8 +150,16 @@ def _env_name(value: str) -> str:
     return value
 
 
+def _url_or_ref(value: Any) -> Any:
+    if isinstance(value, dict | SecretRef):
+        return SecretRef.model_validate(value)
+    return check_url(value)
+
+
 EnvName = Annotated[str, BeforeValidator(_env_name)]
 Url = Annotated[str, BeforeValidator(check_url)]
+# A URL written out (checked as above), or a reference to one that holds its token.
+UrlOrRef = Annotated[str | SecretRef, BeforeValidator(_url_or_ref)]
 
 
 class _Model(BaseModel):
@@ -140,35 +184,46 @@ class _ChannelBase(_Model):
             raise ValueError("must be longer than 0")
         return value
 
-    def secret_envs(self) -> dict[str, str]:
-        """field name -> environment variable, for every secret this channel needs."""
-        return {}
+    # (field, legacy `*_env` field) of each credential the channel takes; `secret_refs`
+    # reads both forms. Either is a reference, resolved only when a message is sent.
+    SECRET_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def secret_refs(self) -> dict[str, SecretRef]:
+        """field path (as the file spells it) -> reference, for every secret this channel needs."""
+        found: dict[str, SecretRef] = {}
+        for field, env_field in self.SECRET_FIELDS:
+            value = getattr(self, field, None)
+            if isinstance(value, SecretRef):
+                found[field] = value
+            variable = getattr(self, env_field, None)
+            if variable:
+                found[env_field] = SecretRef(from_env=variable)
+        return found
+
+    def secret_ref(self, field: str) -> SecretRef | None:
+        """The reference for `field` (given as `field: REF` or as `field_env: NAME`)."""
+        refs = self.secret_refs()
+        return refs.get(field) or refs.get(f"{field}_env")
 
 
 class SlackChannel(_ChannelBase):
-    """A Slack incoming webhook. Its URL holds the token: prefer `url_env`."""
+    """A Slack incoming webhook. Its URL holds the token: give it by reference."""
 
     type: Literal["slack"]
-    url: Url | None = None
+    url: UrlOrRef | None = None
     url_env: EnvName | None = None
-
-    def secret_envs(self) -> dict[str, str]:
-        return {"url_env": self.url_env} if self.url_env else {}
+    SECRET_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("url", "url_env"),)
 
 
 class WebhookChannel(_ChannelBase):
-    """A generic JSON webhook, signed with HMAC-SHA256 under the secret in `secret_env`."""
+    """A generic JSON webhook, signed with HMAC-SHA256 under the secret `secret`."""
 
     type: Literal["webhook"]
-    url: Url | None = None
+    url: UrlOrRef | None = None
     url_env: EnvName | None = None
-    secret_env: EnvName
-
-    def secret_envs(self) -> dict[str, str]:
-        found = {"secret_env": self.secret_env}
-        if self.url_env:
-            found["url_env"] = self.url_env
-        return found
+    secret: SecretRef | None = None
+    secret_env: EnvName | None = None
+    SECRET_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("url", "url_env"), ("secret", "secret_env"))
 
 
 class PagerDutyChannel(_ChannelBase):
@@ -176,11 +231,10 @@ class PagerDutyChannel(_ChannelBase):
 
     type: Literal["pagerduty"]
     base_url: Url = "https://events.pagerduty.com"
-    routing_key_env: EnvName
+    routing_key: SecretRef | None = None
+    routing_key_env: EnvName | None = None
     source: str = "secflow"
-
-    def secret_envs(self) -> dict[str, str]:
-        return {"routing_key_env": self.routing_key_env}
+    SECRET_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("routing_key", "routing_key_env"),)
 
 
 class EmailChannel(_ChannelBase):
@@ -192,6 +246,7 @@ class EmailChannel(_ChannelBase):
     starttls: bool = True
     ca_file: Path | None = None  # verify the server against this CA bundle (default: system CAs)
     username: str | None = None
+    password: SecretRef | None = None
     password_env: EnvName | None = None
     sender: str = Field(alias="from")
     to: list[str] = Field(min_length=1)
@@ -218,8 +273,7 @@ class EmailChannel(_ChannelBase):
             raise ValueError(f"no such file: {str(value)!r}")
         return value
 
-    def secret_envs(self) -> dict[str, str]:
-        return {"password_env": self.password_env} if self.password_env else {}
+    SECRET_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("password", "password_env"),)
 
 
 class JiraTransitions(_Model):
@@ -235,7 +289,8 @@ class JiraChannel(_ChannelBase):
     issue_type: str = Field("Task", min_length=1)
     auth: Literal["basic", "bearer"] = "basic"
     email: str | None = None  # basic auth: the account's e-mail; the API token is the password
-    token_env: EnvName
+    token: SecretRef | None = None
+    token_env: EnvName | None = None
     labels: list[str] = Field(default_factory=lambda: ["secflow"])
     transitions: JiraTransitions = Field(default_factory=JiraTransitions)
     # Jira is a ticket per incident, not a pager: no cooldown merging across incidents.
@@ -256,8 +311,7 @@ class JiraChannel(_ChannelBase):
             raise ValueError(f"Jira labels cannot be empty or contain spaces: {bad}")
         return value
 
-    def secret_envs(self) -> dict[str, str]:
-        return {"token_env": self.token_env}
+    SECRET_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (("token", "token_env"),)
 
 
 ChannelConfig = Annotated[
@@ -388,27 +442,38 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
 def _semantic_problems(config: AlertsConfig, env: dict[str, str]) -> list[str]:
     problems: list[str] = []
     for name, channel in config.channels.items():
-        if isinstance(channel, (SlackChannel, WebhookChannel)):
-            if (channel.url is None) == (channel.url_env is None):
-                problems.append(f"channels.{name}: give exactly one of `url` or `url_env`")
+        # Each credential exactly once, in either form (`field: REF` or `field_env: NAME`).
+        for field, env_field in channel.SECRET_FIELDS:
+            given = [f for f in (field, env_field) if getattr(channel, f, None) is not None]
+            optional = field == "password"  # e-mail without AUTH has none
+            if len(given) > 1 or (not given and not optional):
+                problems.append(f"channels.{name}: give exactly one of `{field}` or `{env_field}`")
         if isinstance(channel, EmailChannel):
-            if channel.username and not channel.password_env:
-                problems.append(f"channels.{name}.password_env: required with `username`")
-            if channel.password_env and not channel.username:
-                problems.append(f"channels.{name}.username: required with `password_env`")
+            has_password = channel.secret_ref("password") is not None
+            if channel.username and not has_password:
+                problems.append(f"channels.{name}.password: required with `username` ({REF_FORMS})")
+            if has_password and not channel.username:
+                problems.append(f"channels.{name}.username: required with `password`")
             if channel.username and not channel.starttls:
                 problems.append(f"channels.{name}.starttls: AUTH is only sent over STARTTLS; set `starttls: true`")
         if isinstance(channel, JiraChannel) and channel.auth == "basic" and not channel.email:
             problems.append(f"channels.{name}.email: required for `auth: basic` (the account's e-mail)")
-        for field, variable in channel.secret_envs().items():
-            value = env.get(variable, "")
-            if not value.strip():
-                problems.append(f"channels.{name}.{field}: environment variable {variable} is not set")
-            elif field == "url_env":
+        for field, ref in channel.secret_refs().items():
+            # Resolved here only to fail early (the worker checks at start); the value is
+            # dropped at once and resolved again by the activity that sends.
+            try:
+                value = resolve(ref, env=env)
+            except SecretUnavailable as exc:
+                reason = exc.reason.removesuffix(" in the worker")
+                shown = "" if field.endswith("_env") else f"{ref.describe()}: "
+                problems.append(f"channels.{name}.{field}: {shown}{reason}")
+                continue
+            if field in ("url", "url_env"):
                 try:
-                    check_url(value)
+                    check_url(value, inline=False)
                 except ValueError as exc:
-                    problems.append(f"channels.{name}.{field}: {variable}: {exc}")
+                    label = (ref.from_env or "") if field.endswith("_env") else ref.describe()
+                    problems.append(f"channels.{name}.{field}: {label}: {exc}")
     for severity in Severity:
         given = getattr(config.routing, severity.value)
         if given is None:
@@ -462,11 +527,3 @@ def load_alerts_config(env: dict[str, str] | None = None) -> AlertsConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise AlertConfigError(source, [f"(file): not valid YAML: {where}{getattr(exc, 'problem', None) or exc}"]) from None
     return parse_alerts_config(data, source=source, env=env)
-
-
-def secret(env_name: str) -> str:
-    """A channel's secret, read when it is used (never stored on the config object)."""
-    value = os.environ.get(env_name, "").strip()
-    if not value:
-        raise KeyError(env_name)
-    return value
