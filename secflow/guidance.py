@@ -80,3 +80,13 @@ def incident_show_command() -> str:
 
 def dlq_replay_command(ref: str) -> str:
     return f"{CLI} dlq replay {ref} --wait"
+
+
+def after_end_commands(workflow_id: str, replay_refs: list[str] | None = None) -> list[str]:
+    """What works once the assessment has ended (no `retry`: there is nothing to retry in):
+    re-run a parked task as a new assessment, see what is parked, read the final report."""
+    return [
+        *(dlq_replay_command(ref) for ref in (replay_refs or [])),
+        f"{CLI} dlq list --workflow {workflow_id} --state parked",
+        f"{CLI} report {workflow_id} --format md",
+    ]

@@ -166,7 +166,7 @@ async def test_ack_at_10_minutes_stops_the_ack_escalation_but_not_the_resolve_de
         details = meta.current_details if hasattr(meta, "current_details") else meta["currentDetails"]
         due = status.opened_at + timedelta(hours=1)
         assert details.startswith(
-            f"P1 acknowledged, tier 1 notified, acknowledged by alice, escalates to tier 2 at {due:%H:%M} UTC unless resolved"
+            f"P1 acknowledged, tier 1 notified (tier1), acknowledged by alice, escalates to tier 2 at {due:%H:%M} UTC unless resolved"
         ), details
         assert status.next_escalation_at == due
 

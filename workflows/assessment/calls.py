@@ -111,10 +111,14 @@ async def finalize(req: FinalizeRequest) -> FindingCounts:
     return await workflow.execute_activity(finalize_assessment, req, start_to_close_timeout=LONG, retry_policy=_STORE)
 
 
-async def run_tool_activity(tool: str, task: StageTaskInput, plan: RetryPlan, timeout: timedelta) -> StageTaskResult:
+async def run_tool_activity(
+    tool: str, task: StageTaskInput, plan: RetryPlan, timeout: timedelta, *, summary: str | None = None
+) -> StageTaskResult:
+    """`summary` is what the Web UI's timeline shows for the call ("portscan 10.0.0.5")."""
     return await workflow.execute_activity(
         tool,
         task,
+        summary=summary,
         result_type=StageTaskResult,
         start_to_close_timeout=timeout,
         heartbeat_timeout=HEARTBEAT_TIMEOUT,

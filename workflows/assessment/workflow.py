@@ -67,6 +67,7 @@ SA_STATUS = SearchAttributeKey.for_keyword("SecflowStatus")
 SA_AWAITING = SearchAttributeKey.for_keyword_list("SecflowAwaiting")
 
 LOCK_POLL_INTERVAL = timedelta(seconds=5)
+INCIDENTS_END_PATCH = "incidents-hear-the-end"  # _end signals `assessment_ended` to open incidents
 LOCK_BATCH = 1000  # hosts locked per activity (one transaction)
 
 
@@ -239,6 +240,12 @@ class AssessmentWorkflow(AssessmentAPI):
             await self._desk.drain()
         self._status.outcome = outcome
         self._status.finished_at = workflow.now()
+        # Incidents still open hear that their assessment ended: each resolves itself if
+        # its cause was lived with, or stays open with commands that work after the end.
+        # Behind a patch: runs recorded before it ended without these signals.
+        if self._desk.holds_open_incidents and workflow.patched(INCIDENTS_END_PATCH):
+            self._desk.assessment_ended(outcome, self._status.reason, self._status.stages)
+            await self._desk.drain()
         self._publish()
 
         failed = self._saga.failed
