@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from secflow.dead_letters import find_dead_letter
 from secflow.incidents import (
@@ -68,7 +69,13 @@ async def wait_incident(handle: WorkflowHandle, predicate, timeout: float = 30.0
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        last = await handle.query("incident", result_type=IncidentStatus)
+        try:
+            last = await handle.query("incident", result_type=IncidentStatus)
+        except RPCError as err:  # the assessment names the incident a moment before it starts
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            await asyncio.sleep(0.2)
+            continue
         if predicate(last):
             return last
         await asyncio.sleep(0.2)
