@@ -208,6 +208,7 @@ class TargetRunner:
         p.processed += 1
         p.findings += r.findings
         p.attempts = max(p.attempts, r.attempts)
+        p.retries += max(r.attempts - 1, 0)
         if r.state in ("failed", "cancelled") and r.category != Category.USER_ABORT.value:
             error = ErrorInfo(category=r.category, message=r.message, attempts=r.attempts)
             if p.first_error is None:

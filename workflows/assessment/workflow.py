@@ -493,6 +493,9 @@ class AssessmentWorkflow(AssessmentAPI):
         # attempts of the most-tried target, added up over the stage's rounds (a retry or a
         # fallback round adds its own): 1 means no target needed a retry
         st.attempts += progress.attempts
+        # per target: a retry or fallback round re-runs each target it ran once more
+        reruns = progress.counts.get("succeeded", 0) + progress.counts.get("failed", 0) if only_failed else 0
+        st.retries += progress.retries + reruns
         st.recent_failures = progress.recent_failures or st.recent_failures
         st.outputs.update(progress.outputs)
         if progress.degraded_reason:
