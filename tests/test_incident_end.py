@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 from temporalio.service import RPCError, RPCStatusCode
 
 from secflow.dead_letters import find_dead_letter
@@ -40,6 +42,7 @@ from tests.devserver import DevServer
 from tests.helpers import final_status, make_spec, start
 from tests.servers import closed_port
 from tests.support_incident_worker import incident_worker, write_routing
+from worker import WORKFLOWS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +122,7 @@ async def test_a_skipped_optional_stage_resolves_its_incident_when_the_run_compl
     desc = await handle.describe()
     assert await desc.static_summary() == "test: 1 target, 1 stages"
     details = await desc.static_details() or ""
-    assert "`headers`: dast with http_headers (optional)" in details and "1 url" in details
+    assert "`headers`: dast with http-headers (optional)" in details and "1 url" in details
     assert url not in details, "no target names in the run's metadata"
     idesc = await incident.describe()
     assert (await idesc.static_summary() or "").startswith("P3 incident: stage headers was skipped after its retries")
@@ -131,7 +134,7 @@ async def test_a_skipped_optional_stage_resolves_its_incident_when_the_run_compl
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and event.HasField("user_metadata"):
             summaries.append(json.loads(event.user_metadata.summary.data))
-    assert f"http_headers {url}" in summaries, summaries
+    assert f"http-headers {url}" in summaries, summaries
 
 
 async def test_a_failed_required_stage_keeps_its_incident_open_with_commands_that_work_after_the_end(
@@ -175,6 +178,14 @@ async def test_a_failed_required_stage_keeps_its_incident_open_with_commands_tha
     assert out.stdout.startswith("SEV STATE"), out.stdout
     assert row.split()[:4] == ["P2", "open", handle.id, "broken"], row
     await incident.signal("resolve", {"by": "tests"})
+
+    # the run's own history (with the end-of-assessment signal and its patch marker)
+    # replays against today's code, as a worker restart would replay it
+    history = await handle.fetch_history()
+    kinds = [e.event_type for e in history.events]
+    assert EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED in kinds
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    assert (await replayer.replay_workflow(history, raise_on_replay_failure=True)).replay_failure is None
 
 
 def _status(**update) -> IncidentStatus:
