@@ -229,3 +229,22 @@ def test_the_end_of_the_assessment_resolves_only_what_was_lived_with(
 ) -> None:
     ended = AssessmentEnded(assessment_id="a", outcome=outcome, stage_state="skipped")
     assert bool(settles_at_end(reason, severity, ended)) is resolves
+
+
+async def test_a_stage_shard_carries_a_static_summary(client: Client, queue: str) -> None:
+    """Past INLINE_TARGETS a stage round runs as a StageTargets child: its Web UI row says
+    which assessment, stage, tool and round it is."""
+    from secflow.models import INLINE_TARGETS
+    from tests.servers import GOOD_HEADERS, Reply, ScriptedServer
+
+    target = ScriptedServer([Reply(200, GOOD_HEADERS)])
+    try:
+        urls = [{"url": f"{target.url}p{i}"} for i in range(INLINE_TARGETS + 1)]
+        spec = make_spec(urls, [{"id": "headers", "kind": "dast", "tool": "http-headers"}])
+        handle = await start(client, spec, queue)
+        status = await final_status(handle)
+    finally:
+        target.close()
+    assert status.outcome == "completed"
+    child = client.get_workflow_handle(f"{handle.id}/headers/round-1")
+    assert await (await child.describe()).static_summary() == "test: stage headers, http-headers round 1"

@@ -91,6 +91,7 @@ async def park_failures(req: ParkStageFailures) -> ParkResult:
     return await workflow.execute_activity(
         park_stage_failures,
         req,
+        summary=f"dead-letter stage {req.stage_id} ({req.reason})",
         start_to_close_timeout=LONG,
         heartbeat_timeout=timedelta(seconds=30),
         retry_policy=_STORE,
@@ -102,8 +103,13 @@ async def park_one(entry: DeadLetterInput) -> DeadLetterResult:
 
 
 async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
+    ref = req.incident
     return await workflow.execute_activity(
-        open_incident, req, start_to_close_timeout=SHORT, retry_policy=to_retry_policy(INCIDENT_PLAN)
+        open_incident,
+        req,
+        start_to_close_timeout=SHORT,
+        retry_policy=to_retry_policy(INCIDENT_PLAN),
+        summary=f"{ref.severity.value} incident: {ref.reason}" + (f" in stage {ref.stage_id}" if ref.stage_id else ""),
     )
 
 

@@ -453,6 +453,8 @@ class AssessmentWorkflow(AssessmentAPI):
             shard,
             id=f"{self._status.workflow_id}/{stage.id}/round-{shard.round}",
             task_queue=workflow.info().task_queue,
+            static_summary=f"{self._status.name}: stage {stage.id}, {shard.tool} round {shard.round}"
+            + (" (failed targets)" if shard.only_failed else ""),
             cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         self._children[stage.id] = handle
