@@ -25,7 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from secflow.dead_letters import list_dead_letters
+from secflow.dead_letters import list_dead_letters, ref_for
 from secflow.incidents import IncidentAnswer, IncidentStatus, Severity
 from secflow.models import Decision
 from secflow.store import open_store
@@ -388,6 +388,11 @@ async def test_failed_compensation_opens_a_p2_and_parks_it_and_the_abort_resolve
     (entry,) = list_dead_letters(open_store(), workflow_id=handle.id)
     assert (entry.reason, entry.tool, entry.target, entry.replay) == ("compensation_failed", "remove_workspace", "remove workspace", None)
     assert entry.category == "permanent"
+    # the assessment ended (cancelled): the incident stays open and points at its entry
+    ended = await wait_incident(client.get_workflow_handle(comp_id), lambda s: s.assessment_outcome == "cancelled")
+    assert ended.state.value == "open"
+    assert f"python -m starter dlq show {ref_for(entry.task_id)}" in ended.commands, ended.commands
+    assert not any(" retry " in c or " approve " in c for c in ended.commands)
     await client.get_workflow_handle(comp_id).signal("resolve", IncidentAnswer(by="tests"))
 
 

@@ -82,6 +82,7 @@ class IncidentDesk:
         # the end can name their dead-letter refs (lost across continue-as-new: then the
         # incident offers `dlq list` only)
         self._parked: dict[str, tuple[str, str, list[str]]] = {}
+        self._entry_refs: dict[str, str] = {}  # dedup key -> ref of the one entry it parked (compensations)
 
     # ------------------------------------------------------------------ what happened
 
@@ -164,6 +165,8 @@ class IncidentDesk:
                 },
             )
             self._side(self._park_entry(entry))
+            incident_key = self._key("compensation", record.name, "compensation_failed")
+            self._entry_refs[incident_key] = ref_for(entry.task_id)
             self._open(
                 None,
                 "compensation_failed",
@@ -192,8 +195,13 @@ class IncidentDesk:
         """Tell every incident still open that the assessment ended, with what works now."""
         for sid, keyed in self.open_incidents.items():
             st = stages.get(sid)
-            commands = guidance.after_end_commands(self._wid, self._replay_refs(sid, st))
+            replay = self._replay_refs(sid, st)
             for key, incident_id in keyed.items():
+                entry = self._entry_refs.get(key)
+                if entry is not None:  # no replay recipe: show the entry
+                    commands = guidance.after_end_commands(self._wid, show_refs=[entry])
+                else:
+                    commands = guidance.after_end_commands(self._wid, replay, parked=sid in self._parked)
                 ended = AssessmentEnded(
                     assessment_id=self._wid,
                     outcome=outcome,
