@@ -248,3 +248,34 @@ async def test_a_stage_shard_carries_a_static_summary(client: Client, queue: str
     assert status.outcome == "completed"
     child = client.get_workflow_handle(f"{handle.id}/headers/round-1")
     assert await (await child.describe()).static_summary() == "test: stage headers, http-headers round 1"
+
+
+async def test_an_incident_without_a_channel_or_with_a_refusing_one_does_not_say_notified(
+    client: Client, task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.alert_standins import Fault
+    from tests.support_incident_worker import make_ref
+
+    refusing = SlackStandin(path="/services/T0SECFLOW/B0REFUSE/hooksecret7", faults=[Fault(status=403, body="invalid_token")])
+    try:
+        path = write_routing(tmp_path / "sparse.yaml", {"refusing": refusing.webhook_url}, {"P1": [["refusing"]]})
+        monkeypatch.setenv("SECFLOW_ALERTS_CONFIG", str(path))  # P3: no route, so no channel
+        async with incident_worker(client, task_queue):
+            quiet, paged = make_ref(Severity.P3), make_ref(Severity.P1)
+            handles = [await client.start_workflow("IncidentWorkflow", r, id=r.incident_id, task_queue=task_queue)
+                       for r in (quiet, paged)]
+            await wait_incident(handles[0], lambda s: s.plan is not None)
+            await wait_incident(handles[1], lambda s: [n.status for n in s.notifications] == ["failed"])
+            texts = [await details_of(h) for h in handles]
+            shown = await asyncio.to_thread(run_printed, f"python -m starter incidents show {paged.incident_id}")
+            asked = len(refusing.received)
+            for h in handles:
+                await h.signal("resolve", {"by": "tests"})
+                await asyncio.wait_for(h.result(), 30)
+    finally:
+        refusing.close()
+    assert asked == 1, "the channel was asked once (a 403 is not retried) and refused"
+    assert texts[0].startswith("P3 open, nobody notified: no channel configured. "), texts[0]
+    assert texts[1].startswith("P1 open, tier 1 delivery failed (refusing: permanent"), texts[1]
+    assert "notified (" not in texts[1]
+    assert "tier 1 delivery failed (refusing: permanent" in shown.stdout, shown.stdout + shown.stderr

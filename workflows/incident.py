@@ -525,7 +525,7 @@ class IncidentWorkflow:
             if s.state == IncidentState.ACKNOWLEDGED:
                 told += f", acknowledged by {s.acknowledged_by}"
             sentence = f"{head}, {told}"
-            if s.next_escalation_at is not None and s.plan is not None:
+            if s.next_escalation_at is not None and s.plan is not None and any(s.plan.tiers):
                 next_tier = min(s.tier + 1, len(s.plan.tiers)) if s.plan.tiers else s.tier + 1
                 unless = "acknowledged" if s.state == IncidentState.OPEN and self._ack_deadline_next() else "resolved"
                 sentence += f", escalates to tier {next_tier} at {s.next_escalation_at:%H:%M} UTC unless {unless}"
