@@ -237,7 +237,7 @@ async def test_fallback_policy_runs_the_fallback_tool_and_marks_the_stage_degrad
         target.close()
     stage = status.stages["headers"]
     assert stage.state == "partial" and stage.degraded
-    assert "fell back to http_headers" in stage.reason
+    assert "fell back to http-headers" in stage.reason
     assert stage.attempts == 3
     assert status.outcome == "completed_with_errors"
 
