@@ -22,7 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.runner import classified
-from secflow.incidents import OpenIncidentRequest, OpenIncidentResult, Recurrence
+from secflow.incidents import IncidentRef, OpenIncidentRequest, OpenIncidentResult, Recurrence
 from secflow.logging import get_logger
 
 
@@ -42,6 +42,10 @@ async def open_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             # What `starter incidents list` shows without asking a worker.
+            # What the Web UI's list and header say (Temporal user metadata); the title
+            # and message were redacted by the desk.
+            static_summary=f"{ref.severity.value} incident: {ref.title}"[:400],
+            static_details=incident_details(ref),
             memo={
                 "title": ref.title,
                 "assessment_id": ref.assessment_id,
@@ -58,3 +62,14 @@ async def open_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
         return OpenIncidentResult(incident_id=ref.incident_id, opened=False)
     log.warning("incident opened", severity=ref.severity.value, reason=ref.reason)
     return OpenIncidentResult(incident_id=ref.incident_id, opened=True)
+
+
+def incident_details(ref: IncidentRef) -> str:
+    """The incident's static details in the Web UI (Markdown): what, where, how bad."""
+    where = f"assessment `{ref.assessment_id}`" + (f", stage `{ref.stage_id}`" if ref.stage_id else "")
+    return "\n".join(
+        [
+            f"**{ref.severity.value}** {ref.reason} ({ref.category}) in {where}",
+            ref.message[:1000],
+        ]
+    )

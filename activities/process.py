@@ -64,15 +64,33 @@ def locate_binary(name: str, env_var: str) -> str:
     """Which `name` to run: `$env_var` if set (a name or a path), else `name` on PATH, else the
     copy installed beside this interpreter (scanners from PyPI are secflow dependencies, and a
     worker started as ``.venv/bin/python worker.py`` has no venv on its PATH). A name that is
-    not found ends in run_process's PermanentError ("not installed")."""
+    not found ends in run_process's PermanentError ("not installed").
+
+    A set `$env_var` that names nothing runnable is a PermanentError naming the variable
+    and its value (a configuration mistake: no retry helps, a person fixes the setting)."""
     override = os.environ.get(env_var, "").strip()
     if override:
-        return override
+        return _checked_override(name, env_var, override)
     found = shutil.which(name)
     if found:
         return found
     beside = os.path.join(os.path.dirname(sys.executable), name)
     return beside if os.access(beside, os.X_OK) else name
+
+
+def _checked_override(name: str, env_var: str, value: str) -> str:
+    fix = f"set {env_var} to the {name} executable, or unset it to use {name} from PATH"
+    if os.sep not in value and not value.startswith("~"):
+        found = shutil.which(value)
+        if found is None:
+            raise PermanentError(f"{env_var}={value!r}: {value!r} is not installed (not on PATH; {fix})")
+        return found
+    path = os.path.expanduser(value)
+    if not os.path.exists(path):
+        raise PermanentError(f"{env_var}={value!r}: no such file ({fix})")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise PermanentError(f"{env_var}={value!r}: not an executable file ({fix})")
+    return path
 
 
 def find_binary(name: str, tool: str) -> str:
@@ -101,15 +119,21 @@ async def run_process(
     argv = [str(a) for a in argv]
     argv[0] = find_binary(argv[0], tool) if os.sep not in argv[0] else argv[0]
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its own process group, so we can kill its children too
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, so we can kill its children too
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        # A path that vanished or lost its x bit (or a bad working directory): the
+        # environment is wrong, not the scanner; name what could not be run.
+        missing = exc.filename if exc.filename is not None else argv[0]
+        raise PermanentError(f"{tool}: cannot run {argv[0]!r}: {exc.strerror or exc} ({missing})") from None
     try:
         stdout, stderr = await asyncio.wait_for(_read_all(proc, max_output), timeout=timeout)
     except TimeoutError:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from temporalio import activity
 
 from activities.alerts import plan_alerts, send_alert
 from activities.dlq import park_dead_letter
@@ -32,6 +34,8 @@ from activities.stage_batches import (
     park_stage_failures,
     record_target_results,
 )
+from secflow.models import StageTaskInput, StageTaskResult
+from secflow.tools import activity_names
 
 ALL_ACTIVITIES: list[Callable[..., Any]] = [
     portscan,
@@ -61,4 +65,22 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     record_target_results,
     count_stage_targets,
     park_stage_failures,
+]
+
+
+def _alias(fn: Callable[[StageTaskInput], Awaitable[StageTaskResult]], name: str) -> Callable[..., Any]:
+    """The same tool activity under another name (secflow/tools.py: one naming convention;
+    histories of running workflows schedule the old name, new specs the canonical one)."""
+
+    async def alias(inp: StageTaskInput) -> StageTaskResult:
+        return await fn(inp)
+
+    alias.__name__ = alias.__qualname__ = f"{fn.__name__}_as_{name.replace('-', '_')}"
+    return activity.defn(name=name)(alias)
+
+
+ALL_ACTIVITIES += [
+    _alias(fn, name)
+    for fn, tool in ((http_headers, "http-headers"), (detect_secrets, "detect-secrets"))
+    for name in activity_names(tool)[1:]
 ]

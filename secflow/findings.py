@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from secflow.tools import REGISTERED_ACTIVITY
+
 
 class Severity(str, Enum):
     CRITICAL = "critical"
@@ -41,7 +43,11 @@ class Confidence(str, Enum):
 
 
 def fingerprint(tool: str, rule_id: str, target: str, location: str) -> str:
-    """Stable identity of a finding: same inputs, same id, on any machine, any run."""
+    """Stable identity of a finding: same inputs, same id, on any machine, any run.
+
+    A renamed tool (secflow/tools.py: `http_headers` is now `http-headers`) is
+    fingerprinted under its first name, so its alerts keep matching across the rename."""
+    tool = REGISTERED_ACTIVITY.get(tool, tool)
     material = "\x1f".join((tool, rule_id, target, location)).encode("utf-8")
     return hashlib.sha256(material).hexdigest()
 

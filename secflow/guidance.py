@@ -80,3 +80,22 @@ def incident_show_command() -> str:
 
 def dlq_replay_command(ref: str) -> str:
     return f"{CLI} dlq replay {ref} --wait"
+
+
+def after_end_commands(
+    workflow_id: str, replay_refs: list[str] | None = None, show_refs: list[str] | None = None, *, parked: bool = True
+) -> list[str]:
+    """What works once the assessment has ended (no `retry`: there is nothing to retry in):
+    re-run a parked task as a new assessment (or look at an entry that has no replay, such
+    as a failed compensation), see what is parked, read the final status and report."""
+    return [
+        *(dlq_replay_command(ref) for ref in (replay_refs or [])),
+        *(dlq_show_command(ref) for ref in (show_refs or [])),
+        *([f"{CLI} dlq list --workflow {workflow_id} --state parked"] if parked else []),
+        status_command(workflow_id),
+        f"{CLI} report {workflow_id} --format md",
+    ]
+
+
+def dlq_show_command(ref: str) -> str:
+    return f"{CLI} dlq show {ref}"

@@ -21,6 +21,7 @@ __all__ = [
     "AlertRequest",
     "AlertResult",
     "AnswerRecord",
+    "AssessmentEnded",
     "Escalation",
     "IncidentAnswer",
     "IncidentEvent",
@@ -36,7 +37,9 @@ __all__ = [
     "Severity",
     "dedup_key_for",
     "default_plan",
+    "delivery_summary",
     "incident_workflow_id",
+    "settles_at_end",
     "severity_for",
 ]
 
@@ -230,7 +233,7 @@ class Escalation(BaseModel):
 class AnswerRecord(BaseModel):
     """An ack/resolve/recur received, accepted or not (a bad payload changes nothing)."""
 
-    action: Literal["ack", "resolve", "recur"]
+    action: Literal["ack", "resolve", "recur", "assessment_ended"]
     at: datetime
     via: Literal["signal", "update"] = "signal"
     by: str = ""
@@ -264,6 +267,8 @@ class IncidentStatus(BaseModel):
     resolved_by: str = ""
     resolved_at: datetime | None = None
     resolution_note: str = ""
+    # How the assessment that opened it ended ("" while it runs; see `settles_at_end`).
+    assessment_outcome: str = ""
     plan: AlertPlan | None = None
     notifications: list[Notification] = Field(default_factory=list)
     escalations: list[Escalation] = Field(default_factory=list)
@@ -280,3 +285,74 @@ class OpenIncidentRequest(BaseModel):
 class OpenIncidentResult(BaseModel):
     incident_id: str
     opened: bool  # False: it was already open; a `recur` signal added an occurrence
+
+
+# --- the end of the assessment that opened an incident -----------------------------------
+
+
+class AssessmentEnded(BaseModel):
+    """Payload of the `assessment_ended` signal: the assessment that opened the incident
+    has ended. `commands` are the ones that work from now on (no `retry`: the assessment
+    is gone; `dlq replay` re-runs a parked task as a new assessment)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    assessment_id: str
+    outcome: str  # completed | completed_with_errors | failed | cancelled
+    stage_state: str = ""  # the final state of the incident's stage ("" for none)
+    reason: str = ""  # the assessment's one-line reason, redacted by the sender
+    commands: list[str] = Field(default_factory=list)
+
+
+# Outcomes in which the assessment did its work and reported what it could not do.
+_FINISHED = ("completed", "completed_with_errors")
+
+
+def settles_at_end(reason: str, severity: Severity, ended: AssessmentEnded) -> str:
+    """Whether the end of its assessment resolves an incident; returns the resolution
+    note, or "" when it stays open (README "Incidents and escalation", "When the
+    assessment ends").
+
+    The rule: an incident resolves itself when its cause was lived with, i.e.
+    - it is a wait for a human (`intervention_wait`) and the assessment ended: there is
+      nothing left to answer;
+    - it is an optional stage that gave up (`retries_exhausted`, P3/P4) and the assessment
+      still finished (completed or completed_with_errors): the report names the missing
+      stage and its targets are in the dead-letter queue for a later `dlq replay`.
+    Everything else stays open with commands that work after the end: a security
+    violation, a failed required stage, a failed compensation, or any incident of an
+    assessment that failed or was cancelled."""
+    if reason == "intervention_wait":
+        return f"the assessment ended ({ended.outcome}); the wait is over"
+    if reason == "retries_exhausted" and severity in (Severity.P3, Severity.P4) and ended.outcome in _FINISHED:
+        state = f"stage {ended.stage_state}" if ended.stage_state else "stage given up"
+        return (
+            f"lived with: the assessment ended {ended.outcome} without it ({state}); "
+            "its failed targets are in the dead-letter queue"
+        )
+    return ""
+
+
+def delivery_summary(s: IncidentStatus) -> str:
+    """Who was told, said only when a channel accepted the message: "tier 1 notified
+    (slack-secops)", "no channel configured", "delivery failed (...)", ...."""
+    plan = s.plan
+    if plan is None:
+        return "nobody notified yet (reading the alert plan)"
+    if not any(plan.tiers):
+        return "nobody notified: no channel configured"
+    if s.tier == 0:
+        return "nobody notified yet"
+    channels = plan.tiers[s.tier - 1] if s.tier <= len(plan.tiers) else []
+    if not channels:
+        return f"nobody notified: no channel configured for tier {s.tier}"
+    pages = [n for n in s.notifications if n.tier == s.tier and n.event in (IncidentEvent.TRIGGER, IncidentEvent.ESCALATE)]
+    accepted = sorted({n.channel for n in pages if n.status in ("sent", "merged")})
+    if accepted:
+        return f"tier {s.tier} notified ({', '.join(accepted)})"
+    if len({n.channel for n in pages}) < len(channels):
+        return f"notifying tier {s.tier}"
+    failed = [n for n in pages if n.status == "failed"]
+    if failed:
+        return f"tier {s.tier} delivery failed ({'; '.join(f'{n.channel}: {n.error}' for n in failed)[:300]})"
+    return f"tier {s.tier} not notified ({', '.join(f'{n.channel}: {n.status}' for n in pages)})"

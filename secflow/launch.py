@@ -54,6 +54,8 @@ async def start_assessment(
         event_budget=event_budget,
         shard_event_budget=shard_event_budget,
     )
+    start_options.setdefault("static_summary", static_summary(spec))
+    start_options.setdefault("static_details", static_details(spec, requested_by))
     return await client.start_workflow(
         ASSESSMENT_WORKFLOW,
         request,
@@ -62,6 +64,30 @@ async def start_assessment(
         result_type=result_type,
         **start_options,
     )
+
+
+def static_summary(spec: Spec) -> str:
+    """The Web UI's one line for the run: spec name and counts. Never a target (targets
+    may carry credentials in URLs, and the summary is stored in the clear)."""
+    plural = "s" if len(spec.targets) != 1 else ""
+    return f"{spec.name}: {len(spec.targets)} target{plural}, {len(spec.stages)} stages"
+
+
+def static_details(spec: Spec, requested_by: str = "") -> str:
+    """The Web UI's details for the run (Markdown): its stages and who asked; no targets."""
+    kinds: dict[str, int] = {}
+    for t in spec.targets:
+        kinds[t.kind] = kinds.get(t.kind, 0) + 1
+    lines = [f"**{spec.name}**" + (f", requested by {requested_by}" if requested_by else "")]
+    lines.append("Targets: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())))
+    lines += [
+        f"- `{s.id}`: {s.kind} with {s.tool_name or '?'} ({s.criticality}"
+        + (", gate" if s.requires_approval else "")
+        + (", always" if s.always else "")
+        + ")"
+        for s in spec.stages
+    ]
+    return "\n".join(lines)
 
 
 def summarize_spec(spec: Spec) -> SpecSummary:

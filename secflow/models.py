@@ -122,7 +122,11 @@ class StageStatus(BaseModel):
     state: StageState = "pending"
     kind: str = ""
     tool: str = ""
+    # the most attempts one target needed, added up over the stage's rounds (1: no retry)
     attempts: int = 0
+    # attempts beyond each target's first, over all its targets and rounds (a target re-run
+    # by a retry or fallback round counts one more): 0 means nothing was retried
+    retries: int = 0
     progress: Progress = Field(default_factory=Progress)
     error: ErrorInfo | None = None
     reason: str = ""  # why skipped / cancelled / partial, in one sentence
@@ -275,6 +279,7 @@ class ShardProgress(BaseModel):
     processed: int = 0
     findings: int = 0
     attempts: int = 0  # the most attempts any one target needed
+    retries: int = 0  # attempts beyond the first, summed over the round's targets
     recent_failures: list[TargetFailure] = Field(default_factory=list)
     first_error: ErrorInfo | None = None
     security_error: ErrorInfo | None = None

@@ -37,6 +37,8 @@ from secflow.tools import (
     STAGE_OPTIONS,
     TOOLS,
     RetryClass,
+    canonical_spec_tools,
+    suggest_tool,
 )
 
 StageKind = Literal["discovery", "sast", "dast", "sca", "secrets", "enrich", "report", "ticket", "notify", "cleanup"]
@@ -280,6 +282,7 @@ def validate_spec_data(data: Any) -> Spec:
     """Validate parsed data into a Spec, collecting schema AND semantic problems."""
     if not isinstance(data, dict):
         raise SpecError([Problem(path="", reason="a spec is a mapping with name, scope, targets and stages")])
+    data = canonical_spec_tools(data)  # tool aliases (detect_secrets, PyPI names) -> one spelling
     problems: list[Problem] = []
     try:
         spec: Spec | None = Spec.model_validate(data)
@@ -461,7 +464,9 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
             Problem(path=f"{where}.tool", reason=f"kind {stage.kind!r} has no built-in tool yet; name one of {sorted(TOOLS)}")
         )
     elif info is None:
-        problems.append(Problem(path=f"{where}.tool", reason=f"unknown tool {tool!r}; known tools: {sorted(TOOLS)}"))
+        problems.append(
+            Problem(path=f"{where}.tool", reason=f"unknown tool {tool!r}{suggest_tool(tool)}; known tools: {sorted(TOOLS)}")
+        )
     elif stage.kind not in info.kinds:
         problems.append(
             Problem(
@@ -500,7 +505,7 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
                 problems.append(
                     Problem(
                         path=f"{where}.fallback_tool",
-                        reason=f"unknown tool {stage.fallback_tool!r}; known tools: {sorted(TOOLS)}",
+                        reason=f"unknown tool {stage.fallback_tool!r}{suggest_tool(stage.fallback_tool)}; known tools: {sorted(TOOLS)}",
                     )
                 )
             elif stage.kind not in fb.kinds:

@@ -3,10 +3,19 @@
 This registry is metadata only (no scanner code), so the spec validator, the workflow and
 the starter can all read it without importing activities. Each tool's `options` model is
 where a typo in a spec's `options:` becomes a clear validation error.
+
+Names: one convention, lowercase with hyphens like PyPI names (`http-headers`,
+`detect-secrets`, `cve-enrich`). Other spellings (`detect_secrets`, `Detect-Secrets`) and
+the scanners' PyPI names are aliases: a spec may use them, and validation rewrites them to
+the canonical name. `TOOLS` answers for every spelling, because specs stored before the
+rename (and the histories of running workflows) keep theirs; the worker registers each
+tool's activity under its old name and its canonical name (`activity_names`).
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -165,7 +174,7 @@ class SemgrepOptions(_Options):
 
 
 class DetectSecretsOptions(_Options):
-    """`detect_secrets`: hard-coded secrets in a `path:` target (every file, not only git's).
+    """`detect-secrets`: hard-coded secrets in a `path:` target (every file, not only git's).
     Findings carry the secret's type, location and detect-secrets' hash, never its value."""
 
     timeout: Duration = Field(default="10m", validate_default=True, description="kill detect-secrets after this long")
@@ -201,10 +210,41 @@ class ToolInfo:
     retry_class: RetryClass
     options: type[_Options]
     description: str
+    # Other names it answers to (PyPI names, the spelling it was registered under).
+    aliases: tuple[str, ...] = ()
 
 
-TOOLS: dict[str, ToolInfo] = {
-    info.name: info
+def _normal(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+class ToolRegistry(dict[str, ToolInfo]):
+    """The tools by canonical name; looking one up by any of its spellings works too."""
+
+    def canonical(self, name: object) -> str | None:
+        if not isinstance(name, str):
+            return None
+        if dict.__contains__(self, name):
+            return name
+        wanted = _normal(name)
+        for info in self.values():
+            if wanted == _normal(info.name) or wanted in (_normal(a) for a in info.aliases):
+                return info.name
+        return None
+
+    def __getitem__(self, name: str) -> ToolInfo:
+        return dict.__getitem__(self, self.canonical(name) or name)
+
+    def get(self, name: str, default: ToolInfo | None = None) -> ToolInfo | None:  # type: ignore[override]
+        canonical = self.canonical(name)
+        return dict.__getitem__(self, canonical) if canonical else default
+
+    def __contains__(self, name: object) -> bool:
+        return self.canonical(name) is not None
+
+
+TOOLS: ToolRegistry = ToolRegistry(
+    (info.name, info)
     for info in (
         ToolInfo(
             "portscan",
@@ -215,12 +255,13 @@ TOOLS: dict[str, ToolInfo] = {
             "asyncio TCP connect scan; one finding per open port",
         ),
         ToolInfo(
-            "http_headers",
+            "http-headers",
             frozenset({"dast"}),
             frozenset({"url"}),
             RetryClass.SCANNER,
             HttpHeadersOptions,
             "missing/weak security headers, version disclosure, weak cookies",
+            aliases=("http_headers",),
         ),
         ToolInfo(
             "sca",
@@ -263,12 +304,13 @@ TOOLS: dict[str, ToolInfo] = {
             "semgrep with SecFlow's offline rules (rules/semgrep/); one finding per match at file:line",
         ),
         ToolInfo(
-            "detect_secrets",
+            "detect-secrets",
             frozenset({"secrets"}),
             frozenset({"path"}),
             RetryClass.SCANNER,
             DetectSecretsOptions,
             "detect-secrets over every file; one finding per secret (type, file:line, hash; never the value)",
+            aliases=("detect_secrets",),
         ),
         ToolInfo(
             "report",
@@ -285,11 +327,63 @@ TOOLS: dict[str, ToolInfo] = {
             RetryClass.ENRICHMENT,
             CveEnrichOptions,
             "CVSS (NVD), EPSS and CISA KEV data for the CVEs of the assessment's findings; cached",
+            aliases=("cve_enrich",),
         ),
     )
-}
+)
 
-# The tool a stage gets when its spec names none.
+# The activity each tool was registered under before the names were made one convention:
+# histories of running workflows schedule these, so the worker keeps them registered.
+REGISTERED_ACTIVITY: dict[str, str] = {"http-headers": "http_headers", "detect-secrets": "detect_secrets"}
+
+
+def activity_names(tool: str) -> list[str]:
+    """Every activity name a tool's activity is registered under (first: the original)."""
+    canonical = TOOLS.canonical(tool) or tool
+    original = REGISTERED_ACTIVITY.get(canonical, canonical)
+    return [original] if original == canonical else [original, canonical]
+
+
+def canonical_tool(name: str) -> str | None:
+    """The canonical name for any spelling of a tool (None: no such tool)."""
+    return TOOLS.canonical(name)
+
+
+def suggest_tool(name: str) -> str:
+    """ " (did you mean 'x'?)" for an unknown tool name, or "" when nothing is close."""
+    spellings = {_normal(info.name): info.name for info in TOOLS.values()}
+    for info in TOOLS.values():
+        spellings.update({_normal(a): info.name for a in info.aliases})
+    close = difflib.get_close_matches(_normal(str(name)), list(spellings), n=1, cutoff=0.6)
+    return f" (did you mean {spellings[close[0]]!r}?)" if close else ""
+
+
+def canonical_spec_tools(data: object) -> object:
+    """A copy of raw spec data whose stages name their tool (and fallback tool) canonically;
+    a stage without a tool gets its kind's default, so every new stored spec says which
+    tool runs. Unknown names are left for the validator to report."""
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        return data
+    data = copy.copy(data)
+    stages = []
+    for stage in data["stages"]:
+        if isinstance(stage, dict):
+            stage = dict(stage)
+            for field in ("tool", "fallback_tool"):
+                name = stage.get(field)
+                if isinstance(name, str) and (canonical := TOOLS.canonical(name)) is not None:
+                    stage[field] = canonical
+            kind = stage.get("kind")
+            if stage.get("tool") is None and isinstance(kind, str) and kind in DEFAULT_TOOL_FOR_KIND:
+                stage["tool"] = TOOLS.canonical(DEFAULT_TOOL_FOR_KIND[kind])
+        stages.append(stage)
+    data["stages"] = stages
+    return data
+
+
+# The tool a stage gets when its spec names none. Spelled as specs stored before the
+# rename resolved it (their histories schedule these activity names); new specs are given
+# the canonical name explicitly by `canonical_spec_tools`.
 DEFAULT_TOOL_FOR_KIND: dict[str, str] = {
     "discovery": "portscan",
     "dast": "http_headers",

@@ -443,7 +443,9 @@ def render_status(status: AssessmentStatus) -> str:
         extra = f" - {st.reason}" if st.reason else (f" - {st.error.category}: {st.error.message}" if st.error else "")
         counts = " ".join(f"{state}={n}" for state, n in sorted(st.counts.items()) if state != "succeeded" and n)
         lines.append(
-            f"  {sid:<16} {st.state:<22} {st.progress.done}/{st.progress.total} attempts={st.attempts} findings={st.findings}"
+            f"  {sid:<16} {st.state:<22} {st.progress.done}/{st.progress.total} retries={st.retries}"
+            + (f" rounds={st.rounds}" if st.rounds > 1 else "")
+            + f" findings={st.findings}"
             + (f" {counts}" if counts else "")
             + extra
         )

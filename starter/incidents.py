@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
-from secflow.incidents import IncidentAnswer, IncidentStatus
+from secflow.incidents import IncidentAnswer, IncidentStatus, delivery_summary
 from secflow.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -125,8 +125,16 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
     if not rows:
         print(f"no incidents ({args.state})")
         return EXIT_OK
+    # What a person reads first (severity, state, which assessment and stage), then the id
+    # to answer with and the title.
+    width_a = max([len("ASSESSMENT"), *(len(r["assessment_id"]) for r in rows)])
+    width_s = max([len("STAGE"), *(len(r["stage_id"]) for r in rows)])
+    print(f"{'SEV':<3} {'STATE':<12} {'ASSESSMENT':<{width_a}} {'STAGE':<{width_s}} {'INCIDENT':<41} TITLE")
     for r in rows:
-        print(f"{r['severity'] or '?':<3} {r['state'] or '?':<13} {r['incident_id']}  {r['title']}")
+        print(
+            f"{r['severity'] or '?':<3} {r['state'] or '?':<12} {r['assessment_id'] or '-':<{width_a}} "
+            f"{r['stage_id'] or '-':<{width_s}} {r['incident_id']:<41} {r['title']}"
+        )
     print(f"\n{len(rows)} incident{'s' if len(rows) != 1 else ''} ({args.state})")
     return EXIT_OK
 
@@ -183,12 +191,15 @@ async def cmd_answer(client: Client, action: str, incident_id: str, answer: Inci
 
 def render_incident(s: IncidentStatus) -> str:
     lines = [f"{s.incident_id}: {s.severity.value} {s.state.value} - {s.title}"]
-    lines.append(f"  reason: {s.reason} ({s.category}); occurrences: {s.occurrences}; tier: {s.tier}")
+    told = "summary only (no page)" if s.plan is not None and s.plan.summary_only else delivery_summary(s)
+    lines.append(f"  reason: {s.reason} ({s.category}); occurrences: {s.occurrences}; {told}")
     lines.append(
         f"  assessment: {s.assessment_id}"
         + (f", stage {s.stage_id}" if s.stage_id else "")
         + (f", target {s.target}" if s.target else "")
     )
+    if s.assessment_outcome:
+        lines[-1] += f" (ended {s.assessment_outcome})"
     lines.append(f"  message: {s.message}")
     if s.opened_at:
         lines.append(f"  opened: {s.opened_at:%Y-%m-%d %H:%M:%S} UTC")

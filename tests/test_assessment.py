@@ -48,7 +48,7 @@ async def test_happy_path_scans_reports_and_releases_everything(client: Client, 
     port_locations = sorted(f.location for f in findings if f.tool == "portscan")
     # every listener in the range is found; anything else open in the range is real too
     assert {f"127.0.0.1:{p}" for p in listeners.ports} <= set(port_locations)
-    header_rules = {f.rule_id for f in findings if f.tool == "http_headers"}
+    header_rules = {f.rule_id for f in findings if f.tool == "http-headers"}
     assert header_rules, "the weak demo target must yield header findings"
     assert status.findings.total == len(findings)
     assert sum(status.findings.by_severity.values()) == len(findings)
@@ -237,7 +237,7 @@ async def test_fallback_policy_runs_the_fallback_tool_and_marks_the_stage_degrad
         target.close()
     stage = status.stages["headers"]
     assert stage.state == "partial" and stage.degraded
-    assert "fell back to http_headers" in stage.reason
+    assert "fell back to http-headers" in stage.reason
     assert stage.attempts == 3
     assert status.outcome == "completed_with_errors"
 

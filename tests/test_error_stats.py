@@ -146,7 +146,7 @@ async def test_errors_stats_counts_real_assessments(client: Client, worker: str)
 
     # 2 failed attempts on the dead port (then skipped), 1 on the flaky server (recovered by attempt 2)
     assert every["total"] - before["total"] == 3
-    assert delta("by_tool", "http_headers") == 3
+    assert delta("by_tool", "http-headers") == 3
     assert delta("by_category", "transient") == 3
     assert delta("by_dependency", "-") == 3
     assert delta("by_outcome", "recovered") == 1
@@ -156,7 +156,7 @@ async def test_errors_stats_counts_real_assessments(client: Client, worker: str)
     assert every["mean_time_to_recovery_seconds"] is not None and every["mean_time_to_recovery_seconds"] >= 0
     assert after["total"] >= 3 and after["since"] is not None
     assert isinstance(every["open_incidents"], int), "the dev server answers the visibility query"
-    assert any(g["tool"] == "http_headers" and g["category"] == "transient" for g in every["top_recurring"])
+    assert any(g["tool"] == "http-headers" and g["category"] == "transient" for g in every["top_recurring"])
 
 
 async def test_errors_stats_bad_since_exits_2_and_unreachable_temporal_is_reported() -> None:

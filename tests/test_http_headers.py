@@ -141,7 +141,7 @@ async def test_demo_target_yields_the_expected_findings(client: httpx.AsyncClien
     assert cookie.evidence == "PHPSESSID=[REDACTED]; Path=/"
     assert by_rule["clickjacking"].severity is Severity.MEDIUM
     assert by_rule["clickjacking"].cwe == ["CWE-1021"]
-    assert all(f.tool == "http_headers" and f.target == target.url and f.cwe for f in report.findings)
+    assert all(f.tool == "http-headers" and f.target == target.url and f.cwe for f in report.findings)
     assert all(f.location == target.url for f in report.findings if f.rule_id != "cookie-missing-httponly")
 
 

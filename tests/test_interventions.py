@@ -155,7 +155,7 @@ async def test_failure_wait_then_retry_stage_signal_reruns_only_that_stage(clien
     assert status.stages["flaky"].attempts == 3
     order = await activity_order(handle)
     assert order.count("portscan") == 1, "the finished upstream stage is not re-run"
-    assert order.count("http_headers") == 2
+    assert order.count("http-headers") == 2
 
 
 async def test_skip_stage_signal_answers_a_failure_wait(client: Client, worker: str, server: DevServer) -> None:

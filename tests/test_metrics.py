@@ -83,7 +83,7 @@ async def test_worker_exports_temporal_and_secflow_metrics(
     assert status.stages["headers"].state == "skipped", status.model_dump_json(indent=1)
 
     # dead port: 2 failed attempts; flaky server: 1 failed attempt, recovered by attempt 2
-    errors = sample(text, "secflow_errors_total", category="transient", tool="http_headers", dependency="-")
+    errors = sample(text, "secflow_errors_total", category="transient", tool="http-headers", dependency="-")
     assert errors == 3, text  # a fresh worker process: exactly this assessment's errors
     recoveries = sample(text, "secflow_error_recoveries_total", category="transient")
     assert recoveries == 1, text
@@ -91,7 +91,7 @@ async def test_worker_exports_temporal_and_secflow_metrics(
     # the skipped optional stage opened a P3 incident, counted by the incident workflow
     assert sample(text, "secflow_incidents_opened_total", severity="P3") == 1, text
     # Temporal's own metrics, from the same endpoint
-    assert sample(text, "temporal_activity_execution_failed", activity_type="http_headers") is not None, text
+    assert sample(text, "temporal_activity_execution_failed", activity_type="http-headers") is not None, text
     assert sample(text, "temporal_workflow_completed") is not None or sample(text, "temporal_workflow_failed") is not None
     assert "temporal_request" in text
     # the dead port's task exhausted its retries: the assessment parked it in the DLQ

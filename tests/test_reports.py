@@ -294,7 +294,7 @@ async def test_report_stage_writes_all_four_and_the_starter_renders_the_same(cli
     assert findings
     staged = validate_sarif(paths["sarif"].read_text())
     [run] = staged["runs"]
-    assert run["tool"]["driver"]["name"] == "http_headers"
+    assert run["tool"]["driver"]["name"] == "http-headers"
     assert {r["partialFingerprints"][FINGERPRINT_KEY] for r in run["results"]} == {f.fingerprint for f in findings}
     [note] = run["invocations"][0]["toolExecutionNotifications"]
     assert (note["descriptor"]["id"], note["properties"]["outcome"]) == ("transient", "recovered")

@@ -176,7 +176,7 @@ async def test_workflow_finds_secrets_and_never_stores_their_values(
     assert status.outcome == "completed", status.reason
 
     store = open_store()
-    findings = [f for f in store.list_findings(handle.id) if f.tool == "detect_secrets"]
+    findings = [f for f in store.list_findings(handle.id) if f.tool == "detect-secrets"]
     got = {(f.rule_id, f.location) for f in findings}
     assert {
         ("AWS Access Key", "settings.py:1"),

@@ -28,6 +28,11 @@ path. `recur` (from the assessment) adds an occurrence; one that arrives after t
 resolve (while the resolve messages go out) reopens the incident as a new run of the
 same id (continue-as-new). Query `incident` answers the
 whole record (IncidentStatus), which is also the workflow's result.
+
+`assessment_ended` (from the assessment, at its end) applies the rule of
+`secflow.incidents.settles_at_end`: an incident whose cause was lived with resolves itself
+(by "secflow"); any other stays open and from then on offers the commands that work after
+the end (`dlq replay`, `dlq list`, `report`) instead of `retry`.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         AlertPlan,
         AlertRequest,
         AnswerRecord,
+        AssessmentEnded,
         Escalation,
         IncidentAnswer,
         IncidentEvent,
@@ -59,6 +65,8 @@ with workflow.unsafe.imports_passed_through():
         PlanRequest,
         Recurrence,
         default_plan,
+        delivery_summary,
+        settles_at_end,
     )
     from secflow.retries import ALERT_SEND_PLAN, INCIDENT_PLANNING_PLAN, to_retry_policy
     from workflows.failures import error_from_activity
@@ -432,6 +440,41 @@ class IncidentWorkflow:
             s.answers.append(AnswerRecord(action="recur", at=workflow.now(), by="secflow", note=recurrence.message[:2000]))
         self._publish()
 
+    @workflow.signal(name="assessment_ended")
+    def assessment_ended_signal(self, payload: Any = None) -> None:
+        s = self._s
+        try:
+            ended = AssessmentEnded.model_validate(payload if payload is not None else {})
+        except ValidationError as err:
+            problem = f"bad assessment_ended payload: {err.errors()[0]['msg']}"
+            s.answers.append(AnswerRecord(action="assessment_ended", at=workflow.now(), accepted=False, problem=problem))
+            self._publish()
+            return
+        s.assessment_outcome = ended.outcome
+        note = settles_at_end(s.reason, s.severity, ended)
+        s.answers.append(
+            AnswerRecord(
+                action="assessment_ended",
+                at=workflow.now(),
+                by="secflow",
+                note=(f"assessment {ended.outcome}" + (f": {note}" if note else ": stays open"))[:2000],
+            )
+        )
+        if s.state == IncidentState.RESOLVED:
+            self._publish()
+            return
+        if ended.commands:
+            # `retry` and friends need a running assessment: offer what works now.
+            s.commands = [*ended.commands, *self._answer_commands()]
+            self._ref = self._ref.model_copy(update={"commands": list(s.commands)})
+        if note:
+            self._apply("resolve", IncidentAnswer(by="secflow", note=note), "signal")
+        else:
+            self._publish()
+
+    def _answer_commands(self) -> list[str]:
+        return guidance.incident_commands(self._s.incident_id)
+
     @workflow.update(name="ack")
     def ack_update(self, payload: Any = None) -> str:
         answer, _ = self._check("ack", payload)
@@ -478,20 +521,26 @@ class IncidentWorkflow:
             nxt = f", next summary at {s.next_escalation_at:%Y-%m-%d %H:%M} UTC" if s.next_escalation_at else ""
             sentence = f"{head}, summary only (no page){nxt}"
         else:
-            told = f"tier {s.tier} notified" if s.tier else "nobody notified yet"
+            told = delivery_summary(s)
             if s.state == IncidentState.ACKNOWLEDGED:
                 told += f", acknowledged by {s.acknowledged_by}"
             sentence = f"{head}, {told}"
-            if s.next_escalation_at is not None and s.plan is not None:
+            if s.next_escalation_at is not None and s.plan is not None and any(s.plan.tiers):
                 next_tier = min(s.tier + 1, len(s.plan.tiers)) if s.plan.tiers else s.tier + 1
                 unless = "acknowledged" if s.state == IncidentState.OPEN and self._ack_deadline_next() else "resolved"
                 sentence += f", escalates to tier {next_tier} at {s.next_escalation_at:%H:%M} UTC unless {unless}"
         if s.occurrences > 1:
             sentence += f" ({s.occurrences} occurrences)"
-        return f"{sentence}. {s.title}" + (
-            f"\n\nAnswer: `{guidance.incident_ack_command(s.incident_id)}` or `{guidance.incident_commands(s.incident_id)[1]}`"
-            if s.state != IncidentState.RESOLVED
-            else ""
+        if s.assessment_outcome and s.state != IncidentState.RESOLVED:
+            sentence += f"; its assessment ended {s.assessment_outcome}"
+        text = f"{sentence}. {s.title}"
+        if s.state == IncidentState.RESOLVED:
+            return text
+        if s.assessment_outcome and s.commands:
+            text += f"\n\nNow: `{s.commands[0]}`"
+        return (
+            text
+            + f"\n\nAnswer: `{guidance.incident_ack_command(s.incident_id)}` or `{guidance.incident_commands(s.incident_id)[1]}`"
         )
 
     def _ack_deadline_next(self) -> bool:

@@ -41,7 +41,7 @@ from secflow.models import StageTaskInput, StageTaskResult
 from secflow.redaction import redact
 from secflow.tools import DetectSecretsOptions
 
-TOOL = "detect_secrets"
+TOOL = "detect-secrets"  # its canonical name (secflow/tools.py); fingerprints keep the first spelling
 BINARY = "detect-secrets"
 BINARY_ENV = "SECFLOW_DETECT_SECRETS"  # a name (looked up on PATH) or a path; overrides the search below
 # Relative paths never scanned: VCS internals, caches and installed third-party code

@@ -31,7 +31,7 @@ from secflow.findings import Confidence, Finding, Severity
 from secflow.redaction import REDACTED, redact
 from secflow.scope import Scope
 
-TOOL = "http_headers"
+TOOL = "http-headers"  # its canonical name (secflow/tools.py); fingerprints keep the first spelling
 
 HSTS_MIN_MAX_AGE = 15_552_000  # 180 days, the usual floor (and the HSTS preload list's minimum is higher)
 _EVIDENCE_MAX = 300

@@ -108,14 +108,14 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
     if status.stages:
         parts.append(
             _table(
-                ["stage", "kind", "tool", "state", "attempts", "findings", "notes"],
+                ["stage", "kind", "tool", "state", "retries", "findings", "notes"],
                 [
                     [
                         _e(sid),
                         _e(st.kind),
                         _e(st.tool),
                         _e(st.state + (" (degraded)" if st.degraded else "")),
-                        str(st.attempts),
+                        str(st.retries),
                         str(st.findings),
                         _e(stage_note(st)),
                     ]

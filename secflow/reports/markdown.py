@@ -81,13 +81,13 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
         "",
         "## Stages",
         "",
-        "| stage | kind | tool | state | attempts | findings | notes |",
+        "| stage | kind | tool | state | retries | findings | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for sid, st in status.stages.items():
         state = st.state + (" (degraded)" if st.degraded else "")
         lines.append(
-            f"| {_cell(sid)} | {st.kind} | {st.tool} | {state} | {st.attempts} | {st.findings} | {_cell(stage_note(st))} |"
+            f"| {_cell(sid)} | {st.kind} | {st.tool} | {state} | {st.retries} | {st.findings} | {_cell(stage_note(st))} |"
         )
     lines += ["", "## Degraded or skipped", ""]
     degraded = degraded_stages(status)

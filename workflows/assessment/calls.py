@@ -93,6 +93,7 @@ async def park_failures(req: ParkStageFailures) -> ParkResult:
     return await workflow.execute_activity(
         park_stage_failures,
         req,
+        summary=f"dead-letter stage {req.stage_id} ({req.reason})",
         start_to_close_timeout=LONG,
         heartbeat_timeout=timedelta(seconds=30),
         retry_policy=_STORE,
@@ -104,8 +105,13 @@ async def park_one(entry: DeadLetterInput) -> DeadLetterResult:
 
 
 async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
+    ref = req.incident
     return await workflow.execute_activity(
-        open_incident, req, start_to_close_timeout=SHORT, retry_policy=to_retry_policy(INCIDENT_PLAN)
+        open_incident,
+        req,
+        start_to_close_timeout=SHORT,
+        retry_policy=to_retry_policy(INCIDENT_PLAN),
+        summary=f"{ref.severity.value} incident: {ref.reason}" + (f" in stage {ref.stage_id}" if ref.stage_id else ""),
     )
 
 
@@ -117,10 +123,14 @@ async def final_reports(req: FinalReportsRequest) -> FinalReportsResult:
     return await workflow.execute_activity(render_final_reports, req, start_to_close_timeout=LONG, retry_policy=_FILESYSTEM)
 
 
-async def run_tool_activity(tool: str, task: StageTaskInput, plan: RetryPlan, timeout: timedelta) -> StageTaskResult:
+async def run_tool_activity(
+    tool: str, task: StageTaskInput, plan: RetryPlan, timeout: timedelta, *, summary: str | None = None
+) -> StageTaskResult:
+    """`summary` is what the Web UI's timeline shows for the call ("portscan 10.0.0.5")."""
     return await workflow.execute_activity(
         tool,
         task,
+        summary=summary,
         result_type=StageTaskResult,
         start_to_close_timeout=timeout,
         heartbeat_timeout=HEARTBEAT_TIMEOUT,

@@ -19,13 +19,16 @@ Rules (README "Incidents and escalation"):
   fallback that succeeds is recovery, not an incident;
 - a security violation parks its target(s) and opens a P1;
 - acquisition that fails (workspace, scan locks) opens a P2: the assessment could not start;
-- a compensation that still fails parks an entry (no replay recipe) and opens a P2.
+- a compensation that still fails parks an entry (no replay recipe) and opens a P2;
+- when the assessment ends, every incident it still holds open is told so
+  (`assessment_ended`, with the commands that work after the end); the incident applies
+  `secflow.incidents.settles_at_end`: resolved if its cause was lived with, else open.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, Literal
 
 from temporalio import workflow
@@ -33,9 +36,10 @@ from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from secflow import guidance
-    from secflow.dead_letters import DeadLetterInput, dead_letter_task_id
+    from secflow.dead_letters import DeadLetterInput, dead_letter_task_id, ref_for
     from secflow.errors import Category
     from secflow.incidents import (
+        AssessmentEnded,
         IncidentAnswer,
         IncidentReason,
         IncidentRef,
@@ -44,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         incident_workflow_id,
         severity_for,
     )
-    from secflow.models import CompensationRecord, ErrorInfo, ParkStageFailures
+    from secflow.models import WHOLE_STAGE, CompensationRecord, ErrorInfo, ParkStageFailures, StageStatus
     from secflow.redaction import redact
     from secflow.retries import STORE_PLAN
     from secflow.spec import Stage
@@ -74,6 +78,11 @@ class IncidentDesk:
         self.occurrence_seq = occurrence_seq
         self._side_tasks: list[asyncio.Task[None]] = []
         self._ops: dict[str, asyncio.Task[None]] = {}  # dedup key -> last op; ops on one incident run in order
+        # stage -> (run id, park reason, categories) of its parked failures in this run, so
+        # the end can name their dead-letter refs (lost across continue-as-new: then the
+        # incident offers `dlq list` only)
+        self._parked: dict[str, tuple[str, str, list[str]]] = {}
+        self._entry_refs: dict[str, str] = {}  # dedup key -> ref of the one entry it parked (compensations)
 
     # ------------------------------------------------------------------ what happened
 
@@ -156,6 +165,8 @@ class IncidentDesk:
                 },
             )
             self._side(self._park_entry(entry))
+            incident_key = self._key("compensation", record.name, "compensation_failed")
+            self._entry_refs[incident_key] = ref_for(entry.task_id)
             self._open(
                 None,
                 "compensation_failed",
@@ -175,6 +186,47 @@ class IncidentDesk:
             del self.open_incidents[stage_id][key]
             answer = IncidentAnswer(by="secflow", note=redact(note)[:2000])
             self._in_order(key, self._signal(incident_id, "resolve", answer))
+
+    @property
+    def holds_open_incidents(self) -> bool:
+        return any(self.open_incidents.values())
+
+    def assessment_ended(self, outcome: str, reason: str, stages: Mapping[str, StageStatus]) -> None:
+        """Tell every incident still open that the assessment ended, with what works now."""
+        for sid, keyed in self.open_incidents.items():
+            st = stages.get(sid)
+            replay = self._replay_refs(sid, st)
+            for key, incident_id in keyed.items():
+                entry = self._entry_refs.get(key)
+                if entry is not None:  # no replay recipe: show the entry
+                    commands = guidance.after_end_commands(self._wid, show_refs=[entry])
+                else:
+                    commands = guidance.after_end_commands(self._wid, replay, parked=sid in self._parked)
+                ended = AssessmentEnded(
+                    assessment_id=self._wid,
+                    outcome=outcome,
+                    stage_state=st.state if st is not None else "",
+                    reason=redact(reason)[:500],
+                    commands=commands,
+                )
+                self._in_order(key, self._signal(incident_id, "assessment_ended", ended))
+        self.open_incidents = {}
+
+    def _replay_refs(self, stage_id: str, st: StageStatus | None, most: int = 3) -> list[str]:
+        """Dead-letter refs of the stage's last failed targets (`dlq replay REF` works as printed)."""
+        parked = self._parked.get(stage_id)
+        if parked is None or st is None:
+            return []
+        run_id, reason, categories = parked
+        refs: list[str] = []
+        for f in st.recent_failures:
+            if f.category == Category.USER_ABORT.value or (categories and f.category not in categories):
+                continue
+            target = "" if f.target == WHOLE_STAGE else f.target
+            ref = ref_for(dead_letter_task_id(self._wid, run_id, stage_id, target, reason))
+            if ref not in refs:
+                refs.append(ref)
+        return refs[-most:]
 
     async def drain(self) -> None:
         """Let incident starts/signals and dead-letter writes land (before compensating)."""
@@ -277,6 +329,7 @@ class IncidentDesk:
             task_queue=info.task_queue,
             categories=categories or [],
         )
+        self._parked[stage.id] = (info.run_id, reason, list(categories or []))
         self._side(self._park_from_store(req))
 
     async def _park_from_store(self, req: ParkStageFailures) -> None:

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         TargetResult,
         TargetResults,
     )
+    from secflow.redaction import redact
     from secflow.retries import RetryPlan
     from workflows.assessment import calls
     from workflows.failures import error_from_activity
@@ -164,7 +165,7 @@ class TargetRunner:
         )
         try:
             result: StageTaskResult = await calls.run_tool_activity(
-                self.inp.tool, task, self._plan, self.inp.stage.effective_timeout
+                self.inp.tool, task, self._plan, self.inp.stage.effective_timeout, summary=self._summary(target)
             )
         except ActivityError as err:
             error = error_from_activity(err, self._plan)
@@ -192,6 +193,14 @@ class TargetRunner:
             ),
         )
 
+    def _summary(self, target: TargetRef) -> str:
+        """The activity's one line in the Web UI: tool and target (redacted: a URL may carry
+        credentials), e.g. "portscan 10.0.0.5"; a tool without targets runs for the stage."""
+        if target.value == WHOLE_STAGE:
+            return f"{self.inp.tool} (stage {self.inp.stage.id})"
+        text = redact(target.value)
+        return f"{self.inp.tool} {text if len(text) <= 160 else text[:157] + '...'}"
+
     def _count(self, results: dict[str, TargetResult], r: TargetResult) -> None:
         results[r.target] = r
         p = self.progress
@@ -199,6 +208,7 @@ class TargetRunner:
         p.processed += 1
         p.findings += r.findings
         p.attempts = max(p.attempts, r.attempts)
+        p.retries += max(r.attempts - 1, 0)
         if r.state in ("failed", "cancelled") and r.category != Category.USER_ABORT.value:
             error = ErrorInfo(category=r.category, message=r.message, attempts=r.attempts)
             if p.first_error is None:

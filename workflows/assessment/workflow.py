@@ -69,6 +69,7 @@ SA_STATUS = SearchAttributeKey.for_keyword("SecflowStatus")
 SA_AWAITING = SearchAttributeKey.for_keyword_list("SecflowAwaiting")
 
 LOCK_POLL_INTERVAL = timedelta(seconds=5)
+INCIDENTS_END_PATCH = "incidents-hear-the-end"  # _end signals `assessment_ended` to open incidents
 LOCK_BATCH = 1000  # hosts locked per activity (one transaction)
 
 
@@ -241,6 +242,12 @@ class AssessmentWorkflow(AssessmentAPI):
             await self._desk.drain()
         self._status.outcome = outcome
         self._status.finished_at = workflow.now()
+        # Incidents still open hear that their assessment ended: each resolves itself if
+        # its cause was lived with, or stays open with commands that work after the end.
+        # Behind a patch: runs recorded before it ended without these signals.
+        if self._desk.holds_open_incidents and workflow.patched(INCIDENTS_END_PATCH):
+            self._desk.assessment_ended(outcome, self._status.reason, self._status.stages)
+            await self._desk.drain()
         self._publish()
         await self._final_reports()  # 7
 
@@ -449,6 +456,8 @@ class AssessmentWorkflow(AssessmentAPI):
             shard,
             id=f"{self._status.workflow_id}/{stage.id}/round-{shard.round}",
             task_queue=workflow.info().task_queue,
+            static_summary=f"{self._status.name}: stage {stage.id}, {shard.tool} round {shard.round}"
+            + (" (failed targets)" if shard.only_failed else ""),
             cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         self._children[stage.id] = handle
@@ -489,6 +498,9 @@ class AssessmentWorkflow(AssessmentAPI):
         # attempts of the most-tried target, added up over the stage's rounds (a retry or a
         # fallback round adds its own): 1 means no target needed a retry
         st.attempts += progress.attempts
+        # per target: a retry or fallback round re-runs each target it ran once more
+        reruns = progress.counts.get("succeeded", 0) + progress.counts.get("failed", 0) if only_failed else 0
+        st.retries += progress.retries + reruns
         st.recent_failures = progress.recent_failures or st.recent_failures
         st.outputs.update(progress.outputs)
         if progress.degraded_reason:
