@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from secflow.approvals import ApprovalPolicy
 from secflow.durations import Duration
 from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
 from secflow.scope import Scope
@@ -148,6 +149,9 @@ class Spec(_Strict):
     targets: list[Target] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
     locks: LockPolicy = Field(default_factory=LockPolicy)
+    # Who may answer: named approvers and their Ed25519 keys (docs/approvals.md). Without
+    # it, decisions need no signature.
+    approvals: ApprovalPolicy | None = None
     # HTTP fault injection per dependency, same format as SECFLOW_CHAOS_CONFIG; ignored
     # unless the worker runs with SECFLOW_CHAOS=1.
     chaos: dict[str, Any] = Field(default_factory=dict)
