@@ -52,6 +52,20 @@ _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _CONTEXT = b"secflow-decision-v1\n"
 
 
+def _raise_invalid_signature_once() -> None:
+    """cryptography's Rust core imports its InvalidSignature type the first time it raises
+    it. Inside Temporal's workflow sandbox that import fails and the process aborts (a Rust
+    panic), so the first forged decision would kill the worker. Raise it once here, at
+    import (outside the sandbox: workflows import this module passed through)."""
+    try:
+        Ed25519PrivateKey.generate().public_key().verify(bytes(64), _CONTEXT)
+    except InvalidSignature:
+        return
+
+
+_raise_invalid_signature_once()
+
+
 class SigningError(Exception):
     """A key file or a signing request that cannot be used; the message names the cause."""
 
