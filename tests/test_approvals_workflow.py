@@ -251,3 +251,42 @@ async def test_without_approvals_decisions_stay_unsigned_and_are_still_audited(
 
     everything = await starter("audit", "--json")
     assert handle.id in {r["workflow_id"] for r in json.loads(everything.stdout)}
+
+
+async def test_used_nonces_survive_continue_as_new(client: Client, worker: str, server: DevServer, keys: dict[str, Path]) -> None:
+    target = ScriptedServer([Reply(200, GOOD_HEADERS)])
+    alice = load_signing_key(keys["alice"])
+
+    async def runs(wid: str) -> int:
+        return len([w async for w in client.list_workflows(f"WorkflowId = '{wid}'")])
+
+    try:
+        # A budget the first run passes only once its first gate was answered and its stage
+        # ran: ~20 events reach the first gate, ~55 the second (measured: 24..50 all work).
+        handle = await start(client, two_gates(target.url, approvals=approvals(keys)), worker, event_budget=36)
+        wid = handle.id
+        await wait_for(handle, lambda s: s.awaiting == ["first"])
+        assert await runs(wid) == 1
+        first = sign_fields(alice, workflow_id=wid, action="approve", stage="first", by="alice")
+        signal(server, wid, "approve", first)
+        await wait_for(handle, lambda s: s.awaiting == ["second"])
+        for _ in range(100):
+            if await runs(wid) >= 2:
+                break
+            await asyncio.sleep(0.2)
+        assert await runs(wid) == 2, "the run waiting at the second gate is a new one"
+
+        signal(server, wid, "approve", first)  # the first approval, replayed to the new run
+        status = await wait_for(handle, lambda s: len(s.interventions) == 2)
+        assert status.interventions[-1].note.startswith("replayed"), status.interventions[-1].note
+        await starter("approve", wid, "second", "--by", "alice", key=keys["alice"])
+        status = await final_status(handle)
+    finally:
+        target.close()
+    assert status.outcome == "completed"
+    rows = await audit_rows(wid)
+    assert [(r["accepted"], r["outcome"].split(":")[0]) for r in rows] == [
+        (True, "stage first"),
+        (False, "replayed"),
+        (True, "stage second"),
+    ]

@@ -12,7 +12,7 @@ process. So every write is
 
 The dead-letter queue, alert deliveries and circuit-breaker rows are kept by
 repositories of this package, bound to the store: ``store.dead_letters``,
-``store.deliveries``, ``store.breakers`` (secflow/store/<name>.py). They are the only
+``store.deliveries``, ``store.breakers``, ``store.audit`` (secflow/store/<name>.py). They are the only
 code outside this module that uses its connections and private helpers.
 
 Scan locks come in two shapes over one table: `acquire_lock` (one key; older workflow
