@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from temporalio.client import Client
+from temporalio.worker import Replayer
 
 from secflow.approvals import load_signing_key, public_key_text, sign_fields
 from tests.devserver import DevServer, temporal_binary
 from tests.helpers import final_status, make_spec, start, status_of, wait_for
 from tests.servers import GOOD_HEADERS, Reply, ScriptedServer
+from worker import WORKFLOWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,6 +81,18 @@ def two_gates(url: str, **extra: object):
 
 def one_gate(url: str, **extra: object):
     return make_spec([{"url": url}], [{"id": "headers", "kind": "dast", "tool": "http_headers", "requires_approval": True}], **extra)
+
+
+async def assert_replays(client: Client, workflow_id: str) -> int:
+    """Every run of the assessment replays on today's code (the audit path is deterministic)."""
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=client.data_converter)
+    replayed = 0
+    async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+        history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+        assert result.replay_failure is None
+        replayed += 1
+    return replayed
 
 
 async def audit_rows(workflow_id: str) -> list[dict]:
@@ -200,6 +214,7 @@ async def test_only_signed_decisions_by_listed_approvers_are_taken_and_all_are_a
     # The audit trail is the store's: it does not need Temporal (nor the workflow) to answer.
     text = await starter("audit", wid)
     assert text.returncode == 0 and text.stdout.count("REFUSED") == 8 and text.stdout.count("accepted") == 2
+    assert await assert_replays(client, wid) == 1
 
 
 async def test_four_eyes_gate_opens_after_two_distinct_approvers(
@@ -231,6 +246,7 @@ async def test_four_eyes_gate_opens_after_two_distinct_approvers(
     assert len(target.requests) == 1
     rows = await audit_rows(handle.id)
     assert [(r["decided_by"], r["accepted"]) for r in rows] == [("alice", True), ("alice", False), ("bob", True)]
+    assert await assert_replays(client, handle.id) == 1
 
 
 async def test_without_approvals_decisions_stay_unsigned_and_are_still_audited(
@@ -290,3 +306,4 @@ async def test_used_nonces_survive_continue_as_new(client: Client, worker: str, 
         (False, "replayed"),
         (True, "stage second"),
     ]
+    assert await assert_replays(client, wid) == 2
