@@ -230,6 +230,10 @@ async def test_four_eyes_gate_opens_after_two_distinct_approvers(
         assert "1 of 2 approvals (alice)" in first.stdout
         shown = await starter("status", handle.id)
         assert "1 of 2 approvals (alice)" in shown.stdout
+        meta = await handle.query("__temporal_workflow_metadata")
+        details = meta.current_details if hasattr(meta, "current_details") else meta["currentDetails"]
+        assert "(1 of 2 approvals)" in details and "signed by a listed approver (alice, bob)" in details
+        assert f"sign approve {handle.id} headers --by YOUR_NAME" in details
         status = await status_of(handle)
         assert status.stages["headers"].state == "awaiting_approval" and target.requests == []
 

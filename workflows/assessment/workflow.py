@@ -858,6 +858,14 @@ class AssessmentWorkflow(AssessmentAPI):
                 lines.append(
                     f"Stage `{sid}` failed after retries ({err}) and waits for a decision: `{retry}`, `{skip}` or `{reject}`; or `{signal}`"
                 )
+        approvals = self._summary.approvals if self._summary else None
+        if approvals and self._waits:
+            sid = sorted(self._waits)[0]
+            signed = guidance.signed_signal_command(wid, "approve" if self._waits[sid] == "approval" else "retry_stage", sid)
+            lines.append(
+                f"Decisions must be signed by a listed approver ({', '.join(a.name for a in approvals.approvers)}): "
+                f"set SECFLOW_SIGNING_KEY for the commands above, or `{signed}`"
+            )
         running = [(sid, st) for sid, st in self._status.stages.items() if st.state == "running"]
         if running:
             lines.append(
