@@ -127,6 +127,13 @@ def _load_key(path: str, source: str) -> Ed25519PrivateKey:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
 
 
+def check_signing_key() -> None:
+    """Refuse an unusable $SECFLOW_SIGNING_KEY (exit 2) before anything is sent."""
+    path = os.environ.get(SIGNING_KEY_ENV)
+    if path:
+        _load_key(path, SIGNING_KEY_ENV)
+
+
 def signed_decision(workflow_id: str, action: str, stage: str | None, by: str, reason: str) -> Decision:
     """The intervention commands' payload: signed with $SECFLOW_SIGNING_KEY when it is set
     (a bad key file is exit 2, nothing sent); unsigned otherwise."""

@@ -175,6 +175,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return cmd_findings(args)
     if args.command == "report":
         return await cmd_report(settings, args)
+    if args.command in INTERVENTIONS:
+        from starter.approvals import check_signing_key
+
+        check_signing_key()  # a bad $SECFLOW_SIGNING_KEY is bad input: exit 2 before connecting
     client = await connect_or_fail(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     if args.command == "status":

@@ -206,6 +206,8 @@ def test_sign_command_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
         ).problem
         is None
     )
+    missing = run("approve", "wf-1", "gate", key=str(tmp_path / "missing.key"))
+    assert missing.returncode == 2 and "SECFLOW_SIGNING_KEY" in missing.stderr, "refused before connecting"
     for command in (run("keygen", "bad name"), run("audit", "bad/id")):
         assert command.returncode == 2 and "Traceback" not in command.stderr
 
