@@ -235,10 +235,10 @@ class AssessmentWorkflow(AssessmentAPI):
         self._publish()
         await self._saga.unwind()
         self._compensating = False
-        await self._gate.drain()  # decisions seen until now reach the audit trail
         if self._saga.failed_steps:
             self._desk.compensations_failed(self._saga.failed_steps)
             await self._desk.drain()
+        await self._gate.drain()  # decisions seen until now reach the audit trail
         self._status.outcome = outcome
         self._status.finished_at = workflow.now()
         self._publish()
