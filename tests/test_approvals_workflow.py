@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.worker import Replayer
 
 from secflow.approvals import load_signing_key, public_key_text, sign_fields
@@ -148,6 +148,16 @@ async def test_only_signed_decisions_by_listed_approvers_are_taken_and_all_are_a
         signal(server, wid, "approve", sign_fields(alice_key, workflow_id=wid, action="approve", stage="first", by="alice", now=old))
         # Signed by alice for another assessment: forged here.
         signal(server, wid, "approve", sign_fields(alice_key, workflow_id="other-1", action="approve", stage="first", by="alice"))
+        # The same refusals by the update validators, from a client other than the starter
+        # (nothing reaches the history; only the starter writes refusal rows).
+        for payload, word in [
+            (sign_fields(carol_key, workflow_id=wid, action="approve", stage="first", by="carol"), "unlisted"),
+            (sign_fields(alice_key, workflow_id=wid, action="approve", stage="first", by="alice", now=old), "expired"),
+            (sign_fields(alice_key, workflow_id=wid, action="reject", stage="first", by="alice"), "forged"),
+        ]:
+            with pytest.raises(WorkflowUpdateFailedError) as err:
+                await handle.execute_update("approve", payload, result_type=str)
+            assert str(getattr(err.value.cause, "message", "")).startswith(word)
         refused = await wait_for(handle, lambda s: len(s.interventions) == 5)
         notes = [i.note.split(":")[0] for i in refused.interventions]
         assert notes == ["unsigned", "forged", "unlisted", "expired", "forged"]
@@ -174,6 +184,9 @@ async def test_only_signed_decisions_by_listed_approvers_are_taken_and_all_are_a
         signal(server, wid, "approve", again)
         status = await wait_for(handle, lambda s: len(s.interventions) == 7)
         assert status.interventions[-1].note.startswith("replayed")
+        with pytest.raises(WorkflowUpdateFailedError) as err:
+            await handle.execute_update("approve", {**again, "stage": "first"}, result_type=str)
+        assert str(getattr(err.value.cause, "message", "")).startswith("replayed")
 
         # Bob signs through the starter's own command (SECFLOW_SIGNING_KEY): accepted.
         ok = await starter("approve", wid, "second", "--by", "bob", key=keys["bob"])
