@@ -8,6 +8,7 @@ from typing import Any
 from temporalio import activity
 
 from activities.alerts import plan_alerts, send_alert
+from activities.audit import record_decision
 from activities.dlq import park_dead_letter
 from activities.incidents import open_incident
 from activities.locks import acquire_scan_locks, release_scan_locks
@@ -65,6 +66,7 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     record_target_results,
     count_stage_targets,
     park_stage_failures,
+    record_decision,
 ]
 
 

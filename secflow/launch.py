@@ -105,4 +105,5 @@ def summarize_spec(spec: Spec) -> SpecSummary:
         lock_keys=len(lock_keys(spec)),
         targets_by_tool={t: len(spec.targets_for(t)) if TOOLS[t].target_kinds else 1 for t in tools},
         few_targets=few,
+        approvals=spec.approvals,
     )

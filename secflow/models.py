@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from secflow.approvals import ApprovalPolicy
 from secflow.retries import RetryPlan
 from secflow.spec import LockPolicy, Spec, Stage
 
@@ -61,6 +62,7 @@ class SpecSummary(BaseModel):
     lock_keys: int = 0  # hosts to lock (path targets need none)
     targets_by_tool: dict[str, int] = Field(default_factory=dict)
     few_targets: dict[str, list[TargetRef]] = Field(default_factory=dict)  # tool -> its targets, when few
+    approvals: ApprovalPolicy | None = None  # who may answer (signed decisions); None: anyone
 
 
 class SpecRef(BaseModel):
@@ -140,6 +142,10 @@ class StageStatus(BaseModel):
     targets: dict[str, TargetStatus] = Field(default_factory=dict)
     findings: int = 0
     outputs: dict[str, str] = Field(default_factory=dict)  # e.g. report paths
+    # A gate that needs several approvers (spec `approvals.required`): who approved so
+    # far, and how many it needs ("1 of 2 approvals"). Empty for a gate of one.
+    approvals: list[str] = Field(default_factory=list)
+    approvals_required: int = 0
 
 
 class Intervention(BaseModel):
@@ -200,6 +206,11 @@ class Decision(BaseModel):
     stage: str | None = None
     by: str = ""
     reason: str = ""
+    # A signed decision (spec `approvals:`; secflow/approvals.py): when it was issued
+    # (ISO-8601 UTC, as signed), a one-time nonce, and the base64 Ed25519 signature.
+    issued_at: str | None = None
+    nonce: str | None = None
+    signature: str | None = None
 
 
 # --- activities --------------------------------------------------------------------------
@@ -397,6 +408,9 @@ class AssessmentCarry(BaseModel):
     paused: bool = False
     open_incidents: dict[str, dict[str, str]] = Field(default_factory=dict)
     occurrence_seq: int = 0
+    # Nonces of signed decisions already used (nonce -> issue time), so a replay is
+    # refused after continue-as-new too; pruned once past their maximum age.
+    nonces: dict[str, datetime] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from secflow.approvals import ApprovalPolicy
 from secflow.durations import Duration
 from secflow.engagement import RATE_OPTION, EngagementLimits, apply_limits, ports_outside, stage_limits
 from secflow.redaction import REDACTED
@@ -174,6 +175,9 @@ class Spec(_Strict):
     targets: list[Target] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
     locks: LockPolicy = Field(default_factory=LockPolicy)
+    # Who may answer: named approvers and their Ed25519 keys (docs/approvals.md). Without
+    # it, decisions need no signature.
+    approvals: ApprovalPolicy | None = None
     # HTTP fault injection per dependency, same format as SECFLOW_CHAOS_CONFIG; ignored
     # unless the worker runs with SECFLOW_CHAOS=1.
     chaos: dict[str, Any] = Field(default_factory=dict)

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
@@ -24,7 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from secflow import guidance
 from secflow.findings import SEVERITY_ORDER
 from secflow.launch import start_assessment
-from secflow.models import AssessmentStatus, Decision
+from secflow.models import AssessmentStatus
 from secflow.settings import Settings, SettingsError, load_settings
 from secflow.spec import Spec, SpecError, load_spec
 from secflow.temporal_client import connect
@@ -61,6 +62,9 @@ COMMAND_MODULES: dict[str, str] = {
     "dlq": "starter.dlq",
     "errors": "starter.error_stats",
     "incidents": "starter.incidents",
+    "keygen": "starter.approvals",
+    "sign": "starter.approvals",
+    "audit": "starter.approvals",
 }
 
 
@@ -171,6 +175,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return cmd_findings(args)
     if args.command == "report":
         return await cmd_report(settings, args)
+    if args.command in INTERVENTIONS:
+        from starter.approvals import check_signing_key
+
+        check_signing_key()  # a bad $SECFLOW_SIGNING_KEY is bad input: exit 2 before connecting
     client = await connect_or_fail(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     if args.command == "status":
@@ -363,14 +371,24 @@ async def _merge_live_progress(client: Client, handle: WorkflowHandle, status: A
                 st.progress.total = int(progress.get("total", 0)) or 1
 
 
-async def send_update(handle: WorkflowHandle, update: str, arg: object, *, command: str, gone: str) -> str:
+async def send_update(
+    handle: WorkflowHandle,
+    update: str,
+    arg: object,
+    *,
+    command: str,
+    gone: str,
+    refused: Callable[[str], Awaitable[None]] | None = None,
+) -> str:
     """Run a validated Temporal update; a refusal or a missing workflow becomes a CliError
-    (`gone` is the message when the workflow is not running)."""
+    (`gone` is the message when the workflow is not running; `refused` hears a refusal first)."""
     try:
         return await handle.execute_update(update, arg, result_type=str)
     except WorkflowUpdateFailedError as err:
         cause = err.cause
         reason = getattr(cause, "message", None) or str(cause)
+        if refused is not None:
+            await refused(reason)
         raise CliError(f"{command} refused: {reason}") from None
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
@@ -379,9 +397,18 @@ async def send_update(handle: WorkflowHandle, update: str, arg: object, *, comma
 
 
 async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
+    from starter.approvals import record_refusal, signed_decision
+
     name = INTERVENTIONS[args.command]
-    decision = Decision(stage=getattr(args, "stage", None), by=args.by or getpass.getuser(), reason=args.reason)
-    message = await send_update(handle, name, decision, command=args.command, gone=f"no running assessment with id {handle.id!r}")
+    # Signed with $SECFLOW_SIGNING_KEY when set (an assessment with `approvals:` needs it).
+    decision = signed_decision(handle.id, name, getattr(args, "stage", None), args.by or getpass.getuser(), args.reason)
+
+    async def refused(reason: str) -> None:
+        await record_refusal(handle.id, name, decision, reason)
+
+    message = await send_update(
+        handle, name, decision, command=args.command, gone=f"no running assessment with id {handle.id!r}", refused=refused
+    )
     print(message)
     return EXIT_OK
 
@@ -449,6 +476,9 @@ def render_status(status: AssessmentStatus) -> str:
             + (f" {counts}" if counts else "")
             + extra
         )
+        if st.approvals_required > 1 and st.state == "awaiting_approval":
+            who = f" ({', '.join(st.approvals)})" if st.approvals else ""
+            lines.append(f"      {len(st.approvals)} of {st.approvals_required} approvals{who}")
         for failure in st.recent_failures:
             lines.append(f"      failed: {failure.target} ({failure.category}: {failure.message})")
         if st.counts.get("failed", 0) > len(st.recent_failures):

@@ -44,7 +44,7 @@ from secflow.dead_letters import (
     restore_replay_state,
 )
 from secflow.launch import start_assessment
-from secflow.models import TERMINAL_STAGE_STATES, AssessmentStatus, Decision
+from secflow.models import TERMINAL_STAGE_STATES, AssessmentStatus
 from secflow.settings import Settings
 from secflow.spec import Spec, SpecError, validate_spec_data
 from secflow.store import FindingsStore, open_store
@@ -334,7 +334,9 @@ async def _retryable_in_place(client: Client, entry: DeadLetter) -> bool:
 async def _replay_in_place(store: FindingsStore, client: Client, entry: DeadLetter, by: str, wait: bool) -> int:
     handle = client.get_workflow_handle(entry.workflow_id, run_id=entry.run_id, result_type=AssessmentStatus)
     before = (await handle.query("status", result_type=AssessmentStatus)).stages[entry.stage_id].attempts
-    decision = Decision(stage=entry.stage_id, by=by, reason=f"dlq replay {entry.ref}")
+    from starter.approvals import signed_decision  # signed with $SECFLOW_SIGNING_KEY when set
+
+    decision = signed_decision(entry.workflow_id, "retry_stage", entry.stage_id, by, f"dlq replay {entry.ref}")
     # Claimed before the update: a re-run that fails again at once re-parks the entry,
     # and that must not be overwritten by a late "replaying".
     if not await asyncio.to_thread(mark_replaying, store, entry.task_id, entry.workflow_id, claim=True):

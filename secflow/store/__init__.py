@@ -6,6 +6,7 @@
     dead_letters.py  store.dead_letters: the dead-letter queue (secflow.dead_letters)
     deliveries.py    store.deliveries: alert deliveries (secflow.alerting.deliveries)
     breakers.py      store.breakers: circuit-breaker rows (secflow.http.breaker_store)
+    audit.py         store.audit: the decisions audit trail (secflow.approvals)
 
 Only modules of this package use the store's connections and private helpers (`_write`,
 `_connection`, `_x`, `_dialect`, `_ts`, ...); everything else calls a public method of

@@ -12,7 +12,7 @@ process. So every write is
 
 The dead-letter queue, alert deliveries and circuit-breaker rows are kept by
 repositories of this package, bound to the store: ``store.dead_letters``,
-``store.deliveries``, ``store.breakers`` (secflow/store/<name>.py). They are the only
+``store.deliveries``, ``store.breakers``, ``store.audit`` (secflow/store/<name>.py). They are the only
 code outside this module that uses its connections and private helpers.
 
 Scan locks come in two shapes over one table: `acquire_lock` (one key; older workflow
@@ -65,6 +65,7 @@ from secflow.findings import SEVERITY_ORDER, Confidence, Finding, FindingEnrichm
 from secflow.models import FindingCounts
 
 if TYPE_CHECKING:  # imported when first used: the repositories import the models they store
+    from secflow.store.audit import AuditRepository
     from secflow.store.breakers import BreakerRepository
     from secflow.store.dead_letters import DeadLetterRepository
     from secflow.store.deliveries import DeliveryRepository
@@ -794,6 +795,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX scan_locks_by_holder ON scan_locks (holder)",
         ),
     ),
+    Migration(
+        11,
+        "decisions audit trail",
+        (
+            # Every human decision, accepted or not, kept past Temporal's retention
+            # (secflow/store/audit.py). entry_id: the nonce of an accepted signed decision,
+            # else an id its recorder made; a retried write is one row.
+            """
+            CREATE TABLE decisions_audit (
+                workflow_id     TEXT NOT NULL,
+                entry_id        TEXT NOT NULL,
+                run_id          TEXT NOT NULL,
+                recorded_by     TEXT NOT NULL,
+                via             TEXT NOT NULL,
+                action          TEXT NOT NULL,
+                stage_id        TEXT NOT NULL,
+                decided_by      TEXT NOT NULL,
+                reason          TEXT NOT NULL,
+                issued_at       TEXT NOT NULL,
+                nonce           TEXT NOT NULL,
+                key_fingerprint TEXT NOT NULL,
+                signed          INTEGER NOT NULL,
+                accepted        INTEGER NOT NULL,
+                outcome         TEXT NOT NULL,
+                decided_at      TEXT NOT NULL,
+                PRIMARY KEY (workflow_id, entry_id)
+            )
+            """,
+            "CREATE INDEX decisions_audit_by_time ON decisions_audit (decided_at)",
+        ),
+    ),
 )
 
 
@@ -955,6 +987,13 @@ class FindingsStore:
         from secflow.store.deliveries import DeliveryRepository
 
         return DeliveryRepository(self)
+
+    @cached_property
+    def audit(self) -> AuditRepository:
+        """The decisions audit trail (``decisions_audit``)."""
+        from secflow.store.audit import AuditRepository
+
+        return AuditRepository(self)
 
     @cached_property
     def breakers(self) -> BreakerRepository:

@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.audit import record_decision
     from activities.dlq import park_dead_letter
     from activities.incidents import open_incident
     from activities.locks import acquire_scan_locks, release_scan_locks
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         park_stage_failures,
         record_target_results,
     )
+    from secflow.approvals import DecisionRecord, DecisionRecorded
     from secflow.dead_letters import DeadLetterInput, DeadLetterResult
     from secflow.incidents import OpenIncidentRequest, OpenIncidentResult
     from secflow.locking import BulkLockOutcome, BulkLockRequest
@@ -102,6 +104,10 @@ async def park_failures(req: ParkStageFailures) -> ParkResult:
 
 async def park_one(entry: DeadLetterInput) -> DeadLetterResult:
     return await workflow.execute_activity(park_dead_letter, entry, start_to_close_timeout=SHORT, retry_policy=_STORE)
+
+
+async def audit_decision(entry: DecisionRecord) -> DecisionRecorded:
+    return await workflow.execute_activity(record_decision, entry, start_to_close_timeout=SHORT, retry_policy=_STORE)
 
 
 async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:

@@ -132,13 +132,15 @@ class InterventionView:
     stages: list[Stage]
     states: dict[str, str]
     waits: dict[str, str] = field(default_factory=dict)  # stage id -> "approval" | "failure"
+    required_approvals: int = 1  # distinct approvers a gate needs (spec `approvals.required`)
+    approvals: dict[str, list[str]] = field(default_factory=dict)  # stage id -> who approved its gate so far
 
 
 def intervention_problem(action: str, d: Decision, view: InterventionView) -> str | None:
     """Why `action` cannot apply now, or None if it can. Shared by signals and updates."""
     extra = sorted((d.model_extra or {}).keys())
     if extra:
-        return f"unknown field(s) {', '.join(extra)}; allowed: stage, by, reason"
+        return f"unknown field(s) {', '.join(extra)}; allowed: stage, by, reason, issued_at, nonce, signature"
     if view.finished:
         return "the assessment has already finished"
     if action in ("abort", "pause", "resume"):
@@ -158,6 +160,12 @@ def intervention_problem(action: str, d: Decision, view: InterventionView) -> st
     waiting = view.waits.get(d.stage)
     if action == "approve" and waiting != "approval":
         return f"stage {d.stage!r} is not awaiting approval (it is {state}); approve answers a requires_approval gate"
+    given = view.approvals.get(d.stage, [])
+    if action == "approve" and view.required_approvals > 1 and d.by in given:
+        return (
+            f"{d.by or 'this approver'} has already approved stage {d.stage!r} ({len(given)} of "
+            f"{view.required_approvals} approvals); the gate needs another approver"
+        )
     if action == "reject" and waiting is None:
         return f"stage {d.stage!r} is not awaiting a decision (it is {state})"
     if action == "skip_stage" and waiting is None and state != "pending":

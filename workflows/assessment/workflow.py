@@ -59,7 +59,7 @@ with workflow.unsafe.imports_passed_through():
     from secflow.spec import Stage
     from secflow.tools import TOOLS, RetryClass
     from workflows.assessment import calls, policy
-    from workflows.assessment.api import AssessmentAPI
+    from workflows.assessment.api import AssessmentAPI, DecisionGate
     from workflows.assessment.desk import IncidentDesk
     from workflows.assessment.targets import StageTargetsWorkflow, TargetRunner
     from workflows.compensations import Compensations
@@ -100,6 +100,7 @@ class AssessmentWorkflow(AssessmentAPI):
             open_incidents=carry.open_incidents if carry else None,
             occurrence_seq=carry.occurrence_seq if carry else 0,
         )
+        self._gate = DecisionGate(info.workflow_id, carry.nonces if carry else None)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._children: dict[str, workflow.ChildWorkflowHandle] = {}
         self._waits: dict[str, str] = dict(carry.waits) if carry else {}  # stage id -> "approval" | "failure"
@@ -240,6 +241,7 @@ class AssessmentWorkflow(AssessmentAPI):
         if self._saga.failed_steps:
             self._desk.compensations_failed(self._saga.failed_steps)
             await self._desk.drain()
+        await self._gate.drain()  # decisions seen until now reach the audit trail
         self._status.outcome = outcome
         self._status.finished_at = workflow.now()
         # Incidents still open hear that their assessment ended: each resolves itself if
@@ -528,6 +530,9 @@ class AssessmentWorkflow(AssessmentAPI):
         st.state = "awaiting_approval" if kind == "approval" else "awaiting_intervention"
         resumed = stage.id in self._waits  # carried over by continue-as-new: already announced
         self._waits[stage.id] = kind
+        if kind == "approval" and not resumed and self._required_approvals() > 1:
+            st.approvals = []  # a gate met again (a re-run) needs its approvals again
+            st.approvals_required = self._required_approvals()
         self._answers.pop(stage.id, None)
         self._changed()
         if not resumed:
@@ -594,10 +599,20 @@ class AssessmentWorkflow(AssessmentAPI):
             stages=list(self._stages.values()),
             states=self._states(),
             waits=dict(self._waits),
+            required_approvals=self._required_approvals(),
+            approvals={sid: list(st.approvals) for sid, st in self._status.stages.items() if st.approvals},
         )
 
+    def _required_approvals(self) -> int:
+        approvals = self._summary.approvals if self._summary else None
+        return approvals.required if approvals else 1
+
     def _on_signal(self, action: str, d: Decision) -> None:
-        problem = policy.intervention_problem(action, d, self._view())
+        verdict = self._gate.check(self._summary.approvals if self._summary else None, action, d)
+        verified = verdict.problem is None and bool(verdict.fingerprint)
+        if verified:
+            self._gate.consume(d)  # even if refused below: a verified nonce is spent
+        problem = verdict.problem or policy.intervention_problem(action, d, self._view())
         if problem:
             workflow.logger.warning("intervention ignored", extra={"action": action, "stage": d.stage, "reason": problem})
             self._status.interventions.append(
@@ -605,15 +620,26 @@ class AssessmentWorkflow(AssessmentAPI):
                     action=action, stage=d.stage, by=d.by, reason=d.reason, at=workflow.now(), accepted=False, note=problem
                 )
             )
+            self._gate.record(action, d, via="signal", verdict=verdict, verified=verified, accepted=False, outcome=problem)
             self._changed()
             return
-        self._apply(action, d, "signal")
+        message = self._apply(action, d, "signal")
+        self._gate.record(action, d, via="signal", verdict=verdict, verified=verified, accepted=True, outcome=message)
 
     def _on_update(self, action: str, d: Decision) -> str:
-        return self._apply(action, d, "update")
+        verdict = self._gate.check(self._summary.approvals if self._summary else None, action, d)
+        if verdict.problem:  # e.g. the same nonce came in a signal since validation
+            raise ApplicationError(verdict.problem, type=Category.SECURITY.value, non_retryable=True)
+        verified = bool(verdict.fingerprint)
+        if verified:
+            self._gate.consume(d)
+        message = self._apply(action, d, "update")
+        self._gate.record(action, d, via="update", verdict=verdict, verified=verified, accepted=True, outcome=message)
+        return message
 
     def _refuse_update(self, action: str, d: Decision) -> None:
-        problem = policy.intervention_problem(action, d, self._view())
+        problem = self._gate.check(self._summary.approvals if self._summary else None, action, d).problem
+        problem = problem or policy.intervention_problem(action, d, self._view())
         if problem:
             raise ValueError(problem)
 
@@ -635,7 +661,16 @@ class AssessmentWorkflow(AssessmentAPI):
         else:
             assert d.stage is not None
             short = {"retry_stage": "retry", "skip_stage": "skip"}.get(action, action)
-            if d.stage in self._waits:
+            st = self._status.stages[d.stage]
+            if action == "approve" and st.approvals_required > 1:
+                st.approvals.append(d.by)  # four-eyes: distinct approvers (policy refuses a second approve by one)
+            if st.approvals_required > 1 and action == "approve" and len(st.approvals) < st.approvals_required:
+                message = (
+                    f"stage {d.stage}: {len(st.approvals)} of {st.approvals_required} approvals "
+                    f"({', '.join(st.approvals)}); waiting for another approver"
+                )
+                self._status.interventions[-1].note = message
+            elif d.stage in self._waits:
                 self._answers[d.stage] = short
                 message = f"stage {d.stage}: {short}"
             elif action == "skip_stage":
@@ -757,7 +792,9 @@ class AssessmentWorkflow(AssessmentAPI):
         info = workflow.info()
         if not (info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._req.event_budget):
             return False
-        if self._stop_reason or self._compensating or not self._desk.idle or not workflow.all_handlers_finished():
+        if self._stop_reason or self._compensating or not self._desk.idle or not self._gate.idle:
+            return False
+        if not workflow.all_handlers_finished():
             return False
         return all(sid in self._waits for sid in self._tasks)
 
@@ -772,6 +809,7 @@ class AssessmentWorkflow(AssessmentAPI):
             paused=self._paused,
             open_incidents=self._desk.open_incidents,
             occurrence_seq=self._desk.occurrence_seq,
+            nonces=dict(self._gate.nonces),
         )
         workflow.continue_as_new(self._req.model_copy(update={"carried": carry}))
 
@@ -845,13 +883,22 @@ class AssessmentWorkflow(AssessmentAPI):
             st = self._status.stages[sid]
             if kind == "approval":
                 first, second, signal = guidance.approve_commands(wid, sid)
-                lines.append(f"Stage `{sid}` waits for approval. Answer: `{first}` or `{second}`; or `{signal}`")
+                given = f" ({len(st.approvals)} of {st.approvals_required} approvals)" if st.approvals_required > 1 else ""
+                lines.append(f"Stage `{sid}` waits for approval{given}. Answer: `{first}` or `{second}`; or `{signal}`")
             else:
                 err = st.error.message if st.error else "failed"
                 retry, skip, reject, signal = guidance.failure_commands(wid, sid)
                 lines.append(
                     f"Stage `{sid}` failed after retries ({err}) and waits for a decision: `{retry}`, `{skip}` or `{reject}`; or `{signal}`"
                 )
+        approvals = self._summary.approvals if self._summary else None
+        if approvals and self._waits:
+            sid = sorted(self._waits)[0]
+            signed = guidance.signed_signal_command(wid, "approve" if self._waits[sid] == "approval" else "retry_stage", sid)
+            lines.append(
+                f"Decisions must be signed by a listed approver ({', '.join(a.name for a in approvals.approvers)}): "
+                f"set SECFLOW_SIGNING_KEY for the commands above, or `{signed}`"
+            )
         running = [(sid, st) for sid, st in self._status.stages.items() if st.state == "running"]
         if running:
             lines.append(
