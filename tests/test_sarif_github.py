@@ -184,7 +184,7 @@ async def demo(client: Client, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         [
             {"id": "bandit", "kind": "sast", "tool": "bandit"},
             {"id": "semgrep", "kind": "sast", "tool": "semgrep"},
-            {"id": "secrets", "kind": "secrets", "tool": "detect_secrets"},
+            {"id": "secrets", "kind": "secrets", "tool": "detect-secrets"},
             # Not `always`: it runs mid-assessment, before the gate below, so its files are a snapshot.
             {"id": "report", "kind": "report", "depends_on": ["bandit", "semgrep", "secrets"]},
             {"id": "late", "kind": "sast", "tool": "bandit", "depends_on": ["report"], "requires_approval": True},
@@ -247,12 +247,12 @@ async def test_demo_sarif_passes_the_schema_and_githubs_upload_rules(demo: DemoR
     jsonschema.Draft7Validator(SCHEMA).validate(doc)
     assert github_upload_problems(text) == []
     runs = {r["tool"]["driver"]["name"]: r for r in doc["runs"]}
-    assert set(runs) == {"bandit", "semgrep", "detect_secrets"}
+    assert set(runs) == {"bandit", "semgrep", "detect-secrets"}
     categories = {r["automationDetails"]["id"].rsplit("/", 1)[0] for r in doc["runs"]}
     assert categories == {f"secflow/demo-sarif/{t}" for t in runs}
     assert all(r["automationDetails"]["id"].endswith("/" + demo.id) for r in doc["runs"])
 
-    for tool, package in (("bandit", "bandit"), ("semgrep", "semgrep"), ("detect_secrets", "detect-secrets")):
+    for tool, package in (("bandit", "bandit"), ("semgrep", "semgrep"), ("detect-secrets", "detect-secrets")):
         driver = runs[tool]["tool"]["driver"]
         assert driver["version"] == metadata.version(package)  # the version that ran, not SecFlow's
         assert driver["informationUri"].startswith("https://")
