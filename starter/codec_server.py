@@ -3,7 +3,8 @@
 The Web UI (`--ui-codec-endpoint`, or its "Codec Server" setting) and the CLI
 (`temporal workflow show --codec-endpoint URL`) send the payloads they show to
 ``POST /decode`` (and ``/encode`` for what a person types) as ``{"payloads": [...]}`` in
-proto3 JSON form, with the namespace in ``X-Namespace``; this server answers with the same
+proto3 JSON form, with the namespace in ``X-Namespace`` (or as a path prefix,
+``/<namespace>/decode``, for a templated endpoint); this server answers with the same
 shape, decrypted with the key ring the workers use (secflow/codec.py). Stored history stays
 encrypted: only a person who can reach this endpoint (and holds its token) reads it.
 
@@ -95,7 +96,9 @@ def build_app(codec: EncryptionCodec, *, origins: Sequence[str], token: str | No
                 return JSONResponse(
                     {"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
                 )
-        namespace = request.headers.get("x-namespace")
+        # The namespace comes in the X-Namespace header, or as the first path segment when the
+        # endpoint is templated (`--codec-endpoint 'http://host:8081/{namespace}'`).
+        namespace = request.path_params.get("namespace") or request.headers.get("x-namespace")
         if namespace is not None and namespace not in namespaces:
             return JSONResponse({"error": f"namespace {namespace!r} is not served here"}, status_code=403)
         return None
@@ -133,6 +136,8 @@ def build_app(codec: EncryptionCodec, *, origins: Sequence[str], token: str | No
         routes=[
             Route("/encode", endpoint(codec.encode), methods=["POST"]),
             Route("/decode", endpoint(codec.decode), methods=["POST"]),
+            Route("/{namespace}/encode", endpoint(codec.encode), methods=["POST"]),
+            Route("/{namespace}/decode", endpoint(codec.decode), methods=["POST"]),
         ],
         middleware=[
             Middleware(

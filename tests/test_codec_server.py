@@ -133,6 +133,9 @@ def test_encode_then_decode_round_trip_and_refusals(codec_server: CodecServer) -
         assert c.post(f"{codec_server.url}/decode", json=plain_payloads("x")).json() == plain_payloads("x")
         other = c.post(f"{codec_server.url}/decode", json=enc.json(), headers={"X-Namespace": "elsewhere"})
         assert other.status_code == 403
+        # A templated endpoint (`--codec-endpoint http://host:port/{namespace}`) puts it in the path.
+        assert c.post(f"{codec_server.url}/default/decode", json=enc.json()).json() == plain_payloads({"a": 1})
+        assert c.post(f"{codec_server.url}/elsewhere/decode", json=enc.json()).status_code == 403
         bad = c.post(f"{codec_server.url}/decode", content=b"{not json", headers={"Content-Type": "application/json"})
         assert bad.status_code == 400 and "payloads" in bad.json()["error"]
         assert c.get(f"{codec_server.url}/decode").status_code == 405
