@@ -158,6 +158,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stop-server", action="store_true", help="stop the dev server a previous demo started")
     args = parser.parse_args()
+    # .secflow holds the store, the codec key ring and the logs: private to this user
+    # (0700 / 0600), and so is everything the servers and the worker started here write.
+    os.umask(0o077)
     DATA.mkdir(exist_ok=True)
     if args.stop_server:
         return stop_server()

@@ -8,6 +8,7 @@ event's bytes, must not contain it, and the same history read through the codec 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import stat
@@ -224,7 +225,8 @@ async def test_rotation_old_key_still_decrypts_a_running_assessment(
         client_b = await connect(load_settings(env))
         async with build_worker(client_b, settings):
             handle_b = client_b.get_workflow_handle(handle.id)
-            await handle_b.signal("approve", {"stage": "headers", "by": "bob"})
+            # The starter's path: an update (its argument and answer encrypted with key B).
+            await handle_b.execute_update("approve", {"stage": "headers", "by": "bob"}, result_type=str)
             status = await final_status(handle_b)
     finally:
         target.close()
@@ -237,6 +239,9 @@ async def test_rotation_old_key_still_decrypts_a_running_assessment(
         if p.metadata.get("encoding") == ENCODING
     }
     assert key_ids == {key_a, key_b}
+    [accepted] = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+    update_args = _payloads(accepted.workflow_execution_update_accepted_event_attributes.accepted_request.input)
+    assert update_args and all(p.metadata[KEY_ID_META].decode() == key_b for p in update_args)
     # A ring without the old key cannot read the old part: the error names the key id.
     only_b = build_data_converter(KeyRing(current=key_b, keys={key_b: ring.keys[key_b]}))
     first = history.events[0].workflow_execution_started_event_attributes.input.payloads
@@ -282,6 +287,20 @@ def test_bad_key_file_is_a_clear_error_naming_the_file(tmp_path: Path, content: 
         assert str(keys) in out.stderr and reason in out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not keys.exists() or content is not None  # a named ring is never made up
+
+
+def test_new_key_and_show_commands(tmp_path: Path) -> None:
+    env = {**os.environ, "SECFLOW_DATA_DIR": str(tmp_path / "data")}
+    env.pop("SECFLOW_CODEC_KEYS_FILE", None)
+    first = subprocess.run([sys.executable, "-m", "secflow.codec", "new-key", "--id", "k-next"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "current key is now k-next (2 keys)" in first.stdout, first.stderr
+    ring = load_keyring(tmp_path / "data" / "codec-keys.json")
+    show = subprocess.run([sys.executable, "-m", "secflow.codec", "show"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert show.returncode == 0 and "mode 0600" in show.stdout and "current: k-next" in show.stdout
+    assert all(kid in show.stdout for kid in ring.keys)
+    assert not any(base64.b64encode(key).decode() in show.stdout for key in ring.keys.values())  # never the keys
+    again = subprocess.run([sys.executable, "-m", "secflow.codec", "new-key", "--id", "k-next"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_codec_setting_is_checked() -> None:

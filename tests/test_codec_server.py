@@ -195,3 +195,36 @@ def test_bad_codec_server_arguments_exit_2(args: list[str], env: dict[str, str],
     )  # fmt: skip
     assert out.returncode == 2, out
     assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serves_https_with_a_certificate(tmp_path: Path) -> None:
+    """A Web UI served over https may only call an https codec endpoint."""
+    import datetime as dt
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "codec.pem", tmp_path / "codec.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    srv = CodecServer("--tls-cert", str(cert_path), "--tls-key", str(key_path))
+    try:
+        assert srv.url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(cert_path))
+        with httpx.Client(trust_env=False, timeout=10, verify=trust) as c:
+            assert c.post(f"{srv.url}/decode", json=plain_payloads(1)).json() == plain_payloads(1)
+    finally:
+        srv.stop()
