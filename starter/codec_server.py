@@ -205,6 +205,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         sock.close()
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
+    # Listening before saying so: a client that reads the first line and connects at once
+    # waits in the backlog until uvicorn accepts, instead of being refused.
+    sock.listen(128)
     host, port = sock.getsockname()[:2]
     scheme = "https" if args.tls_cert else "http"
     shown = f"[{host}]" if family == socket.AF_INET6 else host
