@@ -32,7 +32,7 @@ import secrets
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
+from secflow.logging import get_logger
 from secflow.settings import Settings, ensure_private_dir
 
 FORMAT = "secflow-codec-keys/1"
@@ -54,6 +55,7 @@ CIPHER = b"AES-256-GCM"
 _NONCE_BYTES = 12
 _KEY_BYTES = 32
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_log = get_logger(component="codec")
 
 
 class KeyRingError(ValueError):
@@ -67,7 +69,7 @@ class CodecError(ValueError):
 @dataclass(frozen=True)
 class KeyRing:
     current: str
-    keys: Mapping[str, bytes]
+    keys: Mapping[str, bytes] = field(repr=False)  # never in a log line or a traceback
     source: Path | None = None
 
     def __post_init__(self) -> None:
@@ -199,9 +201,18 @@ def keyring_for(settings: Settings) -> KeyRing | None:
     """
     if not settings.codec_enabled:
         return None
-    if settings.codec_keys_file is not None:
-        return load_keyring(settings.codec_keys_file)
-    return create_keyring(settings.codec_keys_path)
+    if settings.codec_keys_file is None:
+        return create_keyring(settings.codec_keys_path)
+    ring = load_keyring(settings.codec_keys_file)
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(settings.codec_keys_file.stat().st_mode)
+        if mode & 0o077:
+            _log.warning(
+                "codec key ring is readable by other users: chmod 600 it",
+                file=str(settings.codec_keys_file),
+                mode=f"{mode:04o}",
+            )
+    return ring
 
 
 class EncryptionCodec(PayloadCodec):
