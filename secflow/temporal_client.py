@@ -55,7 +55,8 @@ def load_connect_config(env: Mapping[str, str]) -> dict[str, Any]:
         profile = ClientConfigProfile.load(override_env_vars=dict(env))
     except Exception as exc:  # the SDK's ConfigError is not importable by name: say what it said
         where = f"TEMPORAL_CONFIG_FILE {config_file}" if config_file else "Temporal client configuration"
-        raise ConnectConfigError(f"{where} (profile {env.get('TEMPORAL_PROFILE') or 'default'}): {exc}") from None
+        reason = " ".join(str(exc).split())  # a TOML parse error spans lines; the message is one
+        raise ConnectConfigError(f"{where} (profile {env.get('TEMPORAL_PROFILE') or 'default'}): {reason}") from None
     try:
         return dict(profile.to_client_connect_config())
     except OSError as exc:
