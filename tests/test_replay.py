@@ -18,7 +18,9 @@ from secflow.codec import KeyRing, build_data_converter
 from worker import WORKFLOWS
 
 # The workers' data converter, codec on: the recorded (plaintext) histories pass through it,
-# as histories written before encryption do in production.
+# as histories written before encryption do in production. Record new histories with
+# SECFLOW_CODEC=off (tests/histories/record*.py): an encrypted recording could only be
+# replayed with its key ring, which the repository does not (and must not) hold.
 CONVERTER = build_data_converter(KeyRing.generate())
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
