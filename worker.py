@@ -11,6 +11,9 @@ SECFLOW_ALERTS_CONFIG (alert routing YAML; a bad one stops the worker before it 
 SECFLOW_REAPER_INTERVAL (600, seconds or a duration such as 10m): the reaper runs when the
 worker starts and then this often, removing workspaces and releasing scan locks of
 assessments that are no longer running (terminated runs skip their compensations).
+SECFLOW_CODEC (on; off is unsafe) and SECFLOW_CODEC_KEYS_FILE: payload encryption
+(secflow/codec.py). Temporal connection security (API key, TLS, mTLS, profiles) through
+temporalio.envconfig: TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE, TEMPORAL_API_KEY, TEMPORAL_TLS_*.
 SIGTERM or Ctrl-C: stop polling, let running activities finish or hand them back, exit 0.
 """
 
@@ -26,11 +29,12 @@ from temporalio.worker import Worker
 
 from activities.registry import ALL_ACTIVITIES
 from secflow.alerting.config import AlertConfigError, load_alerts_config
+from secflow.codec import KeyRingError
 from secflow.exit import exit_now
 from secflow.logging import configure_logging, get_logger
 from secflow.metrics import configure_metrics
 from secflow.reaper import run_reaper
-from secflow.settings import Settings, SettingsError, load_settings
+from secflow.settings import Settings, SettingsError, ensure_private_dir, load_settings, restrict_new_files
 from secflow.temporal_client import connect, ensure_search_attributes
 from workflows.assessment.targets import StageTargetsWorkflow
 from workflows.assessment.workflow import AssessmentWorkflow
@@ -74,8 +78,15 @@ async def main() -> int:
     except RuntimeError as exc:
         print(f"worker: bad configuration: {exc}", file=sys.stderr)
         return 2
+    # The data directory and all the worker writes (store, key ring, workspaces, scanner
+    # output, reports) are private to its user: 0700 directories, 0600 files.
+    restrict_new_files()
+    ensure_private_dir(settings.data_dir)
     try:
         client = await connect(settings)
+    except KeyRingError as exc:
+        print(f"worker: bad codec key ring: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # reported with the address, the usual cause
         print(f"worker: cannot connect to Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,10 @@ TEMPORAL = str(BIN / "temporal")
 ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
 UI_PORT = 8233
 PID_FILE = DATA / "temporal-server.pid"
+# The codec server the Web UI decrypts history through (README, "Encrypted history"); it
+# keeps running with the dev server and `make demo-stop` stops both.
+CODEC_URL = "http://127.0.0.1:8081"
+CODEC_PID_FILE = DATA / "codec-server.pid"
 
 
 def say(text: str) -> None:
@@ -51,6 +55,7 @@ def ensure_server() -> None:
             "--port", port,
             "--ui-port", str(UI_PORT),
             "--ui-disable-news-fetch",
+            "--ui-codec-endpoint", CODEC_URL,
             "--db-filename", str(DATA / "temporal.db"),
             "--search-attribute", "SecflowStatus=Keyword",
             "--search-attribute", "SecflowAwaiting=KeywordList",
@@ -70,7 +75,38 @@ def ensure_server() -> None:
     sys.exit(f"the Temporal dev server did not become healthy; see {DATA / 'temporal-server.log'}")
 
 
+def ensure_codec_server(env: dict[str, str]) -> None:
+    if CODEC_PID_FILE.exists():
+        try:
+            os.kill(int(CODEC_PID_FILE.read_text()), 0)
+            say(f"reusing the codec server at {CODEC_URL}")
+            return
+        except (ProcessLookupError, ValueError):
+            CODEC_PID_FILE.unlink()
+    log_path = DATA / "codec-server.log"
+    say(f"starting the codec server at {CODEC_URL} (the Web UI decrypts history through it; log: {log_path})")
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    proc = subprocess.Popen([sys.executable, "-m", "starter", "codec-server", "--port", CODEC_URL.rsplit(":", 1)[1]],
+                            cwd=ROOT, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(100):
+        if "listening on" in log_path.read_bytes()[offset:].decode(errors="replace"):
+            CODEC_PID_FILE.write_text(str(proc.pid))
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit(f"the codec server did not start; see {log_path}")
+
+
 def stop_server() -> int:
+    if CODEC_PID_FILE.exists():
+        try:
+            os.kill(int(CODEC_PID_FILE.read_text()), signal.SIGTERM)
+            print("stopped the codec server")
+        except (ProcessLookupError, ValueError):
+            pass
+        CODEC_PID_FILE.unlink()
     if not PID_FILE.exists():
         print("no demo server recorded in .secflow/temporal-server.pid")
         return 0
@@ -122,12 +158,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stop-server", action="store_true", help="stop the dev server a previous demo started")
     args = parser.parse_args()
+    # .secflow holds the store, the codec key ring and the logs: private to this user
+    # (0700 / 0600), and so is everything the servers and the worker started here write.
+    os.umask(0o077)
     DATA.mkdir(exist_ok=True)
     if args.stop_server:
         return stop_server()
 
     env = {**os.environ, "TEMPORAL_ADDRESS": ADDRESS, "SECFLOW_DATA_DIR": str(DATA), "PYTHONUNBUFFERED": "1"}
     ensure_server()
+    ensure_codec_server(env)
     cert, key = demo_certificate()
     say("starting the demo target on 127.0.0.1:8089 (open ports 8089, 8091, 8093; https with a self-signed certificate on 8443)")
     target = start_background([sys.executable, "examples/demo_target.py", "--port", "8089", "--extra-ports", "8091,8093",
@@ -158,6 +198,8 @@ def main() -> int:
             print(f"  {path}")
         say(f"Web UI: http://localhost:{UI_PORT}/namespaces/default/workflows/{workflow_id}")
         print("The dev server keeps running for the Web UI; `make demo-stop` stops it.")
+        print(f"Its history is encrypted; the Web UI decrypts it through the codec server at {CODEC_URL}. From a shell:")
+        print(f"  temporal workflow show --workflow-id {workflow_id} --address {ADDRESS} --codec-endpoint {CODEC_URL}")
         return 0 if run.returncode in (0, 3) else run.returncode
     finally:
         stop(worker)

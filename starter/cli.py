@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from secflow import guidance
+from secflow.codec import KeyRingError
 from secflow.findings import SEVERITY_ORDER
 from secflow.launch import start_assessment
 from secflow.models import AssessmentStatus
@@ -59,6 +60,7 @@ NEEDS_STAGE = {"approve", "reject", "retry", "skip"}
 # `connect_or_fail(settings)` for a Temporal client.
 COMMAND_MODULES: dict[str, str] = {
     "breakers": "starter.breakers",
+    "codec-server": "starter.codec_server",
     "dlq": "starter.dlq",
     "errors": "starter.error_stats",
     "incidents": "starter.incidents",
@@ -191,6 +193,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
 async def connect_or_fail(settings: Settings) -> Client:
     try:
         return await connect(settings)
+    except KeyRingError as exc:  # the payload key ring (secflow/codec.py): a configuration error
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except Exception as exc:  # connection problems are the user's to fix: say where we tried
         raise CliError(f"cannot connect to Temporal at {settings.temporal_address}: {exc}") from None
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from secflow.codec import data_converter_for
 from secflow.settings import load_settings
 from worker import build_worker
 from tests.devserver import SEARCH_ATTRIBUTES, temporal_binary
@@ -23,7 +23,7 @@ async def skipping_env():
     env = await WorkflowEnvironment.start_time_skipping_v2(
         dev_server_existing_path=temporal_binary(),
         dev_server_extra_args=args,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter_for(load_settings()),
     )
     yield env
     await env.shutdown()

@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from secflow.codec import data_converter_for
 from secflow.dead_letters import list_dead_letters, ref_for
 from secflow.incidents import IncidentAnswer, IncidentStatus, Severity
 from secflow.models import Decision
+from secflow.settings import load_settings
 from secflow.store import open_store
 from tests.alert_standins import SlackStandin
 from tests.devserver import SEARCH_ATTRIBUTES, DevServer, temporal_binary
@@ -60,7 +61,7 @@ async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     for sa in SEARCH_ATTRIBUTES:
         args += ["--search-attribute", sa]
     env = await WorkflowEnvironment.start_time_skipping_v2(
-        dev_server_existing_path=temporal_binary(), dev_server_extra_args=args, data_converter=pydantic_data_converter
+        dev_server_existing_path=temporal_binary(), dev_server_extra_args=args, data_converter=data_converter_for(load_settings())
     )
     yield env
     await env.shutdown()

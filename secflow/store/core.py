@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from secflow.errors import Category
 from secflow.findings import SEVERITY_ORDER, Confidence, Finding, FindingEnrichment, Severity
 from secflow.models import FindingCounts
+from secflow.settings import ensure_private_dir
 
 if TYPE_CHECKING:  # imported when first used: the repositories import the models they store
     from secflow.store.audit import AuditRepository
@@ -259,6 +260,21 @@ class DbLocation:
         return kwargs
 
 
+def _create_private_db_file(path: Path) -> None:
+    """Create the SQLite file 0600 (in a 0700 directory when we make one) before SQLite does.
+
+    SQLite gives its -wal and -shm files the database file's mode, so they are 0600 too. A
+    file left 0644 by an older SecFlow is tightened, with its -wal and -shm.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):  # absent, or not ours: leave it
+            if f.stat().st_mode & 0o077 and f.stat().st_uid == os.geteuid():
+                f.chmod(0o600)
+
+
 def default_db_url() -> str:
     """`SECFLOW_DB_URL` if set, else a SQLite file in `SECFLOW_DATA_DIR` (default ./.secflow).
 
@@ -269,7 +285,7 @@ def default_db_url() -> str:
     if url:
         return url
     data_dir = Path(os.environ.get(DATA_DIR_ENV, "").strip() or ".secflow").expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(data_dir)
     return f"sqlite:///{data_dir / 'secflow.db'}"
 
 
@@ -933,7 +949,7 @@ class FindingsStore:
         self.applied_migrations: list[int] = []
 
         if location.path is not None:
-            location.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private_db_file(location.path)
         conn = self._backend.connect()
         try:
             self._backend.prepare(conn)
