@@ -32,6 +32,7 @@ from temporalio import activity
 
 from activities.process import locate_binary, run_process, tail
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.offload import off_loop
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
@@ -140,7 +141,10 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
         cwd=ctx.working_dir(root),
         timeout=opts.timeout.total_seconds(),
     )
-    findings, errors = parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)
+    # Parsed off the event loop: a large report must not stall the worker's other activities.
+    findings, errors = await off_loop(
+        lambda _: parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)
+    )
     for error in errors[:20]:
         ctx.log.info("bandit could not scan a file", error=redact(error))
     ctx.log.info("bandit finished", findings=len(findings), unscanned=len(errors), seconds=round(result.duration, 1))

@@ -28,12 +28,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from typing import Any
 
 from temporalio import activity
 
 from activities.process import locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.offload import WalkStopped, off_loop
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
@@ -68,15 +70,26 @@ def build_argv(scan: str, opts: DetectSecretsOptions, extra_excludes: list[str])
     return argv
 
 
-def escaping_links(root: str, permits_path: Any) -> list[str]:
-    """Relative paths of symlinks under `root` whose target is outside `root` or the scope."""
+def escaping_links(root: str, permits_path: Any, stop: threading.Event | None = None) -> list[str]:
+    """Relative paths of symlinks under `root` whose target is outside `root` or the scope.
+
+    Blocking (a walk of the whole tree): call it through `off_loop`, which sets `stop`
+    when the activity is cancelled; the walk then ends at the next directory."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
+        if stop is not None and stop.is_set():
+            raise WalkStopped(root)
         for name in (*dirnames, *filenames):
             path = os.path.join(dirpath, name)
             if not os.path.islink(path):
                 continue
-            real = os.path.realpath(path)
+            try:
+                real = os.path.realpath(path)
+            except (RecursionError, OSError):
+                # A chain of links longer than Python's realpath can follow: the kernel
+                # will not follow it either, and nobody can say where it leads. Excluded.
+                found.append(os.path.relpath(path, root).replace(os.sep, "/"))
+                continue
             inside = os.path.commonpath([real, root]) == root
             if not inside or not permits_path(real):
                 found.append(os.path.relpath(path, root).replace(os.sep, "/"))
@@ -149,7 +162,8 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
     real, root = ctx.source_tree()
     if os.path.isdir(real):
         root, scan, prefix = real, ".", ""
-        skipped = escaping_links(root, ctx.scope.permits_path)
+        permits_path = ctx.scope.permits_path
+        skipped = await off_loop(lambda stop: escaping_links(real, permits_path, stop))
     else:
         root, scan, prefix = os.path.dirname(real), os.path.basename(real), ""
         skipped = []
@@ -161,7 +175,9 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
         cwd=root,  # filenames in the report come out relative to the target
         timeout=time_budget(opts.timeout.total_seconds()),
     )
-    findings = parse_detect_secrets_json(result.stdout, target=target, prefix=prefix, stderr=result.stderr)
+    findings = await off_loop(
+        lambda _: parse_detect_secrets_json(result.stdout, target=target, prefix=prefix, stderr=result.stderr)
+    )
     ctx.log.info("detect-secrets finished", findings=len(findings), seconds=round(result.duration, 1))
     return ToolOutput(
         findings=findings,

@@ -44,6 +44,7 @@ from temporalio import activity
 
 from activities.process import ToolProcessError, locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.offload import off_loop
 from secflow.errors import Category, ExternalToolError, PermanentError, classify
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
@@ -242,7 +243,8 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
     )
     if result.returncode not in (0, 1):
         raise failure(result.returncode, result.stdout, result.stderr)
-    findings, errors = parse_semgrep_json(result.stdout, root=root, target=target, stderr=result.stderr)
+    # Parsed off the event loop: it reads source lines of every finding from disk.
+    findings, errors = await off_loop(lambda _: parse_semgrep_json(result.stdout, root=root, target=target, stderr=result.stderr))
     for error in errors[:20]:
         ctx.log.info("semgrep reported a problem", error=error)
     ctx.log.info("semgrep finished", findings=len(findings), errors=len(errors), seconds=round(result.duration, 1))
