@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except Exception as exc:  # never a traceback for the user: one line, the details in a log
+        from starter.crash import one_line, record_crash
+
+        print(f"error: {one_line(exc, record_crash(exc, sys.argv[1:] if argv is None else argv))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 async def _dispatch(args: argparse.Namespace) -> int:

@@ -274,3 +274,18 @@ def test_yaml_aliases_cannot_multiply_a_small_file(tmp_path: Path) -> None:
     out = run_cli("validate", str(spec))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "more than 1,000,000 values (aliases expanding?)" in out.stderr
+
+
+def test_unexpected_exception_is_one_line_and_a_log_entry(tmp_path: Path) -> None:
+    """Not bad input (that has its own messages): an environment nothing anticipated. A data
+    directory that is a file used to end `findings` in a FileExistsError traceback."""
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("")
+    out = run_cli("findings", "some-id", env={"SECFLOW_DATA_DIR": str(not_a_dir), "HOME": str(tmp_path)})
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unexpected FileExistsError"), out.stderr
+    log = tmp_path / ".cache" / "secflow" / "starter-errors.log"
+    assert str(log) in lines[0]
+    assert "Traceback" in log.read_text() and oct(log.stat().st_mode & 0o777) == "0o600"
