@@ -226,6 +226,9 @@ HOSTILE_FILES = {
                     "description: 9,000 characters; at most 8,192"),
     "long-target": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["targets"].append({"url": "http://127.0.0.1/" + "a" * 9000})),
                     "targets[4].url: 9,017 characters; at most 8,192"),
+    "stages-too-large": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][5].update(options={
+        "exclude_files": [f"^x{i}" + "a" * 8000 for i in range(80)]})),
+                         "bytes of stages (as JSON); at most 524,288: they travel in the workflow's input"),
     "unknown-field": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1].update(timeuot="5m")),
                       "stages[1].timeuot: unknown field; did you mean 'timeout'?"),
 }
@@ -289,3 +292,14 @@ def test_unexpected_exception_is_one_line_and_a_log_entry(tmp_path: Path) -> Non
     log = tmp_path / ".cache" / "secflow" / "starter-errors.log"
     assert str(log) in lines[0]
     assert "Traceback" in log.read_text() and oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+def test_run_with_a_50mb_spec_starts_nothing(tmp_path: Path, server) -> None:
+    """Before: it validated, then the start failed with a raw gRPC message-size error."""
+    big = tmp_path / "big.yaml"
+    big.write_text(DEMO.read_text().replace("name: demo", "name: never-started-big") + "# " + "x" * (50 * 1024 * 1024) + "\n")
+    out = run_cli("run", str(big), "--id", "never-started-big-1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "a spec may have at most 8,388,608" in out.stderr
+    listed = server.cli("workflow", "list", "--query", "WorkflowId='never-started-big-1'", "-o", "json")
+    assert json.loads(listed.stdout or "[]") == [], listed.stdout
