@@ -242,7 +242,9 @@ class Decision(BaseModel):
         return decision
 
     def payload_problem(self) -> str | None:
-        """Why the payload as sent is not a valid decision (field paths), or None."""
+        """Why the payload as sent is not a valid decision (field paths), or None. Code that
+        builds a Decision itself checks this too: construction never raises (a custom
+        __init__ would take part in decoding as well), it keeps the problems."""
         return "; ".join(self._problems[:5]) if self._problems else None
 
 

@@ -386,6 +386,9 @@ async def send_update(handle: WorkflowHandle, update: str, arg: object, *, comma
 async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
     name = INTERVENTIONS[args.command]
     decision = Decision(stage=getattr(args, "stage", None), by=args.by or getpass.getuser(), reason=args.reason)
+    problem = decision.payload_problem()  # e.g. a --reason longer than a decision may carry
+    if problem:
+        raise CliError(f"{args.command}: {problem}", EXIT_BAD_INPUT)
     message = await send_update(handle, name, decision, command=args.command, gone=f"no running assessment with id {handle.id!r}")
     print(message)
     return EXIT_OK

@@ -84,3 +84,11 @@ async def test_bad_update_payloads_are_refused_with_the_field(
         await final_status(handle)
     finally:
         target.close()
+
+
+async def test_starter_refuses_an_over_long_reason_before_sending(server: DevServer) -> None:
+    from tests.test_interventions import starter
+
+    out = await starter("approve", "no-such-assessment", "headers", "--by", "hank", "--reason", "r" * 3000)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "approve: reason: String should have at most 2000 characters" in out.stderr
