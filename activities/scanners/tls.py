@@ -5,7 +5,9 @@ Checks, one finding per problem, located at ``host:port``:
   TLS 1.2 nor 1.3 accepted;
 - the leaf certificate: expired, not yet valid, expiring within ``expiry_warning_days``,
   self-signed or not chaining to a trusted root (system store plus ``ca_file``), not
-  valid for the host in the URL, RSA key shorter than 2048 bits;
+  valid for the host in the URL, RSA key shorter than 2048 bits; a certificate that cannot
+  be parsed (impossible or non-UTC dates, broken DER) is itself a finding
+  (``tls-cert-malformed``), not a failed stage;
 - weak cipher suites accepted: RC4, 3DES, NULL encryption, EXPORT, anonymous key exchange.
 
 A probe can only offer what the local OpenSSL still implements: whatever it cannot offer
