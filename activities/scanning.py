@@ -10,6 +10,7 @@ from temporalio import activity
 from activities.runner import ToolContext, ToolOutput, run_tool
 from activities.tools.http_headers import ScopedTransport, check_headers
 from activities.tools.portscan import PortscanProgress, parse_ports, port_findings, scan_ports
+from secflow.http.deadline import DeadlineTransport
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.secrets import TargetAuth, auth_headers
 from secflow.tools import HttpHeadersOptions, PortscanOptions
@@ -104,11 +105,14 @@ async def http_headers_tool(ctx: ToolContext) -> ToolOutput:
     # trust_env=False: a scan must go to the target itself, never through a proxy from
     # the environment. Redirects are followed by check_headers, scope-checked hop by hop,
     # and every connection (redirects included) goes to an address checked at connect time.
+    # `request_timeout` is each request's total deadline (headers and body), not httpx's
+    # per-read timeout, which a target dribbling a header line a second never trips.
+    seconds = opts.request_timeout.total_seconds()
     async with httpx.AsyncClient(
         follow_redirects=False,
-        timeout=opts.request_timeout.total_seconds(),
-        transport=ScopedTransport(ctx.scope, verify=opts.verify_tls),
+        timeout=seconds,
         trust_env=False,
+        transport=DeadlineTransport(ScopedTransport(ctx.scope, verify=opts.verify_tls), seconds),
     ) as client:
         report = await check_headers(
             url, client=client, permits_url=ctx.scope.permits_url, max_redirects=opts.max_redirects, auth_headers=credentials

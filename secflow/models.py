@@ -10,7 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from secflow.approvals import ApprovalPolicy
 from secflow.retries import RetryPlan
@@ -194,6 +202,11 @@ class AssessmentStatus(BaseModel):
 # --- signals and updates -----------------------------------------------------------------
 
 
+# Longest values a decision may carry; longer is refused with the field's name.
+DECISION_LIMITS = {"stage": 64, "by": 200, "reason": 2000}
+DECISION_SHAPE = '{"stage": "<id>", "by": "<name>", "reason": "<why>"}'
+
+
 class Decision(BaseModel):
     """Payload of every intervention signal/update.
 
@@ -203,14 +216,66 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    stage: str | None = None
-    by: str = ""
-    reason: str = ""
+    stage: str | None = Field(None, max_length=DECISION_LIMITS["stage"])
+    by: str = Field("", max_length=DECISION_LIMITS["by"])
+    reason: str = Field("", max_length=DECISION_LIMITS["reason"])
     # A signed decision (spec `approvals:`; secflow/approvals.py): when it was issued
     # (ISO-8601 UTC, as signed), a one-time nonce, and the base64 Ed25519 signature.
-    issued_at: str | None = None
-    nonce: str | None = None
-    signature: str | None = None
+    issued_at: str | None = Field(None, max_length=64)
+    nonce: str | None = Field(None, max_length=128)
+    signature: str | None = Field(None, max_length=256)
+    # What was wrong with the payload as sent ("field: reason"), kept instead of raised:
+    # a payload that fails to decode would make the SDK drop a signal without a trace
+    # and refuse an update with a converter error. `payload_problem()` reports it.
+    _problems: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_problems(cls, data: Any, handler: ModelWrapValidatorHandler[Decision]) -> Decision:
+        if not isinstance(data, (dict, Decision)):
+            decision = handler({})
+            decision._problems = [f"payload: expected a JSON object {DECISION_SHAPE}, got {_json_type(data)}"]
+            return decision
+        try:
+            decision = handler(data)
+        except ValidationError as err:
+            decision = handler({})
+            decision._problems = [_decision_error(e) for e in err.errors()]
+            return decision
+        for name, value in (("stage", decision.stage), ("by", decision.by), ("reason", decision.reason)):
+            if value and _not_text(value):
+                decision._problems.append(f"{name}: contains a lone surrogate or NUL, which is not text")
+        for key in list(decision.model_extra or {}):
+            if _not_text(key) or len(key) > 64:
+                # Unknown fields are refused by name; a name that is not printable text is
+                # refused here and dropped, so the record of the refusal stays serialisable.
+                assert decision.model_extra is not None
+                del decision.model_extra[key]
+                decision._problems.append("payload: a field name is not text (or longer than 64 characters)")
+        if decision._problems:
+            decision.stage, decision.by, decision.reason = None, "", ""
+        return decision
+
+    def payload_problem(self) -> str | None:
+        """Why the payload as sent is not a valid decision (field paths), or None. Code that
+        builds a Decision itself checks this too: construction never raises (a custom
+        __init__ would take part in decoding as well), it keeps the problems."""
+        return "; ".join(self._problems[:5]) if self._problems else None
+
+
+def _json_type(value: Any) -> str:
+    return {str: "a string", list: "an array", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _not_text(value: str) -> bool:
+    return "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value)
+
+
+def _decision_error(error: Any) -> str:
+    field = ".".join(str(p)[:64] for p in error["loc"]) or "payload"
+    return f"{field.encode('utf-8', 'backslashreplace').decode('utf-8')}: {error['msg']}"
 
 
 # --- activities --------------------------------------------------------------------------

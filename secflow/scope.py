@@ -36,6 +36,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import threading
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -497,24 +498,40 @@ class Scope:
         return _address_of(checked, port)
 
     # --- source trees -------------------------------------------------------------------
-    def escaping_links(self, root: str) -> list[str]:
+    def escaping_links(self, root: str, stop: threading.Event | None = None) -> list[str]:
         """Absolute paths of the symlinks under `root` whose target leaves `root` or the scope.
 
         Path scanners exclude them: a link inside an allowed tree must not lead a scanner
         to read (and quote in findings) a file outside it. Links are not followed while
         walking, so a linked directory is reported once and never entered.
+
+        Blocking (a walk of the whole tree): scanners run it off the event loop, and set
+        `stop` when their activity is cancelled; the walk then ends at the next directory
+        with `WalkStopped`.
         """
         root = os.path.realpath(root)
         found = []
         for dirpath, dirnames, filenames in os.walk(root):
+            if stop is not None and stop.is_set():
+                raise WalkStopped(root)
             for name in (*dirnames, *filenames):
                 path = os.path.join(dirpath, name)
                 if not os.path.islink(path):
                     continue
-                real = os.path.realpath(path)
+                try:
+                    real = os.path.realpath(path)
+                except (RecursionError, OSError):
+                    # A chain of links longer than realpath can follow: the kernel will
+                    # not follow it either, and nobody can say where it leads. Excluded.
+                    found.append(path)
+                    continue
                 if not _fs_within(real, root) or not self.permits_path(path):
                     found.append(path)
         return sorted(found)
+
+
+class WalkStopped(Exception):
+    """Raised inside a walk whose activity was cancelled: nobody waits for its answer."""
 
 
 def _address_of(ip: IPAddress, port: int) -> Address:

@@ -7,12 +7,12 @@ run the validator once per mistake.
 
 from __future__ import annotations
 
-import json
+import difflib
+import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from secflow.approvals import ApprovalPolicy
@@ -29,6 +29,7 @@ from secflow.secrets import (
     mask_url_credentials,
     names_a_credential,
 )
+from secflow.spec_input import MAX_SPEC_BYTES, InputProblem, data_problems, decode_spec_bytes, parse_json, parse_yaml
 from secflow.tools import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -219,7 +220,9 @@ def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
     return out
 
 
-def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
+def _pydantic_problems(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> list[Problem]:
+    """Pydantic's errors as Problems; an unknown field of `model` (or of a model nested in
+    it) gets the closest known field name as a suggestion."""
     problems = []
     for err in exc.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
@@ -228,35 +231,64 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
             path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
         reason = err["msg"]
         if err["type"] == "extra_forbidden":
-            reason = "unknown field"
+            reason = "unknown field" + _did_you_mean(model, loc)
         reason = reason.removeprefix("Value error, ")
         problems.append(Problem(path=path, reason=reason))
     return problems
 
 
+def _did_you_mean(model: type[BaseModel] | None, loc: list[Any]) -> str:
+    """`; did you mean 'timeout'?` for a misspelt field at `loc` (its last part), or ""."""
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return ""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return ""
+        current = _model_in(fields[part].annotation)
+    fields = getattr(current, "model_fields", None)
+    if not isinstance(fields, dict):
+        return ""
+    names = [a for name, f in fields.items() for a in (name, f.alias) if a]
+    close = difflib.get_close_matches(loc[-1], sorted(set(names)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside `Model`, `list[Model]` or `Model | None`, else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_spec_text(text: str, *, source: str = "<spec>") -> Any:
-    """YAML (a superset of JSON) -> Python data; syntax errors become a Problem with the line."""
-    if source.endswith(".json"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError([Problem(path="", reason=f"invalid JSON at line {exc.lineno}: {exc.msg}")]) from None
+    """YAML (a superset of JSON) -> Python data; syntax errors, nesting beyond the limit and
+    duplicated keys become a Problem with the line (secflow/spec_input.py)."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([Problem(path="", reason=f"invalid YAML{where}: {problem}")]) from None
+        return parse_json(text) if source.endswith(".json") else parse_yaml(text)
+    except InputProblem as exc:
+        raise SpecError([Problem(path=exc.path, reason=exc.reason)]) from None
 
 
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file (YAML or JSON)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(MAX_SPEC_BYTES + 1)  # never more than the limit into memory
+        text = decode_spec_bytes(raw, name=p.name, size=size)
     except OSError as exc:
         raise SpecError([Problem(path="", reason=f"cannot read {p}: {exc.strerror or exc}")]) from None
+    except InputProblem as exc:
+        raise SpecError([Problem(path=exc.path, reason=exc.reason)]) from None
     data = parse_spec_text(text, source=p.name)
     return validate_spec_data(resolve_paths(data, p.resolve().parent))
 
@@ -284,15 +316,18 @@ def resolve_paths(data: Any, base: Path) -> Any:
 
 def validate_spec_data(data: Any) -> Spec:
     """Validate parsed data into a Spec, collecting schema AND semantic problems."""
+    try:
+        problems = [Problem(path=where, reason=reason) for where, reason in data_problems(data)]
+    except InputProblem as exc:  # too deep or too large to look further
+        raise SpecError([Problem(path=exc.path, reason=exc.reason)]) from None
     if not isinstance(data, dict):
         raise SpecError([Problem(path="", reason="a spec is a mapping with name, scope, targets and stages")])
     data = canonical_spec_tools(data)  # tool aliases (detect_secrets, PyPI names) -> one spelling
-    problems: list[Problem] = []
     try:
         spec: Spec | None = Spec.model_validate(data)
     except ValidationError as exc:
         spec = None
-        problems.extend(_pydantic_problems(exc))
+        problems.extend(_pydantic_problems(exc, model=Spec))
 
     # Semantic checks need the pieces; validate them one by one so that one bad stage
     # does not hide the problems of the others.
@@ -482,7 +517,7 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
         try:
             info.options.model_validate(stage.tool_options())
         except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, prefix=f"{where}.options"))
+            problems.extend(_pydantic_problems(exc, prefix=f"{where}.options", model=info.options))
         if info.target_kinds and not (info.target_kinds & target_kinds):
             problems.append(
                 Problem(
@@ -523,7 +558,9 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
                 try:
                     fb.options.model_validate(stage.tool_options(stage.fallback_tool))
                 except ValidationError as exc:
-                    problems.extend(_pydantic_problems(exc, prefix=f"{where}.options (for fallback {stage.fallback_tool})"))
+                    problems.extend(
+                        _pydantic_problems(exc, prefix=f"{where}.options (for fallback {stage.fallback_tool})", model=fb.options)
+                    )
     elif stage.fallback_tool:
         problems.append(Problem(path=f"{where}.fallback_tool", reason="only used with on_failure: fallback"))
     if stage.on_wait_timeout == "approve" and not stage.requires_approval:
@@ -585,26 +622,43 @@ def _dag_problems(raw_stages: Any) -> list[Problem]:
             elif dep not in graph:
                 problems.append(Problem(path=f"stages[{index[sid]}].depends_on[{j}]", reason=f"no stage has id {dep!r}"))
 
+    # Depth-first, with an explicit stack: a chain of thousands of stages must not reach
+    # Python's recursion limit (a 3,000-stage cycle once did).
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for dep in graph.get(node, []):
+    for root in graph:
+        if root in state:
+            continue
+        state[root] = 1
+        path: list[str] = [root]
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            node, next_edge = stack[-1]
+            deps = graph[node]
+            if next_edge >= len(deps):
+                stack.pop()
+                path.pop()
+                state[node] = 2
+                continue
+            stack[-1] = (node, next_edge + 1)
+            dep = deps[next_edge]
             if dep not in graph or dep == node:
                 continue
             if state.get(dep) == 1:
                 cycle = path[path.index(dep) :] + [dep]
-                problems.append(
-                    Problem(path=f"stages[{index[dep]}].depends_on", reason="dependency cycle: " + " -> ".join(cycle))
-                )
-            elif state.get(dep) is None:
-                visit(dep, path + [dep])
-        state[node] = 2
-
-    for sid in graph:
-        if sid not in state:
-            visit(sid, [sid])
+                problems.append(Problem(path=f"stages[{index[dep]}].depends_on", reason="dependency cycle: " + _chain(cycle)))
+            elif dep not in state:
+                state[dep] = 1
+                path.append(dep)
+                stack.append((dep, 0))
     return problems
+
+
+def _chain(ids: list[str], most: int = 12) -> str:
+    """`a -> b -> c`, with the middle of a very long cycle elided."""
+    if len(ids) <= most:
+        return " -> ".join(ids)
+    half = most // 2
+    return " -> ".join(ids[:half]) + f" -> ... ({len(ids) - most} more) -> " + " -> ".join(ids[-half:])
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

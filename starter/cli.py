@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except Exception as exc:  # never a traceback for the user: one line, the details in a log
+        from starter.crash import one_line, record_crash
+
+        print(f"error: {one_line(exc, record_crash(exc, sys.argv[1:] if argv is None else argv))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
@@ -406,6 +411,9 @@ async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int
     name = INTERVENTIONS[args.command]
     # Signed with $SECFLOW_SIGNING_KEY when set (an assessment with `approvals:` needs it).
     decision = signed_decision(handle.id, name, getattr(args, "stage", None), args.by or getpass.getuser(), args.reason)
+    problem = decision.payload_problem()  # e.g. a --reason longer than a decision may carry
+    if problem:
+        raise CliError(f"{args.command}: {problem}", EXIT_BAD_INPUT)
 
     async def refused(reason: str) -> None:
         await record_refusal(handle.id, name, decision, reason)

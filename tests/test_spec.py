@@ -167,3 +167,139 @@ def test_relative_paths_are_resolved_against_the_spec_file(tmp_path: Path) -> No
     with pytest.raises(SpecError) as info:
         load_spec(outside)
     assert "outside scope.allow" in str(info.value)
+
+
+# --- hostile input: every case is exit 2 with a field path and a reason, never a traceback
+
+
+def _write_demo_with(tmp_path: Path, name: str, mutate) -> Path:
+    data = demo_data()
+    mutate(data)
+    out = tmp_path / name
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+HOSTILE_FILES = {
+    "duration-1e30": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1].update(timeout=1e30)),
+                      "stages[1].timeout: duration 1e+30 is too long: at most 365d"),
+    "duration-inf": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1].update(timeout=float("inf"))),
+                     "stages[1].timeout: duration inf is too long"),
+    "duration-nan": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1].update(wait_timeout=float("nan"))),
+                     "stages[1].wait_timeout: duration nan is not a number"),
+    "duration-negative": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1]["retry"].update(max_interval=-5)),
+                          "stages[1].retry.max_interval: duration -5 is negative"),
+    "duration-huge-int": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1].update(timeout=10**400)),
+                          "stages[1].timeout: duration"),
+    "duration-huge-text": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1].update(timeout="9" * 30 + "d")),
+                           "is too long: at most 365d"),
+    "deep-yaml": (lambda tmp: _text(tmp, "s.yaml", "name: demo\nchaos: " + _nested(5000) + "\n"),
+                  "nested more than 32 levels deep at line 2"),
+    "deep-yaml-block": (lambda tmp: _text(tmp, "s.yaml", "name: demo\nchaos:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 3000))),
+                        "nested more than 32 levels deep at line"),
+    "deep-json": (lambda tmp: _text(tmp, "s.json", '{"name": "demo", "chaos": ' + _nested(100_000) + "}"),
+                  "nested more than 32 levels deep"),
+    "deep-json-shallow-for-python": (lambda tmp: _text(tmp, "s.json", '{"name": "demo", "chaos": {"x": ' + _nested(40) + "}}"),
+                                     "chaos.x" + "[0]" * 31 + ": nested more than 32 levels deep"),
+    "not-utf8": (lambda tmp: _bytes(tmp, "s.yaml", DEMO.read_text().replace("Discovery", "D\u00e9couverte").encode("latin-1")),
+                 "not UTF-8: byte 0xe9 at line 4"),
+    "lone-surrogate": (lambda tmp: _text(tmp, "s.yaml", DEMO.read_text().replace(
+        "description: Discovery, web checks, TLS, SAST and SCA against local targets, then reports.",
+        'description: "\\ud800 evil"')),
+                       "description: contains a lone surrogate (U+D800)"),
+    "duplicate-top-level-scope": (lambda tmp: _text(tmp, "s.yaml", DEMO.read_text() + "scope:\n  allow: ['0.0.0.0/0']\n"),
+                                  "duplicate key 'scope' at line"),
+    "duplicate-nested-key": (lambda tmp: _text(tmp, "s.yaml", DEMO.read_text().replace("    timeout: 10m\n", "    timeout: 10m\n    timeout: 1s\n")),
+                             "duplicate key 'timeout' at line"),
+    "duplicate-json-key": (lambda tmp: _text(tmp, "s.json", '{"name": "a",\n "scope": {"allow": ["127.0.0.1"]},\n "scope": {"allow": ["0.0.0.0/0"]}}'),
+                           "duplicate key 'scope' at line 3"),
+    "cycle-3000": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d.update(stages=[
+        {"id": f"s{i}", "kind": "report", "depends_on": [f"s{(i + 1) % 3000}"]} for i in range(3000)])),
+                   "dependency cycle: s0 -> s1"),
+    "spec-50MB": (lambda tmp: _text(tmp, "s.yaml", DEMO.read_text() + "# " + "x" * (50 * 1024 * 1024) + "\n"),
+                  "s.yaml is 52,430,"),
+    "long-string": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d.update(description="x" * 9000)),
+                    "description: 9,000 characters; at most 8,192"),
+    "long-target": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["targets"].append({"url": "http://127.0.0.1/" + "a" * 9000})),
+                    "targets[4].url: 9,017 characters; at most 8,192"),
+    "stages-too-large": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][5].update(options={
+        "exclude_files": [f"^x{i}" + "a" * 8000 for i in range(80)]})),
+                         "bytes of stages (as JSON); at most 524,288: they travel in the workflow's input"),
+    "unknown-field": (lambda tmp: _write_demo_with(tmp, "s.yaml", lambda d: d["stages"][1].update(timeuot="5m")),
+                      "stages[1].timeuot: unknown field; did you mean 'timeout'?"),
+}
+
+
+def _text(tmp: Path, name: str, text: str) -> Path:
+    out = tmp / name
+    out.write_text(text, encoding="utf-8", errors="surrogatepass")
+    return out
+
+
+def _bytes(tmp: Path, name: str, raw: bytes) -> Path:
+    out = tmp / name
+    out.write_bytes(raw)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_hostile_spec_is_refused_with_a_field_path(case: str, tmp_path: Path) -> None:
+    make, expected = HOSTILE_FILES[case]
+    spec_file = make(tmp_path)
+    out = run_cli("validate", str(spec_file))
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert expected in out.stderr, out.stderr[-3000:]
+
+
+def test_target_and_stage_counts_are_limited() -> None:
+    from secflow.spec_input import MAX_STAGES, MAX_TARGETS
+
+    data = demo_data()
+    data["targets"] = [{"host": "127.0.0.1"}] * (MAX_TARGETS + 1)
+    data["stages"] = [{"id": f"r{i}", "kind": "report"} for i in range(MAX_STAGES + 1)]
+    found = problems_of(data)
+    assert f"targets: {MAX_TARGETS + 1:,} targets; at most {MAX_TARGETS:,} per assessment (split the scope)" in found
+    assert f"stages: {MAX_STAGES + 1:,} stages; at most {MAX_STAGES}" in found
+
+
+def test_yaml_aliases_cannot_multiply_a_small_file(tmp_path: Path) -> None:
+    """A billion-laughs document is small on disk and huge once aliases are expanded."""
+    lines = ['a0: ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)]
+    spec = tmp_path / "laughs.yaml"
+    spec.write_text("\n".join(lines[:1]).replace("a0:", "name: demo\nchaos:\n  a0: &a0") + "\n"
+                    + "\n".join(f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)) + "\n")
+    out = run_cli("validate", str(spec))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "more than 1,000,000 values (aliases expanding?)" in out.stderr
+
+
+def test_unexpected_exception_is_one_line_and_a_log_entry(tmp_path: Path) -> None:
+    """Not bad input (that has its own messages): an environment nothing anticipated. A data
+    directory that is a file used to end `findings` in a FileExistsError traceback."""
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("")
+    out = run_cli("findings", "some-id", env={"SECFLOW_DATA_DIR": str(not_a_dir), "HOME": str(tmp_path)})
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unexpected FileExistsError"), out.stderr
+    log = tmp_path / ".cache" / "secflow" / "starter-errors.log"
+    assert str(log) in lines[0]
+    assert "Traceback" in log.read_text() and oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+def test_run_with_a_50mb_spec_starts_nothing(tmp_path: Path, server) -> None:
+    """Before: it validated, then the start failed with a raw gRPC message-size error."""
+    big = tmp_path / "big.yaml"
+    big.write_text(DEMO.read_text().replace("name: demo", "name: never-started-big") + "# " + "x" * (50 * 1024 * 1024) + "\n")
+    out = run_cli("run", str(big), "--id", "never-started-big-1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "a spec may have at most 8,388,608" in out.stderr
+    listed = server.cli("workflow", "list", "--query", "WorkflowId='never-started-big-1'", "-o", "json")
+    assert json.loads(listed.stdout or "[]") == [], listed.stdout

@@ -36,6 +36,7 @@ from temporalio import activity
 
 from activities.process import locate_binary, run_process, tail
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.offload import off_loop
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
@@ -147,7 +148,7 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
     real, root = ctx.source_tree()
     # bandit opens symlinked files while it walks: links that leave the tree or the scope
     # are excluded, so no file outside the scope is read or quoted in a finding.
-    skipped = await asyncio.to_thread(ctx.scope.escaping_links, real) if os.path.isdir(real) else []
+    skipped = await off_loop(lambda stop: ctx.scope.escaping_links(real, stop)) if os.path.isdir(real) else []
     if skipped:
         ctx.log.warning("not following symlinks that leave the scope", count=len(skipped), paths=skipped[:20])
     result = await run_process(
@@ -156,7 +157,10 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
         cwd=ctx.working_dir(root),
         timeout=opts.timeout.total_seconds(),
     )
-    findings, errors = parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)
+    # Parsed off the event loop: a large report must not stall the worker's other activities.
+    findings, errors = await off_loop(
+        lambda _: parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)
+    )
     for error in errors[:20]:
         ctx.log.info("bandit could not scan a file", error=redact(error))
     ctx.log.info("bandit finished", findings=len(findings), unscanned=len(errors), seconds=round(result.duration, 1))

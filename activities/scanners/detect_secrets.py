@@ -29,12 +29,14 @@ import asyncio
 import json
 import os
 import re
+import threading
 from typing import Any
 
 from temporalio import activity
 
 from activities.process import locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.offload import WalkStopped, off_loop
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
@@ -135,7 +137,7 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
     real, root = ctx.source_tree()
     if os.path.isdir(real):
         root, scan, prefix = real, ".", ""
-        links = await asyncio.to_thread(ctx.scope.escaping_links, root)
+        links = await off_loop(lambda stop: ctx.scope.escaping_links(root, stop))
         skipped = [os.path.relpath(p, root).replace(os.sep, "/") for p in links]
     else:
         root, scan, prefix = os.path.dirname(real), os.path.basename(real), ""
@@ -148,7 +150,9 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
         cwd=root,  # filenames in the report come out relative to the target
         timeout=time_budget(opts.timeout.total_seconds()),
     )
-    findings = parse_detect_secrets_json(result.stdout, target=target, prefix=prefix, stderr=result.stderr)
+    findings = await off_loop(
+        lambda _: parse_detect_secrets_json(result.stdout, target=target, prefix=prefix, stderr=result.stderr)
+    )
     ctx.log.info("detect-secrets finished", findings=len(findings), seconds=round(result.duration, 1))
     return ToolOutput(
         findings=findings,

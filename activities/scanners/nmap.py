@@ -36,6 +36,7 @@ from temporalio import activity
 
 from activities.process import run_process, tail
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.offload import off_loop
 from secflow.errors import Category, ExternalToolError, InvalidInputError, PermanentError, SecFlowError, TransientError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
@@ -257,7 +258,7 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
         cwd=ctx.input.workspace if ctx.input.workspace and os.path.isdir(ctx.input.workspace) else None,
         timeout=opts.timeout.total_seconds(),
     )
-    ports = parse_nmap_xml(result.stdout, stderr=result.stderr)
+    ports = await off_loop(lambda _: parse_nmap_xml(result.stdout, stderr=result.stderr))  # up to 64 MB of XML
     findings = port_findings(target, ports)
     ctx.log.info("nmap finished", open_ports=len(findings), seconds=round(result.duration, 1))
     scanned = len(parse_port_spec(opts.ports))

@@ -46,6 +46,7 @@ from temporalio import activity
 
 from activities.process import ToolProcessError, locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.offload import off_loop
 from secflow.errors import Category, ExternalToolError, PermanentError, classify
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
@@ -238,7 +239,7 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
     real, root = ctx.source_tree()
     # semgrep skips symlinks today; links that leave the tree or the scope are excluded
     # anyway, so no future semgrep reads a file outside the scope.
-    skipped = await asyncio.to_thread(ctx.scope.escaping_links, real) if os.path.isdir(real) else []
+    skipped = await off_loop(lambda stop: ctx.scope.escaping_links(real, stop)) if os.path.isdir(real) else []
     if skipped:
         ctx.log.warning("not following symlinks that leave the scope", count=len(skipped), paths=skipped[:20])
     for rules in (str(RULES_FILE), *opts.rules):
@@ -256,7 +257,8 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
     )
     if result.returncode not in (0, 1):
         raise failure(result.returncode, result.stdout, result.stderr)
-    findings, errors = parse_semgrep_json(result.stdout, root=root, target=target, stderr=result.stderr)
+    # Parsed off the event loop: it reads source lines of every finding from disk.
+    findings, errors = await off_loop(lambda _: parse_semgrep_json(result.stdout, root=root, target=target, stderr=result.stderr))
     for error in errors[:20]:
         ctx.log.info("semgrep reported a problem", error=error)
     ctx.log.info("semgrep finished", findings=len(findings), errors=len(errors), seconds=round(result.duration, 1))

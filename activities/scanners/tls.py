@@ -5,7 +5,9 @@ Checks, one finding per problem, located at ``host:port``:
   TLS 1.2 nor 1.3 accepted;
 - the leaf certificate: expired, not yet valid, expiring within ``expiry_warning_days``,
   self-signed or not chaining to a trusted root (system store plus ``ca_file``), not
-  valid for the host in the URL, RSA key shorter than 2048 bits;
+  valid for the host in the URL, RSA key shorter than 2048 bits; a certificate that cannot
+  be parsed (impossible or non-UTC dates, broken DER) is itself a finding
+  (``tls-cert-malformed``), not a failed stage;
 - weak cipher suites accepted: RC4, 3DES, NULL encryption, EXPORT, anonymous key exchange.
 
 A probe can only offer what the local OpenSSL still implements: whatever it cannot offer
@@ -153,12 +155,18 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int, in
     return out
 
 
-def _time(data: bytes, tag: int) -> datetime:
-    text = data.decode("ascii")
-    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
-        year = int(text[:2])
-        text = ("19" if year >= 50 else "20") + text
-    return datetime.strptime(text.rstrip("Z"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+def _time(data: bytes, tag: int, name: str) -> datetime:
+    text = data.decode("ascii", errors="replace")
+    shown = text[:40].encode("unicode_escape").decode("ascii")
+    if tag not in (0x17, 0x18) or not text.endswith("Z"):
+        raise MalformedCertificate(f"{name} {shown!r} is not a UTCTime or GeneralizedTime in UTC")
+    try:
+        if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
+            year = int(text[:2])
+            text = ("19" if year >= 50 else "20") + text
+        return datetime.strptime(text[:-1], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        raise MalformedCertificate(f"{name} {shown!r} is not a valid date and time") from None
 
 
 _OID_RSA = bytes.fromhex("2a864886f70d010101")
@@ -173,7 +181,22 @@ _EC_CURVE_BITS = {
 }
 
 
+class MalformedCertificate(ValueError):
+    """The presented certificate cannot be read: a finding about the server, not an error
+    of the scan (a hostile or broken server must not fail the stage as `validation`)."""
+
+
 def parse_certificate(der: bytes) -> CertInfo:
+    """Dates, names and key of a DER certificate; MalformedCertificate if it cannot be read."""
+    try:
+        return _parse_certificate(der)
+    except MalformedCertificate:
+        raise
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise MalformedCertificate(f"unreadable DER structure ({type(exc).__name__})") from None
+
+
+def _parse_certificate(der: bytes) -> CertInfo:
     _, cstart, _cend = _tlv(der, 0)
     _tbs_tag, tbs_start, tbs_end = _tlv(der, cstart)
     fields = _children(der, tbs_start, tbs_end)
@@ -182,8 +205,8 @@ def parse_certificate(der: bytes) -> CertInfo:
     # serial, signature algorithm, issuer, validity, subject, subjectPublicKeyInfo
     issuer = der[fields[2][1] : fields[2][3]]
     validity = _children(der, fields[3][2], fields[3][3])
-    not_before = _time(der[validity[0][2] : validity[0][3]], validity[0][0])
-    not_after = _time(der[validity[1][2] : validity[1][3]], validity[1][0])
+    not_before = _time(der[validity[0][2] : validity[0][3]], validity[0][0], "notBefore")
+    not_after = _time(der[validity[1][2] : validity[1][3]], validity[1][0], "notAfter")
     subject = der[fields[4][1] : fields[4][3]]
     spki = _children(der, fields[5][2], fields[5][3])
     algorithm = _children(der, spki[0][2], spki[0][3])
@@ -291,7 +314,17 @@ def probe_tls(
     # 4. The certificate.
     if first.der is None:
         return report  # anonymous suite chosen: no certificate (already a cipher finding)
-    cert = parse_certificate(first.der)
+    try:
+        cert = parse_certificate(first.der)
+    except MalformedCertificate as exc:
+        finding(
+            "cert-malformed",
+            "Malformed certificate",
+            Severity.MEDIUM,
+            "CWE-295",
+            f"the server presents a certificate that cannot be parsed: {exc}; clients reject it or read it inconsistently",
+        )
+        return report  # its dates, key and names cannot be judged; the finding says why
     now = datetime.now(UTC)
     if cert.not_after < now:
         finding("cert-expired", "Certificate expired", Severity.HIGH, "CWE-298", f"notAfter {cert.not_after:%Y-%m-%d %H:%M:%S}Z")

@@ -24,6 +24,7 @@ import httpx
 
 from secflow.http.breaker import BreakerGateTransport, CircuitBreakerTransport, breaker_for, reset_breakers
 from secflow.http.chaos import ChaosTransport, SpecChaos, chaos_enabled, load_chaos_config, reset_chaos
+from secflow.http.deadline import DeadlineTransport
 from secflow.http.ratelimit import RateLimitTransport, limiter_for, reset_limiters
 from secflow.http.registry import settings_for
 from secflow.http.retry import RetryTransport
@@ -60,6 +61,9 @@ def build_transport(
     transport: httpx.AsyncBaseTransport = inner or httpx.AsyncHTTPTransport(retries=0, trust_env=False)
     if faults:
         transport = ChaosTransport(transport, dependency, faults, scope=scope)
+    # The retry layer bounds the attempts up to the response's headers; this bounds each
+    # attempt's body too, which a caller reads after the stack has returned.
+    transport = DeadlineTransport(transport, deadline)
     limiter = limiter_for(dependency, settings)
     breaker = breaker_for(dependency, settings)
     transport = CircuitBreakerTransport(transport, breaker)

@@ -138,6 +138,9 @@ class InterventionView:
 
 def intervention_problem(action: str, d: Decision, view: InterventionView) -> str | None:
     """Why `action` cannot apply now, or None if it can. Shared by signals and updates."""
+    malformed = d.payload_problem()  # wrong types, too long, not text: named by field
+    if malformed:
+        return malformed
     extra = sorted((d.model_extra or {}).keys())
     if extra:
         return f"unknown field(s) {', '.join(extra)}; allowed: stage, by, reason, issued_at, nonce, signature"

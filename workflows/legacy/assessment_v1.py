@@ -630,6 +630,9 @@ class AssessmentWorkflow:
         return found
 
     def _problem(self, action: str, d: Decision) -> str | None:
+        malformed = d.payload_problem()  # decoded leniently now: refuse it here, by field
+        if malformed:
+            return malformed
         extra = sorted((d.model_extra or {}).keys())
         if extra:
             return f"unknown field(s) {', '.join(extra)}; allowed: stage, by, reason"
