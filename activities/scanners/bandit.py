@@ -26,7 +26,6 @@ failure of the run: they are logged and counted in the stage outputs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Sequence

@@ -25,18 +25,16 @@ external_tool (output tails kept, redacted); past its timeout -> transient.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import threading
 from typing import Any
 
 from temporalio import activity
 
 from activities.process import locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
-from activities.scanners.offload import WalkStopped, off_loop
+from activities.scanners.offload import off_loop
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult

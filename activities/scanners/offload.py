@@ -16,14 +16,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from secflow.scope import WalkStopped  # raised by the walks this pool runs
+
 __all__ = ["POOL_SIZE", "WalkStopped", "off_loop"]
 
 T = TypeVar("T")
 
 POOL_SIZE = 4
 _POOL = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="secflow-scan")
-
-
 
 
 async def off_loop(fn: Callable[[threading.Event], T]) -> T:

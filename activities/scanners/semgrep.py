@@ -33,7 +33,6 @@ are logged (redacted: semgrep quotes the offending source) and counted in the ou
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
