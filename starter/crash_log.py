@@ -1,0 +1,49 @@
+"""An exception the starter did not expect: one line for the person, the traceback on file.
+
+A Python traceback on the terminal tells a user nothing they can act on and may carry
+input they typed. So `main` turns any unexpected exception into `error: unexpected
+<Type>: <message> (details in <log>)` and appends the traceback, redacted like every log
+line (docs/architecture.md), as a JSON line to `starter.log` in the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+LOG_NAME = "starter.log"
+
+
+def log_path() -> Path:
+    # The settings may be what failed to load, so read the data dir the way they do.
+    return Path(os.environ.get("SECFLOW_DATA_DIR", ".secflow")).resolve() / LOG_NAME
+
+
+def record_unexpected(exc: BaseException, command: str | None) -> str:
+    """Log `exc` with its traceback; return the one line to print."""
+    from secflow.redaction import redact
+
+    message = redact(" ".join(str(exc).split())) or "(no message)"
+    if len(message) > 300:
+        message = message[:297] + "..."
+    entry = {
+        "timestamp": datetime.now(UTC).isoformat(),
+        "level": "error",
+        "event": "starter_unexpected_exception",
+        "command": command,
+        "exception_type": type(exc).__name__,
+        "traceback": redact("".join(traceback.format_exception(exc))),
+    }
+    path = log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        where = f"details in {path}"
+    except OSError as err:  # nowhere to keep the traceback: say so rather than print it
+        where = f"the traceback could not be written to {path}: {err.strerror or err}"
+    return f"unexpected {type(exc).__name__}: {message} ({where})"
