@@ -242,9 +242,9 @@ def main() -> int:
     try:
         ensure_worker(env)
         say(f"running: {SECFLOW} run examples/demo.yaml --wait")
-        run = subprocess.run(secflow("run", "examples/demo.yaml", "--wait"), cwd=ROOT, env=env, capture_output=True, text=True)
+        # stdout (the id, then the result) is read; stderr (progress while it runs) shows live
+        run = subprocess.run(secflow("run", "examples/demo.yaml", "--wait"), cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         sys.stdout.write(run.stdout)
-        sys.stderr.write(run.stderr)
         lines = run.stdout.splitlines()
         if not lines:
             return run.returncode or 1
