@@ -87,8 +87,8 @@ def incident_ack_command(incident_id: str) -> str:
     return f"{CLI} incidents ack {incident_id}"
 
 
-def incident_show_command() -> str:
-    return f"{CLI} incidents show ID"
+def incident_show_command(incident_id: str = "ID") -> str:
+    return f"{CLI} incidents show {incident_id}"
 
 
 def dlq_replay_command(ref: str) -> str:

@@ -631,7 +631,7 @@ def render_status(status: AssessmentStatus) -> str:
         err = f" ({c.error.category}: {c.error.message})" if c.error else ""
         lines.append(f"  compensation {c.name}: {c.state}{err}")
     if status.incidents:
-        lines.append(f"  incidents: {', '.join(status.incidents)} ({guidance.incident_show_command()})")
+        lines.append(f"  incidents: {', '.join(status.incidents)} ({guidance.incident_show_command(status.incidents[-1])})")
     by = ", ".join(f"{n} {sev}" for sev, n in status.findings.by_severity.items() if n)
     lines.append(f"  findings: {status.findings.total}" + (f" ({by})" if by else ""))
     return "\n".join(lines)

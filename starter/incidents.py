@@ -162,7 +162,7 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_answer(client: Client, action: str, incident_id: str, answer: IncidentAnswer) -> int:
-    from starter.cli import CliError, send_update
+    from starter.cli import CliError, require_worker, send_update
 
     handle = client.get_workflow_handle(incident_id)
     try:
@@ -173,6 +173,7 @@ async def cmd_answer(client: Client, action: str, incident_id: str, answer: Inci
         raise CliError(err.message) from None
     if desc.status is None or desc.status.name != "RUNNING":
         raise CliError(f"{action} refused: incident {incident_id} has ended (it is resolved)")
+    await require_worker(client, desc.task_queue, f"`incidents {action}` would wait for one")
     message = await send_update(
         handle, action, answer, command=action, gone=f"{action} refused: incident {incident_id} has ended"
     )
