@@ -149,7 +149,10 @@ def _command_word(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except Exception as exc:  # a command module that fails to import, say: still one line
+        return _unexpected(exc, _command_word(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "validate":
             return cmd_validate(args)
@@ -258,7 +261,9 @@ async def require_worker(client: Client, task_queue: str, what: str) -> None:
     except NoWorker as exc:
         raise CliError(str(exc)) from None
     except RPCError as err:
-        raise _rpc_error(err, task_queue) from None
+        from starter.temporal_errors import rpc_error_line
+
+        raise CliError(rpc_error_line(_address(), err.status.name, err.message)) from None
 
 
 async def require_running_worker(client: Client, handle: WorkflowHandle, what: str) -> str:
@@ -342,21 +347,24 @@ async def cmd_run(client: Client, settings: Settings, spec: Spec, args: argparse
 async def _print_result(handle: WorkflowHandle, as_json: bool, *, client: Client, task_queue: str | None = None) -> int:
     """Wait for the end (progress on stderr) and print the result. A finished assessment
     answers from its stored result; a running one needs a polling worker, checked first."""
-    from temporalio.client import WorkflowFailureError
+    from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
     from temporalio.service import RPCError
 
     from starter.progress import result_with_progress
 
     if task_queue is None:
         try:
-            stored = await _stored_result_if_closed(handle)
+            desc = await handle.describe()
         except RPCError as err:
             raise _rpc_error(err, handle.id) from None
-        if stored is not None:
-            return _show_result(stored, as_json)
-        task_queue = await require_running_worker(client, handle, "`result` would wait for one")
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            await require_worker(client, desc.task_queue, "`result` would wait for one")
+            task_queue = desc.task_queue
     try:
-        status = await result_with_progress(handle, task_queue=task_queue)
+        if task_queue is None:  # it has ended: the result is there, no worker needed
+            status = await handle.result()
+        else:
+            status = await result_with_progress(handle, task_queue=task_queue)
     except WorkflowFailureError as err:
         status = _status_from_failure(err)
         if status is None:
@@ -372,15 +380,6 @@ def _show_result(status: AssessmentStatus, as_json: bool) -> int:
     else:
         print(render_status(status))
     return OUTCOME_EXIT.get(status.outcome or "", EXIT_FAILED)
-
-
-async def _stored_result_if_closed(handle: WorkflowHandle) -> AssessmentStatus | None:
-    from temporalio.client import WorkflowExecutionStatus
-
-    desc = await handle.describe()
-    if desc.status == WorkflowExecutionStatus.RUNNING:
-        return None
-    return await _stored_result(handle)
 
 
 def _status_from_failure(err: WorkflowFailureError) -> AssessmentStatus | None:
@@ -416,7 +415,9 @@ def _rpc_error(err: RPCError, workflow_id: str) -> CliError:
     return CliError(rpc_error_line(_address(), err.status.name, err.message))
 
 
-async def fetch_status(handle: WorkflowHandle, client: Client) -> AssessmentStatus:
+async def fetch_status(handle: WorkflowHandle, client: Client | None = None) -> AssessmentStatus:
+    """The stored result of a finished assessment, else the `status` query (with `client`,
+    after checking that a worker polls the assessment's task queue)."""
     from temporalio.client import WorkflowExecutionStatus
     from temporalio.service import RPCError
 
@@ -432,7 +433,8 @@ async def fetch_status(handle: WorkflowHandle, client: Client) -> AssessmentStat
         if stored is not None:
             return stored
     # A running one answers a query, which only a worker can: check for one first.
-    await require_worker(client, desc.task_queue, "the status query would wait for one")
+    if client is not None:
+        await require_worker(client, desc.task_queue, "the status query would wait for one")
     try:
         return await handle.query("status", result_type=AssessmentStatus)
     except RPCError as err:

@@ -40,7 +40,7 @@ async def result_with_progress(handle: WorkflowHandle, *, task_queue: str, inter
 
     waiting = asyncio.ensure_future(handle.result())
     last = ""
-    silent_since: float | None = None
+    told_silent = False  # "no worker answered" is said once per silence
     try:
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=interval)
@@ -51,11 +51,11 @@ async def result_with_progress(handle: WorkflowHandle, *, task_queue: str, inter
             except Exception:  # progress is a nicety; the wait goes on whatever the query says
                 if waiting.done():
                     continue
-                if silent_since is None:
-                    silent_since = time.monotonic()
+                if not told_silent:
+                    told_silent = True
                     _say(f"{handle.id}: no worker answered a status query; still waiting (is a worker polling {task_queue!r}?)")
                 continue
-            silent_since = None
+            told_silent = False
             line = progress_line(status)
             if line != last:
                 _say(line)
