@@ -11,7 +11,8 @@ of (wall clock of the whole process, as a user waits for it):
   * `.venv/bin/python -m starter status ID`            (the same through -m)
   * `.venv/bin/secflow status ID` on the running one   (poller check + `status` query)
 
-and prints the medians (min-max) and the ratio to the baseline (issue 11 goal: at most 5x).
+and prints the medians (min-max) and the ratio to the baseline (issue 11 goal: at most 5x),
+with the floor any Python client pays: `python -c 'import temporalio.client'`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def main() -> int:
             "secflow status ID (finished)": [str(BIN / "secflow"), "status", done],
             "python -m starter status ID (finished)": [sys.executable, "-m", "starter", "status", done],
             "secflow status ID (running: poller check + query)": [str(BIN / "secflow"), "status", running],
+            # the floor for any Python Temporal client: the interpreter plus the SDK's import
+            "floor: python -c 'import temporalio.client'": [sys.executable, "-c", "import temporalio.client"],
         }
         for argv in commands.values():  # warm the page cache once
             timed(argv, env)
