@@ -132,7 +132,7 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
 
 
 async def fetch_incident(client: Client, incident_id: str) -> IncidentStatus:
-    from starter.cli import CliError
+    from starter.cli import CliError, require_worker
 
     handle = client.get_workflow_handle(incident_id, result_type=IncidentStatus)
     try:
@@ -146,6 +146,7 @@ async def fetch_incident(client: Client, incident_id: str) -> IncidentStatus:
             return await handle.result(follow_runs=False)
         except (WorkflowFailureError, RPCError) as err:
             raise CliError(f"incident {incident_id} ended without a record ({desc.status.name}): {err}") from None
+    await require_worker(client, desc.task_queue, "the incident query would wait for one")
     try:
         return await handle.query("incident", result_type=IncidentStatus)
     except RPCError as err:

@@ -82,6 +82,18 @@ async def test_no_worker_refuses_at_once_and_the_approve_never_lands(client: Cli
     assert json.loads(result.stdout)["outcome"] == "completed"
 
 
+async def test_incident_show_and_ack_without_a_worker_refuse_at_once(client: Client) -> None:
+    from secflow.incidents import Severity
+    from tests.support_incident_worker import make_ref
+
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    ref = make_ref(Severity.P3)
+    await client.start_workflow("IncidentWorkflow", ref, id=ref.incident_id, task_queue=queue)
+    for args in (["incidents", "show", ref.incident_id], ["incidents", "ack", ref.incident_id, "--by", "tests"]):
+        line = one_line_error(await secflow(*args))
+        assert f"no worker is polling task queue '{queue}'" in line, line
+
+
 async def test_a_finished_assessment_needs_no_worker(client: Client, worker: str) -> None:
     spec = make_spec([{"host": "127.0.0.1"}], [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}}])
     handle = await start(client, spec, worker)
