@@ -50,7 +50,7 @@ def assert_runs(command: str, out: subprocess.CompletedProcess[str]) -> None:
         assert broken not in said, (command, said)
 
 
-async def test_printed_commands_run_as_printed(client: Client, worker: str, server) -> None:
+async def test_printed_commands_run_as_printed(client: Client, worker: str, server, tmp_path: Path) -> None:
     env = {
         "PATH": BARE_PATH,
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -90,6 +90,16 @@ async def test_printed_commands_run_as_printed(client: Client, worker: str, serv
     from_incident = printed_commands(incident_details)
     assert any(" incidents ack " in c for c in from_incident), incident_details
 
+    # `run` itself: the id on stdout, the follow-up command on stderr.
+    spec_file = tmp_path / "spec.json"
+    quick = make_spec([{"host": "127.0.0.1"}], [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}}])
+    spec_file.write_text(quick.model_dump_json(exclude_defaults=True))
+    started = await asyncio.to_thread(run_as_printed, f"{guidance.CLI} run {spec_file}", env)
+    assert_runs("run", started)
+    assert started.returncode == 0 and started.stdout.strip(), started.stderr
+    from_run = printed_commands(started.stderr)
+    assert from_run == [guidance.status_command(started.stdout.strip())], started.stderr
+
     # The guidance catalogue, with this run's ids (incidents and dead letters use it).
     catalogue = [
         guidance.status_command(wid),
@@ -104,7 +114,7 @@ async def test_printed_commands_run_as_printed(client: Client, worker: str, serv
     demo = [f"{guidance.CLI} findings {wid}", f"{guidance.CLI} incidents list", f"{guidance.CLI} dlq list --workflow {wid}",
             f"{guidance.CLI} report {wid} --format md", f"{guidance.CLI} --help"]
     # Approve first (it answers the gate), then the rest of the gate's texts are refusals.
-    commands = [*from_details, *printed_commands(status.stdout), *from_incident, *catalogue, *demo, guidance.abort_command(wid),
+    commands = [*from_details, *printed_commands(status.stdout), *from_incident, *from_run, *catalogue, *demo, guidance.abort_command(wid),
                 guidance.resume_command(wid)]
     ran = []
     for command in dict.fromkeys(commands):  # each once, in order
@@ -122,7 +132,7 @@ async def test_printed_commands_run_as_printed(client: Client, worker: str, serv
     assert "ModuleNotFoundError" not in out.stderr
 
 
-def test_run_prints_a_runnable_follow_up(tmp_path: Path) -> None:
+def test_commands_without_a_server_run_from_a_bare_path(tmp_path: Path) -> None:
     """`validate` and `--help` need no server; they run from the bare PATH too."""
     env = {"PATH": BARE_PATH, "HOME": os.environ.get("HOME", "/tmp"), "SECFLOW_DATA_DIR": str(tmp_path)}
     for command in (f"{guidance.CLI} validate examples/demo.yaml", f"{guidance.CLI} dlq --help", f"{guidance.CLI} status --help"):
