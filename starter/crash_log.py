@@ -35,6 +35,7 @@ def record_unexpected(exc: BaseException, command: str | None) -> str:
         "event": "starter_unexpected_exception",
         "command": command,
         "exception_type": type(exc).__name__,
+        **_classified(exc),
         "traceback": redact("".join(traceback.format_exception(exc))),
     }
     path = log_path()
@@ -47,3 +48,14 @@ def record_unexpected(exc: BaseException, command: str | None) -> str:
     except OSError as err:  # nowhere to keep the traceback: say so rather than print it
         where = f"the traceback could not be written to {path}: {err.strerror or err}"
     return f"unexpected {type(exc).__name__}: {message} ({where})"
+
+
+def _classified(exc: BaseException) -> dict[str, str]:
+    """The taxonomy's verdict (secflow/errors.py), for the log entry."""
+    from secflow.errors import classify
+
+    try:
+        verdict = classify(exc)
+    except Exception as err:  # the classifier's own bug must not hide the exception being logged
+        return {"category": "internal", "reason": f"classification failed: {type(err).__name__}"}
+    return {"category": verdict.category.value, "reason": verdict.reason}

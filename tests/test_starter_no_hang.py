@@ -167,3 +167,4 @@ async def test_unexpected_exception_is_one_line_and_a_logged_traceback(tmp_path:
     assert line.startswith("error: unexpected ") and str(data / "starter.log") in line, line
     [entry] = [json.loads(x) for x in (data / "starter.log").read_text().splitlines()]
     assert entry["command"] == "findings" and "Traceback (most recent call last)" in entry["traceback"]
+    assert entry["category"] == "permanent"  # classified by the one taxonomy (secflow/errors.py)
