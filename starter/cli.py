@@ -1,4 +1,4 @@
-"""python -m starter: start, watch and steer assessments.
+"""`secflow` (the console script) or `python -m starter`: start, watch and steer assessments.
 
 Exit status: 0 ok (or `completed`), 1 failed / refused / not found, 2 bad input (nothing
 started), 3 `completed_with_errors`, 4 `cancelled`.
