@@ -21,11 +21,12 @@ $(STAMP): pyproject.toml
 system-deps:
 	@sh scripts/system-deps.sh
 
+# The dev server and a worker stay up after the demo; demo-stop stops both (pids in .secflow/).
 demo: $(STAMP)
 	$(BIN)/python examples/run_demo.py
 
 demo-stop:
-	$(BIN)/python examples/run_demo.py --stop-server
+	$(BIN)/python examples/run_demo.py --stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

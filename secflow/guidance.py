@@ -8,13 +8,26 @@ command or a new form changes in one place. Pure string building: safe in workfl
 from __future__ import annotations
 
 import json
+import shlex
 
-# How the command line is invoked from the project folder.
-CLI = "python -m starter"
+# How the command lines are invoked, as printed: paths into the project's virtualenv, so
+# they run as printed from the project folder after `make demo` without activating it
+# (issue 11: `python -m starter` and `temporal` failed there: no temporalio, command not
+# found). In the container image both are on PATH as `secflow` and `temporal`.
+CLI = ".venv/bin/secflow"
+TEMPORAL = ".venv/bin/temporal"
+PYTHON = ".venv/bin/python"
+DEFAULT_TASK_QUEUE = "secflow"
 
 
 def _signal(workflow_id: str, name: str, payload: dict[str, str]) -> str:
-    return f"temporal workflow signal --workflow-id {workflow_id} --name {name} --input '{json.dumps(payload)}'"
+    return f"{TEMPORAL} workflow signal --workflow-id {workflow_id} --name {name} --input '{json.dumps(payload)}'"
+
+
+def worker_command(task_queue: str = DEFAULT_TASK_QUEUE) -> str:
+    """How to start a worker polling `task_queue` (the environment names the server)."""
+    queue = "" if task_queue == DEFAULT_TASK_QUEUE else f"SECFLOW_TASK_QUEUE={shlex.quote(task_queue)} "
+    return f"{queue}{PYTHON} worker.py"
 
 
 def approve_commands(workflow_id: str, stage_id: str) -> list[str]:
@@ -74,8 +87,8 @@ def incident_ack_command(incident_id: str) -> str:
     return f"{CLI} incidents ack {incident_id}"
 
 
-def incident_show_command() -> str:
-    return f"{CLI} incidents show ID"
+def incident_show_command(incident_id: str = "ID") -> str:
+    return f"{CLI} incidents show {incident_id}"
 
 
 def dlq_replay_command(ref: str) -> str:

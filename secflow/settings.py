@@ -65,12 +65,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             raise ValueError
     except ValueError:
         raise SettingsError(f"SECFLOW_MAX_CONCURRENT_ACTIVITIES: expected a positive integer, got {raw_max!r}") from None
-    try:
-        from secflow.metrics import parse_metrics_addr
+    metrics_addr = None
+    if env.get("SECFLOW_METRICS_ADDR", "").strip():  # secflow.metrics loads the telemetry runtime: only when asked
+        try:
+            from secflow.metrics import parse_metrics_addr
 
-        metrics_addr = parse_metrics_addr(env.get("SECFLOW_METRICS_ADDR", ""))
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
+            metrics_addr = parse_metrics_addr(env["SECFLOW_METRICS_ADDR"])
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
     raw_reaper = env.get("SECFLOW_REAPER_INTERVAL", "600")
     try:
         reaper_interval = parse_duration(raw_reaper).total_seconds()

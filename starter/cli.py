@@ -1,4 +1,4 @@
-"""python -m starter: start, watch and steer assessments.
+"""`secflow` (the console script) or `python -m starter`: start, watch and steer assessments.
 
 Exit status: 0 ok (or `completed`), 1 failed / refused / not found, 2 bad input (nothing
 started), 3 `completed_with_errors`, 4 `cancelled`.
@@ -7,29 +7,26 @@ started), 3 `completed_with_errors`, 4 `cancelled`.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import importlib
-import json
 import os
 import re
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
-
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.service import RPCError, RPCStatusCode
+from typing import TYPE_CHECKING
 
 from secflow import guidance
-from secflow.codec import KeyRingError
-from secflow.findings import SEVERITY_ORDER
-from secflow.launch import start_assessment
-from secflow.models import AssessmentStatus
-from secflow.settings import Settings, SettingsError, load_settings
-from secflow.spec import Spec, SpecError, load_spec
-from secflow.temporal_client import connect
+
+# Only what parsing needs is imported here: a command's modules (temporalio, pydantic, the
+# store, httpx ...) are imported when it runs, so `--help` or a typo answers at once and
+# each command pays only for itself (issue 11: 0.5 s before anything happened).
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+    from temporalio.service import RPCError
+
+    from secflow.models import AssessmentStatus
+    from secflow.settings import Settings
+    from secflow.spec import Spec
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WITH_ERRORS, EXIT_CANCELLED = 0, 1, 2, 3, 4
 # The reader of our output went away (a pipe closed early): 128 + SIGPIPE, as a shell reports it.
@@ -57,7 +54,8 @@ NEEDS_STAGE = {"approve", "reject", "retry", "skip"}
 # Command groups that live in their own module, one concern each. A module defines
 # `add_parser(sub)` (adds the command to the subparsers) and
 # `async def run(args, settings) -> int`; it raises `CliError` for failures and uses
-# `connect_or_fail(settings)` for a Temporal client.
+# `connect_or_fail(settings)` for a Temporal client. Only the module of the command being
+# run is imported (all of them for the top-level help), so adding one is one line here.
 COMMAND_MODULES: dict[str, str] = {
     "breakers": "starter.breakers",
     "codec-server": "starter.codec_server",
@@ -94,8 +92,10 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m starter", description="Run and steer SecFlow assessments.")
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv` (default sys.argv[1:]): the built-in commands, plus the module
+    of the command named in `argv`, or every module when none is named (help, a typo)."""
+    parser = argparse.ArgumentParser(prog=guidance.CLI, description="Run and steer SecFlow assessments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="validate a spec and start its assessment")
@@ -138,16 +138,32 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("stage", help="stage id")
         p.add_argument("--by", default=None, help="who decides (default: your user name)")
         p.add_argument("--reason", default="", help="why, for the record")
-    for module in COMMAND_MODULES.values():
-        importlib.import_module(module).add_parser(sub)
+    named = _command_word(sys.argv[1:] if argv is None else argv)
+    if named in COMMAND_MODULES:
+        importlib.import_module(COMMAND_MODULES[named]).add_parser(sub)
+    elif named not in sub.choices:
+        for module in COMMAND_MODULES.values():
+            importlib.import_module(module).add_parser(sub)
     return parser
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command named in argv (the top-level parser has no options besides -h)."""
+    for arg in argv:
+        return None if arg.startswith("-") else arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except Exception as exc:  # a command module that fails to import, say: still one line
+        return _unexpected(exc, _command_word(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "validate":
             return cmd_validate(args)
+        import asyncio
+
         return asyncio.run(_dispatch(args))
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -160,20 +176,51 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except Exception as exc:  # never a traceback for the user: one line, the details in a log
-        from starter.crash import one_line, record_crash
+    except Exception as exc:
+        return _unexpected(exc, args.command)
 
-        print(f"error: {one_line(exc, record_crash(exc, sys.argv[1:] if argv is None else argv))}", file=sys.stderr)
+
+def console() -> None:
+    """The `secflow` console script (pyproject.toml [project.scripts]): `python -m starter`."""
+    from secflow.exit import exit_now
+
+    exit_now(main())
+
+
+def _unexpected(exc: Exception, command: str | None) -> int:
+    """Anything not handled above: one line on stderr, the traceback in the starter's log."""
+    rpc_error = _as_rpc_error(exc)
+    if rpc_error is not None:  # a gRPC error a command let through is still the server's answer
+        from starter.temporal_errors import rpc_error_line
+
+        print(f"error: {rpc_error_line(_address(), rpc_error.status.name, rpc_error.message)}", file=sys.stderr)
         return EXIT_FAILED
+    from starter.crash_log import record_unexpected
+
+    print(f"error: {record_unexpected(exc, command)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _as_rpc_error(exc: Exception) -> RPCError | None:
+    service = sys.modules.get("temporalio.service")  # loaded if it can have raised
+    if service is not None and isinstance(exc, service.RPCError) and exc.status is not None:
+        return exc
+    return None
+
+
+def _address() -> str:
+    return os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
+    from secflow.settings import SettingsError, load_settings
+
     try:
         settings = load_settings()
     except SettingsError as exc:
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     if args.command in COMMAND_MODULES:
-        return await importlib.import_module(COMMAND_MODULES[args.command]).run(args, settings)
+        return int(await importlib.import_module(COMMAND_MODULES[args.command]).run(args, settings))
     if args.command == "run":
         spec = _load_spec_or_exit(args.spec)
         client = await connect_or_fail(settings)
@@ -186,25 +233,72 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from starter.approvals import check_signing_key
 
         check_signing_key()  # a bad $SECFLOW_SIGNING_KEY is bad input: exit 2 before connecting
+
+    from secflow.models import AssessmentStatus
+
     client = await connect_or_fail(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
     if args.command == "status":
         return await cmd_status(client, handle, args)
     if args.command == "result":
-        return await _print_result(handle, args.json)
+        return await _print_result(handle, args.json, client=client)
+    await require_running_worker(client, handle, f"`{args.command}` would wait for one")
     return await cmd_intervene(handle, args)
 
 
 async def connect_or_fail(settings: Settings) -> Client:
+    """A connected client, or a CliError naming the address, the problem and the fix, within
+    CONNECT_TIMEOUT seconds (a silent address is not waited on)."""
+    import asyncio
+
+    from secflow.codec import KeyRingError
+    from secflow.temporal_client import connect
+    from starter.temporal_errors import CONNECT_TIMEOUT, connect_error_line
+
     try:
-        return await connect(settings)
+        return await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)
     except KeyRingError as exc:  # the payload key ring (secflow/codec.py): a configuration error
         raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except Exception as exc:  # connection problems are the user's to fix: say where we tried
-        raise CliError(f"cannot connect to Temporal at {settings.temporal_address}: {exc}") from None
+        raise CliError(connect_error_line(settings.temporal_address, exc)) from None
+
+
+async def require_worker(client: Client, task_queue: str, what: str) -> None:
+    """CliError (exit 1) unless a worker polls `task_queue`; `what` says what would happen."""
+    from temporalio.service import RPCError
+
+    from starter.workers import NoWorker
+    from starter.workers import require_worker as check
+
+    try:
+        await check(client, task_queue, what)
+    except NoWorker as exc:
+        raise CliError(str(exc)) from None
+    except RPCError as err:
+        from starter.temporal_errors import rpc_error_line
+
+        raise CliError(rpc_error_line(_address(), err.status.name, err.message)) from None
+
+
+async def require_running_worker(client: Client, handle: WorkflowHandle, what: str) -> str:
+    """For a command that needs the running workflow's worker: CliError when the assessment
+    is not running or no worker polls its task queue. Returns the task queue."""
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    try:
+        desc = await handle.describe()
+    except RPCError as err:
+        raise _rpc_error(err, handle.id) from None
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        raise CliError(f"no running assessment with id {handle.id!r}")
+    await require_worker(client, desc.task_queue, what)
+    return desc.task_queue
 
 
 def _load_spec_or_exit(path: str) -> Spec:
+    from secflow.spec import SpecError, load_spec
+
     try:
         return load_spec(path)
     except SpecError as exc:
@@ -221,6 +315,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(client: Client, settings: Settings, spec: Spec, args: argparse.Namespace) -> int:
+    import getpass
+    import uuid
+
+    from temporalio.common import WorkflowIDReusePolicy
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from secflow.launch import start_assessment
+    from starter.workers import live_pollers
+
+    if args.wait:  # nothing is started that the starter would then wait on forever
+        await require_worker(client, settings.task_queue, "`run --wait` would wait for one")
+    elif await live_pollers(client, settings.task_queue) == 0:
+        print(
+            f"warning: no worker is polling task queue {settings.task_queue!r}; the assessment will wait for one. "
+            f"Start one from the project folder: {guidance.worker_command(settings.task_queue)}",
+            file=sys.stderr,
+        )
     workflow_id = args.id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
     try:
         handle = await start_assessment(
@@ -242,19 +353,42 @@ async def cmd_run(client: Client, settings: Settings, spec: Spec, args: argparse
     print(workflow_id)
     sys.stdout.flush()
     if not args.wait:
+        print(f"follow it with: {guidance.status_command(workflow_id)}", file=sys.stderr)
         return EXIT_OK
-    return await _print_result(handle, args.json)
+    return await _print_result(handle, args.json, client=client, task_queue=settings.task_queue)
 
 
-async def _print_result(handle: WorkflowHandle, as_json: bool) -> int:
+async def _print_result(handle: WorkflowHandle, as_json: bool, *, client: Client, task_queue: str | None = None) -> int:
+    """Wait for the end (progress on stderr) and print the result. A finished assessment
+    answers from its stored result; a running one needs a polling worker, checked first."""
+    from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+    from temporalio.service import RPCError
+
+    from starter.progress import result_with_progress
+
+    if task_queue is None:
+        try:
+            desc = await handle.describe()
+        except RPCError as err:
+            raise _rpc_error(err, handle.id) from None
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            await require_worker(client, desc.task_queue, "`result` would wait for one")
+            task_queue = desc.task_queue
     try:
-        status = await handle.result()
+        if task_queue is None:  # it has ended: the result is there, no worker needed
+            status = await handle.result()
+        else:
+            status = await result_with_progress(handle, task_queue=task_queue)
     except WorkflowFailureError as err:
         status = _status_from_failure(err)
         if status is None:
             raise CliError(f"assessment {handle.id} failed: {_failure_message(err)}") from None
     except RPCError as err:
         raise _rpc_error(err, handle.id) from None
+    return _show_result(status, as_json)
+
+
+def _show_result(status: AssessmentStatus, as_json: bool) -> int:
     if as_json:
         print(status.model_dump_json(indent=2))
     else:
@@ -263,6 +397,10 @@ async def _print_result(handle: WorkflowHandle, as_json: bool) -> int:
 
 
 def _status_from_failure(err: WorkflowFailureError) -> AssessmentStatus | None:
+    from temporalio.exceptions import ApplicationError, CancelledError
+
+    from secflow.models import AssessmentStatus
+
     cause = err.cause
     if isinstance(cause, (ApplicationError, CancelledError)) and cause.details:
         detail = cause.details[0]
@@ -282,28 +420,45 @@ def _failure_message(err: WorkflowFailureError) -> str:
 
 
 def _rpc_error(err: RPCError, workflow_id: str) -> CliError:
+    from temporalio.service import RPCStatusCode
+
+    from starter.temporal_errors import rpc_error_line
+
     if err.status == RPCStatusCode.NOT_FOUND:
         return CliError(f"no assessment with id {workflow_id!r}")
-    return CliError(err.message)
+    return CliError(rpc_error_line(_address(), err.status.name, err.message))
 
 
-async def fetch_status(handle: WorkflowHandle) -> AssessmentStatus:
+async def fetch_status(handle: WorkflowHandle, client: Client | None = None) -> AssessmentStatus:
+    """The stored result of a finished assessment, else the `status` query (with `client`,
+    after checking that a worker polls the assessment's task queue)."""
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    from secflow.models import AssessmentStatus
+
     try:
         desc = await handle.describe()
     except RPCError as err:
         raise _rpc_error(err, handle.id) from None
-    if desc.status is not None and desc.status.name != "RUNNING":
+    if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
         # A finished assessment answers from its stored result: no worker needed.
         stored = await _stored_result(handle)
         if stored is not None:
             return stored
+    # A running one answers a query, which only a worker can: check for one first.
+    if client is not None:
+        await require_worker(client, desc.task_queue, "the status query would wait for one")
     try:
         return await handle.query("status", result_type=AssessmentStatus)
     except RPCError as err:
-        raise CliError(f"status query failed (is a worker running on this task queue?): {err.message}") from None
+        raise CliError(f"status query failed (is a worker running on {desc.task_queue!r}?): {err.message}") from None
 
 
 async def _stored_result(handle: WorkflowHandle) -> AssessmentStatus | None:
+    from temporalio.client import WorkflowFailureError
+    from temporalio.service import RPCError
+
     try:
         return await handle.result(follow_runs=False)
     except WorkflowFailureError as err:
@@ -315,7 +470,7 @@ async def _stored_result(handle: WorkflowHandle) -> AssessmentStatus | None:
 async def cmd_status(client: Client, handle: WorkflowHandle, args: argparse.Namespace) -> int:
     if args.targets:
         return await cmd_status_targets(handle.id, args)
-    status = await fetch_status(handle)
+    status = await fetch_status(handle, client)
     await _merge_live_progress(client, handle, status)
     if args.json:
         print(status.model_dump_json(indent=2))
@@ -326,6 +481,9 @@ async def cmd_status(client: Client, handle: WorkflowHandle, args: argparse.Name
 
 async def cmd_status_targets(assessment_id: str, args: argparse.Namespace) -> int:
     """Per-target detail lives in the store (the workflow keeps counts): page it from there."""
+    import asyncio
+    import json
+
     from secflow.store import open_store
 
     after: tuple[str, str] | None = None
@@ -359,6 +517,8 @@ async def cmd_status_targets(assessment_id: str, args: argparse.Namespace) -> in
 
 async def _merge_live_progress(client: Client, handle: WorkflowHandle, status: AssessmentStatus) -> None:
     """Stage progress counts targets; a running scan heartbeats item progress too. Show it."""
+    from temporalio.service import RPCError
+
     try:
         desc = await handle.describe()
     except RPCError:
@@ -391,6 +551,9 @@ async def send_update(
 ) -> str:
     """Run a validated Temporal update; a refusal or a missing workflow becomes a CliError
     (`gone` is the message when the workflow is not running; `refused` hears a refusal first)."""
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.service import RPCError, RPCStatusCode
+
     try:
         return await handle.execute_update(update, arg, result_type=str)
     except WorkflowUpdateFailedError as err:
@@ -406,6 +569,8 @@ async def send_update(
 
 
 async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
+    import getpass
+
     from starter.approvals import record_refusal, signed_decision
 
     name = INTERVENTIONS[args.command]
@@ -426,6 +591,9 @@ async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int
 
 
 def cmd_findings(args: argparse.Namespace) -> int:
+    import json
+
+    from secflow.findings import SEVERITY_ORDER
     from secflow.store import open_store
 
     findings = open_store().list_findings(args.id)
@@ -444,8 +612,10 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
 async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     """Render from the store plus the assessment's status (stored result once it has ended)."""
+    import asyncio
     from pathlib import Path
 
+    from secflow.models import AssessmentStatus
     from secflow.reports import RENDERERS
     from secflow.reports.files import write_private_file
     from secflow.store import open_store
@@ -455,7 +625,7 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(f"-o {args.output}: not a file in an existing directory", EXIT_BAD_INPUT)
     client = await connect_or_fail(settings)
     handle = client.get_workflow_handle(args.id, result_type=AssessmentStatus)
-    status = await fetch_status(handle)
+    status = await fetch_status(handle, client)
     store = open_store()
     findings, errors = await asyncio.to_thread(lambda: (store.list_findings(handle.id), store.list_errors(handle.id)))
     render, _ = RENDERERS[args.format]
@@ -501,7 +671,7 @@ def render_status(status: AssessmentStatus) -> str:
         err = f" ({c.error.category}: {c.error.message})" if c.error else ""
         lines.append(f"  compensation {c.name}: {c.state}{err}")
     if status.incidents:
-        lines.append(f"  incidents: {', '.join(status.incidents)} ({guidance.incident_show_command()})")
+        lines.append(f"  incidents: {', '.join(status.incidents)} ({guidance.incident_show_command(status.incidents[-1])})")
     by = ", ".join(f"{n} {sev}" for sev, n in status.findings.by_severity.items() if n)
     lines.append(f"  findings: {status.findings.total}" + (f" ({by})" if by else ""))
     return "\n".join(lines)

@@ -48,7 +48,16 @@ from secflow.models import TERMINAL_STAGE_STATES, AssessmentStatus
 from secflow.settings import Settings
 from secflow.spec import Spec, SpecError, validate_spec_data
 from secflow.store import FindingsStore, open_store
-from starter.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError, _status_from_failure, _stored_result, connect_or_fail
+from starter.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    CliError,
+    _status_from_failure,
+    _stored_result,
+    connect_or_fail,
+    require_worker,
+)
 
 # The stage's final state after an in-place replay -> the outcome recorded on the entry.
 _STAGE_OUTCOME = {
@@ -292,6 +301,8 @@ async def cmd_replay(store: FindingsStore, settings: Settings, args: argparse.Na
             "and start a new assessment, then purge it"
         )
     client = await connect_or_fail(settings)
+    # Both replay forms need a worker (the parked run's query and update, or the new run).
+    await require_worker(client, entry.replay.task_queue or settings.task_queue, "the replay would wait for one")
     if entry.state == "replaying":
         [entry] = await _refresh(store, client, [entry])
         if entry.state == "replaying":

@@ -140,7 +140,7 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
 
 
 async def fetch_incident(client: Client, incident_id: str) -> IncidentStatus:
-    from starter.cli import CliError
+    from starter.cli import CliError, require_worker
 
     handle = client.get_workflow_handle(incident_id, result_type=IncidentStatus)
     try:
@@ -154,6 +154,7 @@ async def fetch_incident(client: Client, incident_id: str) -> IncidentStatus:
             return await handle.result(follow_runs=False)
         except (WorkflowFailureError, RPCError) as err:
             raise CliError(f"incident {incident_id} ended without a record ({desc.status.name}): {err}") from None
+    await require_worker(client, desc.task_queue, "the incident query would wait for one")
     try:
         return await handle.query("incident", result_type=IncidentStatus)
     except RPCError as err:
@@ -170,7 +171,7 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_answer(client: Client, action: str, incident_id: str, answer: IncidentAnswer) -> int:
-    from starter.cli import CliError, send_update
+    from starter.cli import CliError, require_worker, send_update
 
     handle = client.get_workflow_handle(incident_id)
     try:
@@ -181,6 +182,7 @@ async def cmd_answer(client: Client, action: str, incident_id: str, answer: Inci
         raise CliError(err.message) from None
     if desc.status is None or desc.status.name != "RUNNING":
         raise CliError(f"{action} refused: incident {incident_id} has ended (it is resolved)")
+    await require_worker(client, desc.task_queue, f"`incidents {action}` would wait for one")
     message = await send_update(
         handle, action, answer, command=action, gone=f"{action} refused: incident {incident_id} has ended"
     )

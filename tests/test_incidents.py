@@ -24,6 +24,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from secflow import guidance
 from secflow.codec import data_converter_for
 from secflow.dead_letters import list_dead_letters, ref_for
 from secflow.incidents import IncidentAnswer, IncidentStatus, Severity
@@ -260,8 +261,8 @@ async def test_the_same_failure_twice_is_one_incident_with_two_occurrences(clien
     incident = client.get_workflow_handle(incident_id, result_type=IncidentStatus)
     first = await wait_incident(incident, lambda s: s.notifications != [])
     assert first.severity == Severity.P2 and first.reason == "intervention_wait" and first.occurrences == 1
-    assert f"python -m starter retry {handle.id} flaky" in first.commands
-    assert f"python -m starter incidents ack {incident_id} --by you" in first.commands
+    assert f"{guidance.CLI} retry {handle.id} flaky" in first.commands
+    assert f"{guidance.CLI} incidents ack {incident_id} --by you" in first.commands
 
     # retried while still broken: it fails and waits again -> the same incident, once more
     await handle.execute_update("retry_stage", Decision(stage="flaky", by="dave"), result_type=str)
@@ -369,7 +370,7 @@ async def test_failed_compensation_opens_a_p2_and_parks_it_and_the_abort_resolve
         gate = client.get_workflow_handle(gate_id, result_type=IncidentStatus)
         gate_open = await wait_incident(gate, lambda s: s.plan is not None)
         assert (gate_open.reason, gate_open.severity, gate_open.category) == ("intervention_wait", Severity.P2, "approval")
-        assert f"python -m starter approve {handle.id} headers" in gate_open.commands
+        assert f"{guidance.CLI} approve {handle.id} headers" in gate_open.commands
         workspace = waiting.workspace
         os.rmdir(workspace)
         Path(workspace).write_text("not a directory")  # removing the workspace now fails for real

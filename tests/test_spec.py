@@ -289,7 +289,7 @@ def test_unexpected_exception_is_one_line_and_a_log_entry(tmp_path: Path) -> Non
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unexpected FileExistsError"), out.stderr
-    log = tmp_path / ".cache" / "secflow" / "starter-errors.log"
+    log = tmp_path / ".cache" / "secflow" / "starter.log"
     assert str(log) in lines[0]
     assert "Traceback" in log.read_text() and oct(log.stat().st_mode & 0o777) == "0o600"
 
