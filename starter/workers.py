@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from temporalio.client import Client
 
 POLLER_FRESH_SECONDS = 90.0
+# A worker started a moment ago (`worker.py &` then a command) has not polled yet: ask again
+# for this long before refusing, still well inside the 5 s the user waits for an answer.
+STARTING_WORKER_GRACE = 3.0
 
 
 class NoWorker(Exception):
@@ -57,6 +60,13 @@ def no_worker_message(task_queue: str, what: str) -> str:
 
 
 async def require_worker(client: Client, task_queue: str, what: str) -> None:
-    """Raise NoWorker (message: the queue and how to start a worker) unless one polls it."""
-    if await live_pollers(client, task_queue) == 0:
-        raise NoWorker(no_worker_message(task_queue, what))
+    """Raise NoWorker (message: the queue and how to start a worker) unless one polls it
+    now or within STARTING_WORKER_GRACE seconds."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + STARTING_WORKER_GRACE
+    while await live_pollers(client, task_queue) == 0:
+        if loop.time() >= give_up:
+            raise NoWorker(no_worker_message(task_queue, what))
+        await asyncio.sleep(0.5)

@@ -143,12 +143,12 @@ async def test_a_profile_pointing_at_the_dev_server_connects(server: DevServer, 
     # (which answers "not found") rather than failing to connect.
     missing = f"no-such-{uuid.uuid4().hex[:6]}"
     out = subprocess.run([sys.executable, "-m", "starter", "status", missing], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and missing in out.stderr and "cannot connect" not in out.stderr, out.stderr
+    assert out.returncode == 1 and missing in out.stderr and "cannot reach" not in out.stderr, out.stderr
     out = subprocess.run(
         [sys.executable, "-m", "starter", "status", missing], cwd=ROOT, env={**env, "TEMPORAL_PROFILE": "elsewhere"},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert out.returncode == 1 and "cannot connect to Temporal at 127.0.0.1:" in out.stderr, out.stderr
+    assert out.returncode == 1 and "cannot reach Temporal at 127.0.0.1:" in out.stderr, out.stderr
 
 
 def _loose(root: Path) -> list[str]:
