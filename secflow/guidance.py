@@ -118,6 +118,6 @@ def signed_signal_command(workflow_id: str, name: str, stage_id: str | None) -> 
     """The signal form for an assessment whose spec names approvers (docs/approvals.md)."""
     stage = f" {stage_id}" if stage_id else ""
     return (
-        f"temporal workflow signal --workflow-id {workflow_id} --name {name} "
+        f"{TEMPORAL} workflow signal --workflow-id {workflow_id} --name {name} "
         f'--input "$(SECFLOW_SIGNING_KEY=YOUR.key {CLI} sign {name} {workflow_id}{stage} --by YOUR_NAME)"'
     )

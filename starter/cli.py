@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
     from temporalio.service import RPCError
 
-    from secflow.models import AssessmentStatus
+    from secflow.models import AssessmentStatus, Decision
     from secflow.settings import Settings
     from secflow.spec import Spec
 
@@ -233,6 +233,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from starter.approvals import check_signing_key
 
         check_signing_key()  # a bad $SECFLOW_SIGNING_KEY is bad input: exit 2 before connecting
+        decision = intervention_decision(args)
 
     from secflow.models import AssessmentStatus
 
@@ -243,7 +244,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "result":
         return await _print_result(handle, args.json, client=client)
     await require_running_worker(client, handle, f"`{args.command}` would wait for one")
-    return await cmd_intervene(handle, args)
+    return await cmd_intervene(handle, args, decision)
 
 
 async def connect_or_fail(settings: Settings) -> Client:
@@ -568,17 +569,26 @@ async def send_update(
         raise CliError(f"{command} failed: {err.message}") from None
 
 
-async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace) -> int:
+def intervention_decision(args: argparse.Namespace) -> Decision:
+    """The decision an intervention command sends, checked before anything is contacted:
+    a bad payload (say a --reason longer than a decision may carry) is bad input, exit 2.
+    Signed with $SECFLOW_SIGNING_KEY when set (an assessment with `approvals:` needs it)."""
     import getpass
 
-    from starter.approvals import record_refusal, signed_decision
+    from starter.approvals import signed_decision
 
     name = INTERVENTIONS[args.command]
-    # Signed with $SECFLOW_SIGNING_KEY when set (an assessment with `approvals:` needs it).
-    decision = signed_decision(handle.id, name, getattr(args, "stage", None), args.by or getpass.getuser(), args.reason)
-    problem = decision.payload_problem()  # e.g. a --reason longer than a decision may carry
+    decision = signed_decision(args.id, name, getattr(args, "stage", None), args.by or getpass.getuser(), args.reason)
+    problem = decision.payload_problem()
     if problem:
         raise CliError(f"{args.command}: {problem}", EXIT_BAD_INPUT)
+    return decision
+
+
+async def cmd_intervene(handle: WorkflowHandle, args: argparse.Namespace, decision: Decision) -> int:
+    from starter.approvals import record_refusal
+
+    name = INTERVENTIONS[args.command]
 
     async def refused(reason: str) -> None:
         await record_refusal(handle.id, name, decision, reason)

@@ -94,6 +94,17 @@ def _visibility_query(state: str) -> str:
     return query
 
 
+async def _readable_memo(wf: Any) -> dict[str, Any]:
+    """The incident's memo, or a note when this key ring cannot decrypt it (an incident
+    written under another ring must not stop the listing of all the others)."""
+    from secflow.codec import CodecError
+
+    try:
+        return dict(await wf.memo())
+    except CodecError as err:
+        return {"title": f"(memo unreadable: {err})"}
+
+
 async def cmd_list(client: Client, args: argparse.Namespace) -> int:
     from starter.cli import CliError
 
@@ -101,7 +112,7 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
     try:
         async for wf in client.list_workflows(_visibility_query(args.state)):
             sa = wf.typed_search_attributes
-            memo = await wf.memo()
+            memo = await _readable_memo(wf)
             rows.append(
                 {
                     "incident_id": wf.id,

@@ -185,10 +185,10 @@ def test_bad_limits_are_refused_with_the_field_path() -> None:
     discovery = {"id": "p", "kind": "discovery", "tool": "portscan"}
     assert problems({**discovery, "limits": {"max_rate": 0}}) == ["stages[0].limits.max_rate: Input should be greater than 0"]
     assert problems({**discovery, "limits": {"ports": "1-70000"}})[0].startswith("stages[0].limits.ports:")
-    assert problems({**discovery, "limits": {"rate": 5}}) == ["stages[0].limits.rate: unknown field"]
+    assert problems({**discovery, "limits": {"rate": 5}}) == ["stages[0].limits.rate: unknown field; did you mean 'max_rate'?"]
     assert problems({**discovery, "options": {"ports": "80,8080"}, "limits": {"ports": "1-1024"}}) == [
         "stages[0].options.ports: ports 8080 are outside limits.ports (1-1024)"
     ]
     assert problems({"id": "h", "kind": "dast", "limits": {"max_rate": 5}}) == [
-        "stages[0].limits: limits apply to discovery tools (nmap, portscan); http_headers does not probe"
+        "stages[0].limits: limits apply to discovery tools (nmap, portscan); http-headers does not probe"
     ]

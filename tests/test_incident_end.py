@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Replayer
 from temporalio.service import RPCError, RPCStatusCode
 
+from secflow import guidance
 from secflow.dead_letters import find_dead_letter
 from secflow.incidents import (
     AlertPlan,
@@ -90,10 +91,14 @@ async def details_of(handle: WorkflowHandle) -> str:
 
 
 def run_printed(command: str) -> subprocess.CompletedProcess[str]:
-    """Run a command exactly as SecFlow printed it (its `python` is this interpreter)."""
+    """Run a command exactly as SecFlow printed it, from the project folder (`.venv/bin/secflow
+    ...`); the test's own `python -m starter ...` lines run with this interpreter."""
     argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "starter"], command
-    return subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True)
+    if argv[:3] == ["python", "-m", "starter"]:
+        argv = [sys.executable, *argv[1:]]
+    else:
+        assert argv[0] == guidance.CLI, command
+    return subprocess.run(argv, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True)
 
 
 async def test_a_skipped_optional_stage_resolves_its_incident_when_the_run_completes_with_errors(
@@ -156,7 +161,8 @@ async def test_a_failed_required_stage_keeps_its_incident_open_with_commands_tha
     assert record.state == IncidentState.OPEN and record.severity == Severity.P2
     assert not any(" retry " in c for c in record.commands), record.commands
     (replay,) = [c for c in record.commands if " dlq replay " in c]
-    ref = shlex.split(replay)[5]
+    words = shlex.split(replay)
+    ref = words[words.index("replay") + 1]
     entry = find_dead_letter(open_store(), ref)
     assert entry is not None and (entry.workflow_id, entry.stage_id) == (handle.id, "broken")
 

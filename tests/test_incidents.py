@@ -393,7 +393,7 @@ async def test_failed_compensation_opens_a_p2_and_parks_it_and_the_abort_resolve
     # the assessment ended (cancelled): the incident stays open and points at its entry
     ended = await wait_incident(client.get_workflow_handle(comp_id), lambda s: s.assessment_outcome == "cancelled")
     assert ended.state.value == "open"
-    assert f"python -m starter dlq show {ref_for(entry.task_id)}" in ended.commands, ended.commands
+    assert f"{guidance.CLI} dlq show {ref_for(entry.task_id)}" in ended.commands, ended.commands
     assert not any(" retry " in c or " approve " in c for c in ended.commands)
     await client.get_workflow_handle(comp_id).signal("resolve", IncidentAnswer(by="tests"))
 

@@ -24,6 +24,7 @@ from secflow.redaction import REDACTED, forget_secrets, redact
 from secflow.secrets import SecretRef, SecretUnavailable, TargetAuth, auth_headers, inline_url_credentials, resolve
 from secflow.spec import SpecError, validate_spec_data
 from tests.alert_standins import HttpStandin, Received, Reply
+from tests.history_payloads import decoded_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -286,7 +287,7 @@ async def test_nvd_api_key_option_by_reference(client, worker: str, tmp_path: Pa
     assert status.outcome == "completed", status.reason
     assert nvd.requests and all(r.headers.get("apiKey") == key for r in nvd.requests)
     history = await handle.fetch_history()
-    raw = b"".join(e.SerializeToString() for e in history.events)
+    raw = b"".join(e.SerializeToString() for e in history.events) + await decoded_bytes(client, history.events)
     assert key.encode() not in raw and str(key_file).encode() in raw, "the reference travels, not the key"
 
     with pytest.raises(SpecError) as info:

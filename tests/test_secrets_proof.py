@@ -35,8 +35,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf.message import Message
-from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
 from secflow.dead_letters import list_dead_letters
@@ -44,6 +42,7 @@ from secflow.settings import load_settings
 from tests.alert_standins import HttpStandin, JiraStandin, PagerDutyStandin, Received, Reply, WebhookStandin
 from tests.devserver import DevServer, free_port
 from tests.helpers import final_status, start
+from tests.history_payloads import decoded_bytes
 from tests.test_dlq import starter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,35 +88,6 @@ def _forms(value: str) -> list[bytes]:
 def _leaks(blob: bytes | str, planted: dict[str, str]) -> list[str]:
     data = blob.encode() if isinstance(blob, str) else blob
     return [name for name, value in planted.items() for form in _forms(value) if form in data]
-
-
-def _payloads(message: Message) -> list[Payload]:
-    """Every Payload inside a proto message (history events nest them at many depths)."""
-    found: list[Payload] = []
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if field.message_type.GetOptions().map_entry:
-            items = list(value.values())
-        elif field.is_repeated:
-            items = list(value)
-        else:
-            items = [value]
-        for item in items:
-            if not isinstance(item, Message):
-                continue
-            found.extend([item] if isinstance(item, Payload) else _payloads(item))
-    return found
-
-
-async def _decoded(client: Client, events: list) -> bytes:  # noqa: ANN001
-    """The payloads of `events` as the client's codec decodes them (when there is one), so
-    an encrypted history is searched in the clear as well as raw."""
-    codec = client.data_converter.payload_codec
-    payloads = [p for e in events for p in _payloads(e)]
-    if codec is None or not payloads:
-        return b""
-    return b"\n".join(p.data + b"".join(p.metadata.values()) for p in await codec.decode(payloads))
 
 
 def _dump_store(db: Path) -> bytes:
@@ -274,7 +244,7 @@ async def test_planted_secrets_reach_the_standins_and_nowhere_else(
         # the raw protobuf of every event, where payload data sits as it was written.
         history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
         raw = b"".join(e.SerializeToString() for e in history.events)
-        places[f"history {wf.workflow_type} {wf.id}"] = raw + await _decoded(client, history.events)
+        places[f"history {wf.workflow_type} {wf.id}"] = raw + await decoded_bytes(client, history.events)
     types = {name.split()[1] for name in places}
     assert {"Assessment", "IncidentWorkflow"} <= types, sorted(places)
     for args in (("status", handle.id, "--json"), ("result", handle.id, "--json"), ("dlq", "list", "--json"),
