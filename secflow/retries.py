@@ -213,3 +213,86 @@ def next_delay(
         seconds = rng.uniform(0.0, ceiling)
     # Temporal treats a zero delay as "use the policy", so keep a floor of 10 ms.
     return timedelta(seconds=max(seconds, 0.01))
+
+
+# --- adaptive retries (opt-in per stage: `retry: {adaptive: true}`, docs/adaptive.md) -------
+
+
+class AdaptiveBounds(BaseModel):
+    """How far an adaptive plan may move from its class's row of the table.
+
+    An adaptive plan never leaves these, whatever the record says: a dependency that has
+    been recovering at attempt 9 does not earn a scanner 9 attempts, and a record of
+    instant recoveries does not turn backoff off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_attempts: int
+    max_attempts: int
+    min_initial_interval: timedelta
+    max_initial_interval: timedelta
+
+
+# The table's row sits inside each range; sandbox launches never adapt (one attempt, always).
+ADAPTIVE_BOUNDS: dict[RetryClass, AdaptiveBounds] = {
+    RetryClass.HTTP_API: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=10,
+        min_initial_interval=timedelta(milliseconds=100),
+        max_initial_interval=timedelta(seconds=30),
+    ),
+    RetryClass.ENRICHMENT: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=6,
+        min_initial_interval=timedelta(milliseconds=200),
+        max_initial_interval=timedelta(seconds=30),
+    ),
+    RetryClass.SCANNER: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=6,
+        min_initial_interval=timedelta(milliseconds=200),
+        max_initial_interval=timedelta(seconds=30),
+    ),
+    RetryClass.FILESYSTEM: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=4,
+        min_initial_interval=timedelta(milliseconds=50),
+        max_initial_interval=timedelta(seconds=1),
+    ),
+    RetryClass.SANDBOX: AdaptiveBounds(
+        min_attempts=1,
+        max_attempts=1,
+        min_initial_interval=timedelta(seconds=1),
+        max_initial_interval=timedelta(seconds=1),
+    ),
+}
+
+
+def adaptive_bounds(retry_class: RetryClass, *, max_attempts: int | None = None) -> AdaptiveBounds:
+    """The class's bounds; a spec's own `max_attempts` is a ceiling the record cannot pass."""
+    bounds = ADAPTIVE_BOUNDS[retry_class]
+    if max_attempts is None or max_attempts >= bounds.max_attempts:
+        return bounds
+    ceiling = max(max_attempts, 1)
+    return bounds.model_copy(update={"max_attempts": ceiling, "min_attempts": min(bounds.min_attempts, ceiling)})
+
+
+def adapt_plan(
+    base: RetryPlan, bounds: AdaptiveBounds, *, success_attempt_p95: int, seconds_per_retry: float | None
+) -> RetryPlan:
+    """The plan the record asks for, clamped to `bounds` (pure; the caller checked the sample).
+
+    Attempts: the attempt by which 95 % of recoveries had succeeded, plus one for margin.
+    Backoff: the first retry waits about what one retry took to recover in the record
+    (median of time-to-recovery / retries); later retries keep the base plan's shape.
+    """
+    attempts = min(max(success_attempt_p95 + 1, bounds.min_attempts), bounds.max_attempts)
+    updates: dict[str, object] = {"max_attempts": attempts}
+    if seconds_per_retry is not None and base.backoff is not Backoff.NONE:
+        low = bounds.min_initial_interval.total_seconds()
+        high = bounds.max_initial_interval.total_seconds()
+        initial = timedelta(seconds=round(min(max(seconds_per_retry, low), high), 3))
+        updates["initial_interval"] = initial
+        updates["max_interval"] = max(base.max_interval, initial)
+    return base.model_copy(update=updates)
