@@ -12,7 +12,8 @@ The choice, for the stage's tool:
   of the tool, the stage keeps the table's plan (with its spec overrides);
 * else, of the dependencies with enough samples, the one needing the most attempts
   decides (the plan must suffice for the worst one the tool calls): attempts = its p95
-  needed attempt + 1, the first retry's wait = its median seconds per retry, both
+  needed attempt + 1; the initial interval such that the expected waits of the retries
+  that p95 recovery took add up to its median time to recovery (`adapt_plan`); both
   clamped to the retry class's bounds (`secflow.retries.ADAPTIVE_BOUNDS`), attempts also
   to the spec's own `max_attempts` when it gives one.
 Every choice carries its reason in one line, e.g.
@@ -112,20 +113,19 @@ def choose_plan(req: AdaptiveRequest, record: list[StrategyStats]) -> AdaptiveCh
             return _table(req, "no recoveries recorded")
         return _table(req, f"{most.samples} samples for {req.tool}/{most.dependency}, adapting needs {req.min_samples}")
     pick = max(ready, key=lambda s: (s.attempts_needed_p95 or 0, s.samples, s.dependency))
-    assert pick.attempts_needed_p95 is not None
-    plan = adapt_plan(
-        req.base, req.bounds, success_attempt_p95=pick.attempts_needed_p95, seconds_per_retry=pick.seconds_per_retry_median
-    )
-    evidence = f"p95 success attempt {pick.attempts_needed_p95} over {pick.retry_recoveries} recoveries"
+    p95 = pick.attempts_needed_p95
+    assert p95 is not None
+    ttr = pick.time_to_recovery_median_seconds
+    plan = adapt_plan(req.base, req.bounds, success_attempt_p95=p95, recovery_seconds=ttr)
+    evidence = f"p95 success attempt {p95} over {pick.retry_recoveries} recoveries"
     if pick.retries_exhausted:
         evidence += f" and {pick.retries_exhausted} exhausted"
-    if pick.seconds_per_retry_median is not None:
-        evidence += f", median {pick.seconds_per_retry_median:.3g}s per retry"
+    if ttr is not None:
+        evidence += f", median time to recovery {ttr:.3g}s"
     clamped = []
-    if plan.max_attempts != pick.attempts_needed_p95 + 1:
+    if plan.max_attempts != p95 + 1:
         clamped.append(f"attempts {req.bounds.min_attempts}..{req.bounds.max_attempts}")
-    per_retry = pick.seconds_per_retry_median
-    if per_retry is not None and abs(plan.initial_interval.total_seconds() - per_retry) > 0.001:
+    if plan.initial_interval in (req.bounds.min_initial_interval, req.bounds.max_initial_interval):
         clamped.append(f"backoff {_secs(req.bounds.min_initial_interval)}..{_secs(req.bounds.max_initial_interval)}")
     if clamped:
         evidence += "; clamped to " + ", ".join(clamped)

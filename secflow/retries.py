@@ -278,21 +278,43 @@ def adaptive_bounds(retry_class: RetryClass, *, max_attempts: int | None = None)
     return bounds.model_copy(update={"max_attempts": ceiling, "min_attempts": min(bounds.min_attempts, ceiling)})
 
 
-def adapt_plan(
-    base: RetryPlan, bounds: AdaptiveBounds, *, success_attempt_p95: int, seconds_per_retry: float | None
-) -> RetryPlan:
+def expected_wait(plan: RetryPlan, retries: int, initial: float | None = None) -> float:
+    """Expected seconds waited over `retries` retries under `plan` (its initial interval,
+    or `initial`). Mirrors `next_delay`: full jitter waits half its capped exponential
+    ceiling on average, linear about 0.9 x the capped attempt x interval, immediate one
+    interval."""
+    x = plan.initial_interval.total_seconds() if initial is None else initial
+    cap = max(plan.max_interval.total_seconds(), x)
+    total = 0.0
+    for i in range(1, max(retries, 0) + 1):
+        if plan.backoff is Backoff.EXPONENTIAL:
+            total += min(cap, x * plan.backoff_coefficient ** (i - 1)) / 2
+        elif plan.backoff is Backoff.LINEAR:
+            total += 0.9 * min(cap, x * i)
+        elif plan.backoff is Backoff.IMMEDIATE:
+            total += x
+    return total
+
+
+def adapt_plan(base: RetryPlan, bounds: AdaptiveBounds, *, success_attempt_p95: int, recovery_seconds: float | None) -> RetryPlan:
     """The plan the record asks for, clamped to `bounds` (pure; the caller checked the sample).
 
     Attempts: the attempt by which 95 % of recoveries had succeeded, plus one for margin.
-    Backoff: the first retry waits about what one retry took to recover in the record
-    (median of time-to-recovery / retries); later retries keep the base plan's shape.
+    Backoff: the initial interval whose expected waits, over the retries that p95 recovery
+    took (within the plan), add up to the median time to recovery: retries spread over the
+    time recovery usually takes instead of bunching before it or dawdling after it.
     """
     attempts = min(max(success_attempt_p95 + 1, bounds.min_attempts), bounds.max_attempts)
     updates: dict[str, object] = {"max_attempts": attempts}
-    if seconds_per_retry is not None and base.backoff is not Backoff.NONE:
+    if recovery_seconds is not None and base.backoff is not Backoff.NONE:
+        retries = max(min(success_attempt_p95, attempts) - 1, 1)
         low = bounds.min_initial_interval.total_seconds()
         high = bounds.max_initial_interval.total_seconds()
-        initial = timedelta(seconds=round(min(max(seconds_per_retry, low), high), 3))
+        # expected_wait grows with the initial interval: bisect within the bounds
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if expected_wait(base, retries, mid) < recovery_seconds else (low, mid)
+        initial = timedelta(seconds=round((low + high) / 2, 3))
         updates["initial_interval"] = initial
         updates["max_interval"] = max(base.max_interval, initial)
     return base.model_copy(update=updates)
