@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Replayer
 
 from secflow.adaptive import AdaptiveRequest, adaptive_request, choose_plan
 from secflow.error_stats import DeadLetterMark, StrategyStats, compute_strategies, percentile
@@ -39,6 +41,8 @@ from secflow.tools import RetryClass
 from tests.flaky_osv import FlakyOsv
 from tests.helpers import final_status, make_spec, start
 from tests.osv_standin import Fault
+from tests.servers import closed_port
+from worker import WORKFLOWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -298,6 +302,11 @@ async def test_record_from_real_runs_drives_the_adaptive_plan(client: Client, wo
         assert note.startswith("sca/osv: 4 attempts, backoff ") and "p95 success attempt 3 over 4 recoveries" in note, note
         plans = await scheduled(handle)
         assert plans["choose_retry_plan"] and plans["sca"] == [4]
+        # the choice is in history (behind the adaptive-retries patch): the run replays as it ran
+        replayed = await Replayer(workflows=WORKFLOWS, data_converter=client.data_converter).replay_workflow(
+            await handle.fetch_history(), raise_on_replay_failure=True
+        )
+        assert replayed.replay_failure is None
 
         # the spec's max_attempts bounds it: clamped to 3
         handle, status = await run(client, worker, app(own_store, "capped"),
@@ -318,3 +327,32 @@ async def test_record_from_real_runs_drives_the_adaptive_plan(client: Client, wo
     finally:
         os.environ.pop("SECFLOW_OSV_URL", None)
         osv.close()
+
+
+async def test_fallback_success_rate_from_a_real_fallback(
+    client: Client, worker: str, own_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nmap cannot be found (PATH holds only this Python): a permanent failure, and the
+    # stage's fallback, portscan, finishes the target
+    bindir = own_store / "no-nmap-bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(bindir))
+    assert shutil.which("nmap") is None
+    port = closed_port()
+    spec = make_spec(
+        [{"host": "127.0.0.1"}],
+        [{"id": "ports", "kind": "discovery", "tool": "nmap", "on_failure": "fallback", "fallback_tool": "portscan",
+          "options": {"ports": str(port)}}],
+    )  # fmt: skip
+    status = await final_status(await start(client, spec, worker), timeout=60)
+    assert status.stages["ports"].state == "partial", status.stages["ports"].reason
+
+    done = await asyncio.to_thread(strategies_cli, "--json")
+    assert done.returncode == 0, done.stderr
+    record = {(s["tool"], s["dependency"]): s for s in json.loads(done.stdout)["strategies"]}
+    nmap = record[("nmap", "-")]
+    assert (nmap["fallback_tried"], nmap["fallback_succeeded"], nmap["fallback_success_rate"]) == (1, 1, 1.0)
+    assert (nmap["retry_recoveries"], nmap["retries_exhausted"], nmap["samples"]) == (0, 0, 0)  # permanent: no retry strategy
+    text = await asyncio.to_thread(strategies_cli)
+    assert "1/1 (100.0%)" in text.stdout, text.stdout
