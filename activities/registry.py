@@ -7,6 +7,7 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.adaptive import choose_retry_plan
 from activities.alerts import plan_alerts, send_alert
 from activities.audit import record_decision
 from activities.dlq import park_dead_letter
@@ -67,6 +68,7 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     count_stage_targets,
     park_stage_failures,
     record_decision,
+    choose_retry_plan,
 ]
 
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from secflow.durations import parse_duration
 from secflow.http.breaker import DEPENDENCY_EXTENSION
-from secflow.store import ErrorEvent
+from secflow.store import ErrorEvent, TargetOutcome
 
 if TYPE_CHECKING:
     from secflow.store import FindingsStore
@@ -46,12 +46,16 @@ __all__ = [
     "DeadLetterMark",
     "ErrorStats",
     "RecurringError",
+    "StrategyStats",
     "compute_stats",
+    "compute_strategies",
     "dependency_of",
     "load_dead_letter_marks",
     "load_error_rows",
+    "load_strategies",
     "normalise_message",
     "parse_since",
+    "percentile",
     "resolve_recovered",
 ]
 
@@ -272,3 +276,176 @@ def dependency_of(exc: BaseException | None) -> str | None:
                 return name
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+# --- recovery strategies (`errors stats --strategies`, and what adaptive retries read) --------
+#
+# Per tool and dependency, how each way of recovering performed. Computed on demand from
+# the ledger and the stage results (`target_outcomes`: the tool that last ran a target,
+# its state and the attempt it ended on), so nothing new is written on the hot path:
+# * a retry recovered a target when its outcome is `succeeded` by the same tool at
+#   attempt k > 1, the latest activity execution's errors reach attempt k-1, and no human
+#   stepped in (no dead letter for it at or after its first error): "succeeded at k";
+# * retries ran out when the outcome is `failed` by the same tool and its last error was
+#   retryable (a non-retryable error is not a retry strategy's failure);
+# * a fallback was tried when another tool (the stage's fallback) wrote the outcome of a
+#   target this tool failed on; it succeeded when that outcome is `succeeded`;
+# * anything else the tool failed on and that ended `succeeded` was recovered by a human
+#   (an operator's retry, a DLQ replay).
+# Time to recovery: from an execution's first error to its success (the ledger's
+# `resolved_at`, written by the succeeding attempt).
+
+
+class StrategyStats(BaseModel):
+    tool: str
+    dependency: str  # "-": not an outbound HTTP call
+    retry_recoveries: int = 0
+    success_attempts: dict[int, int] = Field(default_factory=dict)  # attempt -> recoveries at it
+    success_attempt_p95: int | None = None
+    retries_exhausted: int = 0
+    # p95 of the attempt that was needed, counting an exhausted run of n attempts as n+1
+    # (it needed more than it had): what an adaptive plan sizes its attempts by
+    attempts_needed_p95: int | None = None
+    fallback_tried: int = 0
+    fallback_succeeded: int = 0
+    fallback_success_rate: float | None = None
+    recovered_with_human: int = 0
+    time_to_recovery_median_seconds: float | None = None
+    time_to_recovery_p90_seconds: float | None = None
+    # median over recoveries of (time to recovery / retries it took): the backoff that record suggests
+    seconds_per_retry_median: float | None = None
+
+    @property
+    def samples(self) -> int:
+        """Runs the retry strategy was tried on and the result is known."""
+        return self.retry_recoveries + self.retries_exhausted
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
+    return ordered[int(rank) - 1]
+
+
+def _execution(event: ErrorEvent) -> str:
+    """Events of one activity execution share their id up to the attempt number."""
+    return event.event_id.rsplit("/", 1)[0]
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.attempts: list[int] = []
+        self.exhausted: list[int] = []
+        self.ttr: list[float] = []
+        self.per_retry: list[float] = []
+        self.fallback_tried = 0
+        self.fallback_succeeded = 0
+        self.human = 0
+
+
+def compute_strategies(
+    rows: list[ErrorEvent],
+    outcomes: dict[tuple[str, str, str], TargetOutcome],
+    dead_letters: list[DeadLetterMark],
+) -> list[StrategyStats]:
+    """Every figure of `errors stats --strategies` (pure; see the comment above)."""
+    marks: dict[tuple[str, str, str], list[datetime]] = {}
+    for d in dead_letters:
+        marks.setdefault((d.workflow_id, d.stage_id, d.target), []).append(d.last_failure_at)
+    by_key: dict[tuple[str, str, str], dict[str, list[ErrorEvent]]] = {}
+    for r in rows:
+        by_key.setdefault((r.assessment_id, r.stage_id, r.target), {}).setdefault(r.tool, []).append(r)
+
+    tallies: dict[tuple[str, str], _Tally] = {}
+    for key, per_tool in by_key.items():
+        outcome = outcomes.get(key)
+        if outcome is None:
+            continue  # still running, or its results were never written: nothing known yet
+        for tool, events in per_tool.items():
+            deps = Counter(e.dependency for e in events if e.dependency)
+            tally = tallies.setdefault((tool, deps.most_common(1)[0][0] if deps else NO_DEPENDENCY), _Tally())
+            if outcome.tool != tool:
+                if outcome.state in ("succeeded", "failed"):
+                    tally.fallback_tried += 1
+                    tally.fallback_succeeded += outcome.state == "succeeded"
+                continue
+            executions: dict[str, list[ErrorEvent]] = {}
+            for e in events:
+                executions.setdefault(_execution(e), []).append(e)
+            last = max(executions.values(), key=lambda ev: (min(e.occurred_at for e in ev), _execution(ev[0])))
+            first_error = min(e.occurred_at for e in last)
+            last_attempt = max(e.attempt for e in last)
+            if outcome.state == "failed":
+                if max(last, key=lambda e: (e.attempt, e.occurred_at)).retryable:
+                    tally.exhausted.append(last_attempt)
+                continue
+            if outcome.state != "succeeded":
+                continue
+            human = any(at >= first_error for at in marks.get(key, []))
+            if outcome.attempts > 1 and last_attempt < outcome.attempts and not human:
+                resolved = [e.resolved_at for e in last if e.resolved_at is not None]
+                end = max(resolved) if resolved else outcome.updated_at
+                seconds = max((end - first_error).total_seconds(), 0.0) if end is not None else None
+                tally.attempts.append(outcome.attempts)
+                if seconds is not None:
+                    tally.ttr.append(seconds)
+                    tally.per_retry.append(seconds / (outcome.attempts - 1))
+            else:
+                tally.human += 1
+
+    result = []
+    for (tool, dependency), t in sorted(tallies.items()):
+        needed = t.attempts + [n + 1 for n in t.exhausted]
+        p95 = percentile([float(a) for a in t.attempts], 95)
+        p95_needed = percentile([float(a) for a in needed], 95)
+        result.append(
+            StrategyStats(
+                tool=tool,
+                dependency=dependency,
+                retry_recoveries=len(t.attempts),
+                success_attempts=dict(sorted(Counter(t.attempts).items())),
+                success_attempt_p95=int(p95) if p95 is not None else None,
+                retries_exhausted=len(t.exhausted),
+                attempts_needed_p95=int(p95_needed) if p95_needed is not None else None,
+                fallback_tried=t.fallback_tried,
+                fallback_succeeded=t.fallback_succeeded,
+                fallback_success_rate=(t.fallback_succeeded / t.fallback_tried) if t.fallback_tried else None,
+                recovered_with_human=t.human,
+                time_to_recovery_median_seconds=percentile(t.ttr, 50),
+                time_to_recovery_p90_seconds=percentile(t.ttr, 90),
+                seconds_per_retry_median=percentile(t.per_retry, 50),
+            )
+        )
+    return result
+
+
+def load_outcomes(store: FindingsStore, keys: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], TargetOutcome]:
+    """The stage results of `keys` (assessment, stage, target), read stage by stage."""
+    stages: dict[tuple[str, str], set[str]] = {}
+    for assessment_id, stage_id, target in keys:
+        stages.setdefault((assessment_id, stage_id), set()).add(target)
+    found: dict[tuple[str, str, str], TargetOutcome] = {}
+    for (assessment_id, stage_id), targets in stages.items():
+        after: tuple[str, str] | None = None
+        while True:
+            page = store.list_target_outcomes(assessment_id, stage_id=stage_id, after=after, limit=1000)
+            for o in page:
+                if o.target in targets:
+                    found[(assessment_id, stage_id, o.target)] = o
+            if len(page) < 1000:
+                break
+            after = (page[-1].stage_id, page[-1].target)
+    return found
+
+
+def load_strategies(store: FindingsStore, since: datetime | None = None, *, tools: set[str] | None = None) -> list[StrategyStats]:
+    """`compute_strategies` over the ledger since `since` (of `tools` only, when given)."""
+    rows = load_error_rows(store, since)
+    if tools is not None:
+        # a fallback still shows: its tool is the one on the outcome, not in these rows
+        rows = [r for r in rows if r.tool in tools]
+    outcomes = load_outcomes(store, {(r.assessment_id, r.stage_id, r.target) for r in rows})
+    return compute_strategies(rows, outcomes, load_dead_letter_marks(store))

@@ -154,6 +154,8 @@ class StageStatus(BaseModel):
     # far, and how many it needs ("1 of 2 approvals"). Empty for a gate of one.
     approvals: list[str] = Field(default_factory=list)
     approvals_required: int = 0
+    # `retry: {adaptive: true}`: the latest round's plan and why (secflow/adaptive.py)
+    adaptive: str = ""
 
 
 class Intervention(BaseModel):
@@ -386,6 +388,9 @@ class StageShardInput(BaseModel):
     paused: bool = False
     # The report tool (run in the assessment itself, never as a shard) gets the status.
     snapshot: AssessmentStatus | None = None
+    # The round's plan when the stage's retries are adaptive (chosen from the recovery
+    # record by an activity, so it is in history); None: the stage's table plan.
+    retry_plan: RetryPlan | None = None
 
 
 class ShardReport(BaseModel):

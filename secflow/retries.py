@@ -213,3 +213,108 @@ def next_delay(
         seconds = rng.uniform(0.0, ceiling)
     # Temporal treats a zero delay as "use the policy", so keep a floor of 10 ms.
     return timedelta(seconds=max(seconds, 0.01))
+
+
+# --- adaptive retries (opt-in per stage: `retry: {adaptive: true}`, docs/adaptive.md) -------
+
+
+class AdaptiveBounds(BaseModel):
+    """How far an adaptive plan may move from its class's row of the table.
+
+    An adaptive plan never leaves these, whatever the record says: a dependency that has
+    been recovering at attempt 9 does not earn a scanner 9 attempts, and a record of
+    instant recoveries does not turn backoff off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_attempts: int
+    max_attempts: int
+    min_initial_interval: timedelta
+    max_initial_interval: timedelta
+
+
+# The table's row sits inside each range; sandbox launches never adapt (one attempt, always).
+ADAPTIVE_BOUNDS: dict[RetryClass, AdaptiveBounds] = {
+    RetryClass.HTTP_API: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=10,
+        min_initial_interval=timedelta(milliseconds=100),
+        max_initial_interval=timedelta(seconds=30),
+    ),
+    RetryClass.ENRICHMENT: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=6,
+        min_initial_interval=timedelta(milliseconds=200),
+        max_initial_interval=timedelta(seconds=30),
+    ),
+    RetryClass.SCANNER: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=6,
+        min_initial_interval=timedelta(milliseconds=200),
+        max_initial_interval=timedelta(seconds=30),
+    ),
+    RetryClass.FILESYSTEM: AdaptiveBounds(
+        min_attempts=2,
+        max_attempts=4,
+        min_initial_interval=timedelta(milliseconds=50),
+        max_initial_interval=timedelta(seconds=1),
+    ),
+    RetryClass.SANDBOX: AdaptiveBounds(
+        min_attempts=1,
+        max_attempts=1,
+        min_initial_interval=timedelta(seconds=1),
+        max_initial_interval=timedelta(seconds=1),
+    ),
+}
+
+
+def adaptive_bounds(retry_class: RetryClass, *, max_attempts: int | None = None) -> AdaptiveBounds:
+    """The class's bounds; a spec's own `max_attempts` is a ceiling the record cannot pass."""
+    bounds = ADAPTIVE_BOUNDS[retry_class]
+    if max_attempts is None or max_attempts >= bounds.max_attempts:
+        return bounds
+    ceiling = max(max_attempts, 1)
+    return bounds.model_copy(update={"max_attempts": ceiling, "min_attempts": min(bounds.min_attempts, ceiling)})
+
+
+def expected_wait(plan: RetryPlan, retries: int, initial: float | None = None) -> float:
+    """Expected seconds waited over `retries` retries under `plan` (its initial interval,
+    or `initial`). Mirrors `next_delay`: full jitter waits half its capped exponential
+    ceiling on average, linear about 0.9 x the capped attempt x interval, immediate one
+    interval."""
+    x = plan.initial_interval.total_seconds() if initial is None else initial
+    cap = max(plan.max_interval.total_seconds(), x)
+    total = 0.0
+    for i in range(1, max(retries, 0) + 1):
+        if plan.backoff is Backoff.EXPONENTIAL:
+            total += min(cap, x * plan.backoff_coefficient ** (i - 1)) / 2
+        elif plan.backoff is Backoff.LINEAR:
+            total += 0.9 * min(cap, x * i)
+        elif plan.backoff is Backoff.IMMEDIATE:
+            total += x
+    return total
+
+
+def adapt_plan(base: RetryPlan, bounds: AdaptiveBounds, *, success_attempt_p95: int, recovery_seconds: float | None) -> RetryPlan:
+    """The plan the record asks for, clamped to `bounds` (pure; the caller checked the sample).
+
+    Attempts: the attempt by which 95 % of recoveries had succeeded, plus one for margin.
+    Backoff: the initial interval whose expected waits, over the retries that p95 recovery
+    took (within the plan), add up to the median time to recovery: retries spread over the
+    time recovery usually takes instead of bunching before it or dawdling after it.
+    """
+    attempts = min(max(success_attempt_p95 + 1, bounds.min_attempts), bounds.max_attempts)
+    updates: dict[str, object] = {"max_attempts": attempts}
+    if recovery_seconds is not None and base.backoff is not Backoff.NONE:
+        retries = max(min(success_attempt_p95, attempts) - 1, 1)
+        low = bounds.min_initial_interval.total_seconds()
+        high = bounds.max_initial_interval.total_seconds()
+        # expected_wait grows with the initial interval: bisect within the bounds
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if expected_wait(base, retries, mid) < recovery_seconds else (low, mid)
+        initial = timedelta(seconds=round((low + high) / 2, 3))
+        updates["initial_interval"] = initial
+        updates["max_interval"] = max(base.max_interval, initial)
+    return base.model_copy(update=updates)

@@ -93,6 +93,16 @@ class RetryOverride(_Strict):
     initial_interval: Duration | None = None
     backoff: float | None = Field(None, ge=1.0, le=10.0)
     max_interval: Duration | None = None
+    # Opt-in: attempts and backoff follow the recovery record of the stage's tool, within
+    # the retry class's bounds, once `min_samples` results are known (docs/adaptive.md).
+    adaptive: bool = False
+    min_samples: int | None = Field(None, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _samples_need_adaptive(self) -> RetryOverride:
+        if self.min_samples is not None and not self.adaptive:
+            raise ValueError("min_samples is only for adaptive: true")
+        return self
 
 
 class Stage(_Strict):
@@ -144,15 +154,18 @@ class Stage(_Strict):
         """`limits`, tightened by the stage tool's own rate option (a fallback inherits it)."""
         return stage_limits(self.limits, self.tool_name, self.options)
 
+    def retry_class(self, tool: str | None = None) -> RetryClass:
+        """The kind's row of the retry table, or the sandbox row for a sandbox tool."""
+        info = TOOLS.get(tool or self.tool_name)
+        if info is not None and info.retry_class is RetryClass.SANDBOX:
+            return RetryClass.SANDBOX
+        return KIND_RETRY_CLASS[self.kind]
+
     def retry_plan(self, tool: str | None = None) -> RetryPlan:
         """The kind's row of the retry table with this stage's overrides (sandbox tools stay at 1)."""
-        info = TOOLS.get(tool or self.tool_name)
-        retry_class = KIND_RETRY_CLASS[self.kind]
-        if info is not None and info.retry_class is RetryClass.SANDBOX:
-            retry_class = RetryClass.SANDBOX
         override = self.retry or RetryOverride()
         return plan_for(
-            retry_class,
+            self.retry_class(tool),
             max_attempts=override.max_attempts,
             initial_interval=override.initial_interval,
             backoff=override.backoff,
@@ -527,6 +540,10 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
             )
         if info.retry_class is RetryClass.SANDBOX and stage.retry and (stage.retry.max_attempts or 1) > 1:
             problems.append(Problem(path=f"{where}.retry.max_attempts", reason="sandbox launches are never retried"))
+        if info.retry_class is RetryClass.SANDBOX and stage.retry and stage.retry.adaptive:
+            problems.append(
+                Problem(path=f"{where}.retry.adaptive", reason="sandbox launches are never retried, so never adapted")
+            )
     problems.extend(_limits_problems(where, stage))
     tfp = stage.options.get("tolerated_failure_percent")
     if tfp is not None and (isinstance(tfp, bool) or not isinstance(tfp, (int, float)) or not 0 <= tfp <= 100):

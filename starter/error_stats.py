@@ -1,4 +1,4 @@
-"""python -m starter errors stats [--since 24h] [--json]: error analytics from the ledger.
+"""python -m starter errors stats [--since 24h] [--strategies] [--json]: error analytics from the ledger.
 
 Counts by category, tool and dependency; automatic recovery rate; mean time to recovery;
 open incidents; top recurring errors; DLQ entries by state. The computation is
@@ -9,21 +9,29 @@ Open incidents are counted through Temporal visibility (running IncidentWorkflow
 executions whose SecflowIncidentState is not `resolved`). When Temporal cannot be asked,
 the store's figures are still printed, open incidents show as unknown (`null` in JSON),
 a note goes to stderr, and the exit status stays 0: the ledger is the primary source.
+
+`--strategies` shows instead how each recovery strategy performed per tool and dependency
+(`secflow.error_stats.compute_strategies`: retries that succeeded at attempt k, retries
+exhausted, fallback success rate, median/p90 time to recovery, sample size): the record
+that `retry: {adaptive: true}` reads (docs/adaptive.md). It needs only the store.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from secflow.error_stats import (
     ErrorStats,
+    StrategyStats,
     compute_stats,
     load_dead_letter_marks,
     load_error_rows,
+    load_strategies,
     parse_since,
 )
 from secflow.settings import Settings
@@ -40,6 +48,11 @@ def add_parser(sub: Any) -> None:
     q = esub.add_parser("stats", help="counts, recovery rate, time to recovery, incidents, recurring errors")
     q.add_argument("--since", default="24h", metavar="DURATION", help="window back from now (default 24h; e.g. 30m, 7d)")
     q.add_argument("--all", action="store_true", help="every recorded error, ignoring --since")
+    q.add_argument(
+        "--strategies",
+        action="store_true",
+        help="per tool and dependency: how retries and fallbacks recovered (docs/adaptive.md)",
+    )
     q.add_argument("--json", action="store_true")
 
 
@@ -52,6 +65,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError as exc:
             raise CliError(f"--since: {exc}", EXIT_BAD_INPUT) from None
     store = open_store()
+    if args.strategies:
+        record = await asyncio.to_thread(load_strategies, store, since)
+        print(render_strategies_json(record, since, now) if args.json else render_strategies(record, since))
+        return EXIT_OK
     rows, marks = await asyncio.to_thread(lambda: (load_error_rows(store, since), load_dead_letter_marks(store)))
     incidents, why = await count_open_incidents(settings)
     if incidents is None:
@@ -121,4 +138,45 @@ def render(stats: ErrorStats) -> str:
         lines.append("top recurring errors:")
         for g in stats.top_recurring:
             lines.append(f"  {g.count:>4}x  {g.category:<13} {g.tool or '-':<14} {g.message}")
+    return "\n".join(lines)
+
+
+def render_strategies_json(record: list[StrategyStats], since: datetime | None, until: datetime) -> str:
+    return json.dumps(
+        {
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat(),
+            "strategies": [{**s.model_dump(mode="json"), "samples": s.samples} for s in record],
+        },
+        indent=2,
+    )
+
+
+def _attempts(counts: dict[int, int]) -> str:
+    return " ".join(f"{k}:{n}" for k, n in sorted(counts.items())) or "-"
+
+
+def render_strategies(record: list[StrategyStats], since: datetime | None) -> str:
+    window = f"since {since:%Y-%m-%d %H:%M} UTC" if since else "all time"
+    if not record:
+        return f"recovery strategies {window}: nothing recovered or exhausted yet"
+    head = ("tool/dependency", "samples", "retry ok at attempt k (k:n)", "p95", "exhausted", "fallback", "human",
+            "ttr p50", "ttr p90")  # fmt: skip
+    rows = [
+        (
+            f"{s.tool}/{s.dependency}",
+            str(s.samples),
+            _attempts(s.success_attempts),
+            "-" if s.success_attempt_p95 is None else str(s.success_attempt_p95),
+            str(s.retries_exhausted),
+            "-" if not s.fallback_tried else f"{s.fallback_succeeded}/{s.fallback_tried} ({_pct(s.fallback_success_rate)})",
+            str(s.recovered_with_human),
+            _secs(s.time_to_recovery_median_seconds),
+            _secs(s.time_to_recovery_p90_seconds),
+        )
+        for s in record
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [f"recovery strategies {window} (samples = retry recoveries + exhausted retries):"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.adaptive import choose_retry_plan
     from activities.audit import record_decision
     from activities.dlq import park_dead_letter
     from activities.incidents import open_incident
@@ -26,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         park_stage_failures,
         record_target_results,
     )
+    from secflow.adaptive import AdaptiveChoice, AdaptiveRequest
     from secflow.approvals import DecisionRecord, DecisionRecorded
     from secflow.dead_letters import DeadLetterInput, DeadLetterResult
     from secflow.incidents import OpenIncidentRequest, OpenIncidentResult
@@ -108,6 +110,16 @@ async def park_one(entry: DeadLetterInput) -> DeadLetterResult:
 
 async def audit_decision(entry: DecisionRecord) -> DecisionRecorded:
     return await workflow.execute_activity(record_decision, entry, start_to_close_timeout=SHORT, retry_policy=_STORE)
+
+
+async def choose_plan(req: AdaptiveRequest) -> AdaptiveChoice:
+    return await workflow.execute_activity(
+        choose_retry_plan,
+        req,
+        summary=f"retry plan for {req.stage_id} ({req.tool}) from the recovery record",
+        start_to_close_timeout=SHORT,
+        retry_policy=_STORE,
+    )
 
 
 async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:

@@ -62,7 +62,8 @@ class TargetRunner:
         self.progress = inp.progress.model_copy(deep=True)
         self._paused = paused
         self._on_progress = on_progress
-        self._plan: RetryPlan = inp.stage.retry_plan(inp.tool)
+        # an adaptive stage's round brings the plan its assessment chose (in history)
+        self._plan: RetryPlan = inp.retry_plan or inp.stage.retry_plan(inp.tool)
         self._options = inp.stage.tool_options(inp.tool)
         self.exhausted = False
 

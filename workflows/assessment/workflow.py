@@ -32,6 +32,7 @@ from temporalio.workflow import ChildWorkflowCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from secflow import guidance
+    from secflow.adaptive import ADAPTIVE_PATCH, adaptive_request
     from secflow.errors import Category
     from secflow.locking import BulkLockRequest
     from secflow.models import (
@@ -439,6 +440,18 @@ class AssessmentWorkflow(AssessmentAPI):
             event_budget=self._req.shard_event_budget,
             paused=self._paused,
         )
+        ask = adaptive_request(self._status.workflow_id, stage, tool)
+        if ask is not None and workflow.patched(ADAPTIVE_PATCH):
+            try:
+                choice = await calls.choose_plan(ask)  # the record read once, the plan kept in history
+            except ActivityError as err:
+                # An unreadable record costs the optimisation, not the stage: the table's plan.
+                error = error_from_activity(err, STORE_PLAN)
+                st.adaptive = f"{tool}: table plan (recovery record unreadable: {error.category}: {error.message})"
+            else:
+                st.adaptive = choice.reason
+                shard.retry_plan = choice.plan
+            workflow.logger.info("adaptive retry plan", extra={"stage": stage.id, "tool": tool, "reason": st.adaptive})
         if not TOOLS[tool].target_kinds:
             runner = TargetRunner(shard.model_copy(update={"snapshot": self._snapshot()}), paused=lambda: self._paused)
             await runner.run_single()
