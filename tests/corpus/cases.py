@@ -234,6 +234,8 @@ def rebuild(data: dict[str, Any]) -> BaseException:
     for name, value in (data.get("attrs") or {}).items():
         if name in ("errno", "strerror", "filename") and getattr(exc, name, None) == _unplain(value):
             continue
+        if name == "category" and isinstance(value, str):
+            value = Category(value)  # a str enum is stored as its value
         try:
             setattr(exc, name, _unplain(value))
         except Exception:
