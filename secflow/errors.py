@@ -507,7 +507,9 @@ _USAGE = _p(
 )
 # argparse's parser.error(): a usage line, then "<prog>: error: <why>". A file argparse
 # could not open is still a missing file, not a usage mistake.
-_ARGPARSE_ERROR = re.compile(r"(?:^|: )usage: [\s\S]*^(?:[\w.-]+: )?error: (?![^\n]*(?:can't open|No such file))", re.IGNORECASE | re.MULTILINE)
+_ARGPARSE_ERROR = re.compile(
+    r"(?:^|: )usage: [\s\S]*^(?:[\w.-]+: )?error: (?![^\n]*(?:can't open|No such file))", re.IGNORECASE | re.MULTILINE
+)
 
 _PATTERNS: list[_Pattern] = [
     # --- operator cancelled ------------------------------------------------------------
