@@ -52,16 +52,34 @@ def own_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[FindingsStor
 
 def _event(event_id: str, *, target: str, reason: str | None, at: datetime, stage: str = "headers") -> ErrorEvent:
     return ErrorEvent(
-        event_id=event_id, assessment_id="a-1", stage_id=stage, target=target, tool="http_headers", attempt=1,
-        category="transient", message="ConnectError: refused", retryable=True, occurred_at=at, reason=reason,
+        event_id=event_id,
+        assessment_id="a-1",
+        stage_id=stage,
+        target=target,
+        tool="http_headers",
+        attempt=1,
+        category="transient",
+        message="ConnectError: refused",
+        retryable=True,
+        occurred_at=at,
+        reason=reason,
     )
 
 
 def _entry(target: str, *, at: datetime, reason: str = "", stage: str = "headers") -> DeadLetterInput:
     return DeadLetterInput(
-        task_id=dead_letter_task_id("a-1", "r-1", stage, target, "retries_exhausted"), workflow_id="a-1", run_id="r-1",
-        stage_id=stage, target=target, tool="http_headers", reason="retries_exhausted", category="transient",
-        message="refused", first_failure_at=at, last_failure_at=at, error_reason=reason,
+        task_id=dead_letter_task_id("a-1", "r-1", stage, target, "retries_exhausted"),
+        workflow_id="a-1",
+        run_id="r-1",
+        stage_id=stage,
+        target=target,
+        tool="http_headers",
+        reason="retries_exhausted",
+        category="transient",
+        message="refused",
+        first_failure_at=at,
+        last_failure_at=at,
+        error_reason=reason,
     )
 
 
@@ -115,8 +133,11 @@ async def test_classified_activity_failure_reaches_the_ledger_once(client: Clien
     assessment_id = f"ws-{uuid.uuid4().hex[:8]}"
     blocker = _block_workspace(assessment_id)
     handle = await client.start_workflow(
-        "TestClassifiedFailure", WorkspaceRequest(assessment_id=assessment_id), id=f"classified-{assessment_id}",
-        task_queue=ledger_worker, result_type=ClassifiedOutcome,
+        "TestClassifiedFailure",
+        WorkspaceRequest(assessment_id=assessment_id),
+        id=f"classified-{assessment_id}",
+        task_queue=ledger_worker,
+        result_type=ClassifiedOutcome,
     )
     outcome = await handle.result()
     try:
@@ -149,7 +170,11 @@ async def test_classified_retry_that_succeeds_marks_the_earlier_attempt_recovere
     blocker = _block_workspace(assessment_id)
     env = ActivityEnvironment()
     first = dataclasses.replace(
-        env.info, workflow_id=f"wf-{assessment_id}", workflow_run_id="run-1", activity_id="7", attempt=1,
+        env.info,
+        workflow_id=f"wf-{assessment_id}",
+        workflow_run_id="run-1",
+        activity_id="7",
+        attempt=1,
         activity_type="create_workspace",
     )
     env.info = first

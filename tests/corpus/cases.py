@@ -166,7 +166,7 @@ def dump_exception(exc: BaseException, depth: int = 0) -> dict[str, Any]:
             value = getattr(exc, name)
         except Exception:
             continue
-        if callable(value) or isinstance(value, BaseException) or name == "reason" and not isinstance(value, str | None):
+        if callable(value) or isinstance(value, BaseException) or (name == "reason" and not isinstance(value, str | None)):
             continue
         if value is not None:
             attrs[name] = _plain(value)

@@ -49,7 +49,7 @@ import httpx
 from secflow.errors import Category
 from tests.corpus.cases import HOLDOUT_FILE, TUNE_FILE, HarvestedCase, dump_exception, in_holdout, rebuild, save
 
-T, R, V, P, X, I, S, U = (
+T, R, V, P, X, INTERNAL, S, U = (
     Category.TRANSIENT,
     Category.RESOURCE,
     Category.VALIDATION,
@@ -73,8 +73,12 @@ class Rule:
 RULES = {
     "usage": Rule(V, "the tool rejected its command line or an option value: the input built from the spec is malformed"),
     "bad-config": Rule(V, "a rules/config file handed to the tool exists but its content is malformed: malformed input"),
-    "missing-path": Rule(P, "a file, directory or binary the run needs does not exist: the environment is wrong, a retry sees the same"),
-    "not-permitted": Rule(P, "the OS refuses access (permissions, not executable, read-only): environment wrong, a person must fix it"),
+    "missing-path": Rule(
+        P, "a file, directory or binary the run needs does not exist: the environment is wrong, a retry sees the same"
+    ),
+    "not-permitted": Rule(
+        P, "the OS refuses access (permissions, not executable, read-only): environment wrong, a person must fix it"
+    ),
     "sigkill": Rule(R, "the process was SIGKILLed with no operator involved: the kernel's OOM killer is the usual sender"),
     "sigterm": Rule(T, "the process was stopped by SIGTERM/SIGHUP (host shutdown, restart): the next attempt can run"),
     "crash": Rule(X, "the tool crashed by itself (SIGSEGV, SIGABRT, SIGBUS) or died with its own traceback"),
@@ -94,7 +98,7 @@ RULES = {
     "not-found-rpc": Rule(P, "Temporal says the workflow/namespace does not exist: asking again changes nothing"),
     "db-locked": Rule(T, "the database is locked or busy because of another writer: it frees up"),
     "db-unusable": Rule(P, "the database file cannot be used at all (read-only, not a database, a directory)"),
-    "db-bug": Rule(I, "SQL that cannot work on this schema (no such table/column, constraint broken by our code): a bug"),
+    "db-bug": Rule(INTERNAL, "SQL that cannot work on this schema (no such table/column, constraint broken by our code): a bug"),
     "disk-full": Rule(R, "local capacity is exhausted (disk full, file size limit, too many open files)"),
     "redirect-loop": Rule(P, "the endpoint redirects forever: its configuration is wrong"),
     "scope": Rule(S, "the tool was about to touch something outside the scope, or an injection was refused"),
@@ -156,7 +160,9 @@ def run_tool(
     tool: str, argv: list[str], *, timeout: float = 120, kill: tuple[float, int] | None = None, cwd: str | None = None
 ) -> Produced | None:
     """Run and, if it failed, the message + context run_process would classify."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True
+    )
     if kill is not None:
         delay, signo = kill
         time.sleep(delay)
@@ -195,7 +201,9 @@ BANDIT = ["-f", "json", "-q", "--exit-zero"]  # as the adapter runs it: findings
 @scenario("bandit/bad-option", "usage")
 def _bandit_bad_option() -> Iterator[Produced]:
     yield from _one(run_tool("bandit", [_bin("bandit"), *BANDIT, "--frobnicate", "-r", str(_src_tree())]), "unknown-flag")
-    yield from _one(run_tool("bandit", [_bin("bandit"), *BANDIT, "--severity-level", "extreme", "-r", str(_src_tree())]), "bad-level")
+    yield from _one(
+        run_tool("bandit", [_bin("bandit"), *BANDIT, "--severity-level", "extreme", "-r", str(_src_tree())]), "bad-level"
+    )
     yield from _one(run_tool("bandit", [_bin("bandit"), *BANDIT, "-f", "yamlx", "-r", str(_src_tree())]), "bad-format")
 
 
@@ -217,7 +225,9 @@ def _bandit_garbage_config() -> Iterator[Produced]:
 
 @scenario("bandit/missing-config", "missing-path")
 def _bandit_missing_config() -> Iterator[Produced]:
-    yield from _one(run_tool("bandit", [_bin("bandit"), *BANDIT, "-c", str(WORK / "nope.yaml"), "-r", str(_src_tree())]), "config")
+    yield from _one(
+        run_tool("bandit", [_bin("bandit"), *BANDIT, "-c", str(WORK / "nope.yaml"), "-r", str(_src_tree())]), "config"
+    )
 
 
 @scenario("bandit/missing-target", "missing-path")
@@ -234,7 +244,16 @@ def _slow(tool: str) -> list[str]:
         "bandit": [_bin("bandit"), *BANDIT, "-r", _big_tree()],
         "detect-secrets": [_bin("detect-secrets"), "scan", "--all-files", _big_tree()],
         "nmap": ["nmap", "-sT", "-p-", "-T2", "127.0.0.1"],
-        "semgrep": [_bin("semgrep"), "scan", "--config", str(_semgrep_rules()), "--json", "--metrics=off", "--disable-version-check", _big_tree()],
+        "semgrep": [
+            _bin("semgrep"),
+            "scan",
+            "--config",
+            str(_semgrep_rules()),
+            "--json",
+            "--metrics=off",
+            "--disable-version-check",
+            _big_tree(),
+        ],
     }[tool]
 
 
@@ -318,7 +337,17 @@ def _dir_as_file() -> Iterator[Produced]:
 def _semgrep_garbage_rules() -> Iterator[Produced]:
     rules = WORK / "rules.yaml"
     rules.write_text("rules:\n  - id: x\n    pattern: [unclosed\n")
-    argv = [_bin("semgrep"), "scan", "--config", str(rules), "--json", "--metrics=off", "--disable-version-check", "--quiet", "--oss-only"]
+    argv = [
+        _bin("semgrep"),
+        "scan",
+        "--config",
+        str(rules),
+        "--json",
+        "--metrics=off",
+        "--disable-version-check",
+        "--quiet",
+        "--oss-only",
+    ]
     yield from _one(run_tool("semgrep", [*argv, "--", str(_src_tree())]), "yaml")
     rules2 = WORK / "rules2.yaml"
     rules2.write_text("rules:\n  - id: y\n    languages: [python]\n    message: m\n    severity: WARNING\n")
@@ -327,7 +356,15 @@ def _semgrep_garbage_rules() -> Iterator[Produced]:
 
 @scenario("semgrep/missing-rules", "missing-path")
 def _semgrep_missing_rules() -> Iterator[Produced]:
-    argv = [_bin("semgrep"), "scan", "--config", str(WORK / "no-rules.yaml"), "--json", "--metrics=off", "--disable-version-check"]
+    argv = [
+        _bin("semgrep"),
+        "scan",
+        "--config",
+        str(WORK / "no-rules.yaml"),
+        "--json",
+        "--metrics=off",
+        "--disable-version-check",
+    ]
     yield from _one(run_tool("semgrep", [*argv, "--", str(_src_tree())]), "file")
 
 
@@ -349,13 +386,16 @@ def _ds_bad_option() -> Iterator[Produced]:
 def _ds_garbage_baseline() -> Iterator[Produced]:
     base = WORK / "baseline.json"
     base.write_text("{not json")
-    yield from _one(run_tool("detect-secrets", [_bin("detect-secrets"), "scan", "--baseline", str(base)], cwd=str(_src_tree())), "json")
+    yield from _one(
+        run_tool("detect-secrets", [_bin("detect-secrets"), "scan", "--baseline", str(base)], cwd=str(_src_tree())), "json"
+    )
 
 
 @scenario("detect-secrets/missing-baseline", "missing-path")
 def _ds_missing_baseline() -> Iterator[Produced]:
     yield from _one(
-        run_tool("detect-secrets", [_bin("detect-secrets"), "audit", str(WORK / "no-baseline.json")], cwd=str(_src_tree())), "audit"
+        run_tool("detect-secrets", [_bin("detect-secrets"), "audit", str(WORK / "no-baseline.json")], cwd=str(_src_tree())),
+        "audit",
     )
 
 
@@ -376,7 +416,10 @@ def _nmap_bad_combo() -> Iterator[Produced]:
 @scenario("nmap/missing-file", "missing-path")
 def _nmap_missing_file() -> Iterator[Produced]:
     yield from _one(run_tool("nmap", ["nmap", "-sT", "-iL", str(WORK / "no-targets.txt")]), "input-list")
-    yield from _one(run_tool("nmap", ["nmap", "-sT", "--datadir", str(WORK / "nodata"), "--servicedb", str(WORK / "nosvc"), "127.0.0.1"]), "servicedb")
+    yield from _one(
+        run_tool("nmap", ["nmap", "-sT", "--datadir", str(WORK / "nodata"), "--servicedb", str(WORK / "nosvc"), "127.0.0.1"]),
+        "servicedb",
+    )
 
 
 @scenario("nmap/garbage-output", "tool-garbage")
@@ -424,7 +467,9 @@ def _scanner_timeout() -> Iterator[Produced]:
     try:
         subprocess.run(["timeout", "0.2", "sleep", "5"], check=True, capture_output=True)
     except subprocess.CalledProcessError as exc:
-        yield Produced("timeout1", f"semgrep {_describe_exit(exc.returncode)}: ", {"tool": "semgrep", "exit_code": exc.returncode})
+        yield Produced(
+            "timeout1", f"semgrep {_describe_exit(exc.returncode)}: ", {"tool": "semgrep", "exit_code": exc.returncode}
+        )
 
 
 @scenario("scanner/file-size-limit", "disk-full")
@@ -560,7 +605,9 @@ def _self_signed_context() -> tuple[ssl.SSLContext, Path]:
     )
     cert_file, key_file = WORK / "cert.pem", WORK / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert_file, key_file)
     return ctx, cert_file
@@ -577,7 +624,7 @@ def _httpx_get(url: str, *, timeout: float = 1.0, json_body: bool = True, verify
 def _capture(fn: Callable[[], object]) -> BaseException | None:
     try:
         fn()
-    except BaseException as exc:  # noqa: BLE001 - the harvest records whatever is raised
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return exc
@@ -597,12 +644,13 @@ SCA = {"tool": "sca"}
 @scenario("http/status-transient", "http-transient")
 def _http_status_transient() -> Iterator[Produced]:
     from tests.enrich_standins import EpssStandin, Fault, KevStandin, NvdStandin
-    from tests.osv_standin import Fault as OsvFault, OsvStandin
+    from tests.osv_standin import Fault as OsvFault
+    from tests.osv_standin import OsvStandin
 
     for status in (500, 502, 503, 504):
         osv = OsvStandin(faults={"querybatch": [OsvFault(status)]})
         try:
-            yield from _yield(f"osv-{status}", lambda: _httpx_get(f"{osv.url}/v1/querybatch", method="POST"), SCA)
+            yield from _yield(f"osv-{status}", lambda osv=osv: _httpx_get(f"{osv.url}/v1/querybatch", method="POST"), SCA)
         finally:
             osv.close()
     for status in (502, 503):
@@ -617,7 +665,8 @@ def _http_status_transient() -> Iterator[Produced]:
 @scenario("http/rate-limited", "rate-limited")
 def _http_rate_limited() -> Iterator[Produced]:
     from tests.enrich_standins import EpssStandin, Fault, NvdStandin
-    from tests.osv_standin import Fault as OsvFault, OsvStandin
+    from tests.osv_standin import Fault as OsvFault
+    from tests.osv_standin import OsvStandin
 
     osv = OsvStandin(faults={"querybatch": [OsvFault(429, retry_after="2")]})
     try:
@@ -636,7 +685,8 @@ def _http_rate_limited() -> Iterator[Produced]:
 @scenario("http/auth", "http-auth")
 def _http_auth() -> Iterator[Produced]:
     from tests.enrich_standins import Fault, KevStandin, NvdStandin
-    from tests.osv_standin import Fault as OsvFault, OsvStandin
+    from tests.osv_standin import Fault as OsvFault
+    from tests.osv_standin import OsvStandin
 
     osv = OsvStandin(faults={"querybatch": [OsvFault(401, body={"code": 16, "message": "unauthenticated"})]})
     try:
@@ -668,7 +718,9 @@ def _http_gone() -> Iterator[Produced]:
         osv.close()
     for status in (404, 410):
         with KevStandin(faults=[Fault(status)]) as kev:
-            yield from _yield(f"kev-{status}", lambda: _httpx_get(f"{kev.url}/feeds/known_exploited_vulnerabilities.json"), ENRICH)
+            yield from _yield(
+                f"kev-{status}", lambda: _httpx_get(f"{kev.url}/feeds/known_exploited_vulnerabilities.json"), ENRICH
+            )
     with KevStandin(faults=[Fault(501)]) as kev:
         yield from _yield("kev-501", lambda: _httpx_get(f"{kev.url}/feeds/known_exploited_vulnerabilities.json"), ENRICH)
 
@@ -676,7 +728,8 @@ def _http_gone() -> Iterator[Produced]:
 @scenario("http/bad-request", "http-bad-request")
 def _http_bad_request() -> Iterator[Produced]:
     from tests.enrich_standins import EpssStandin, Fault
-    from tests.osv_standin import Fault as OsvFault, OsvStandin
+    from tests.osv_standin import Fault as OsvFault
+    from tests.osv_standin import OsvStandin
 
     osv = OsvStandin(faults={"querybatch": [OsvFault(400, body={"code": 3, "message": "Invalid query."})]})
     try:
@@ -692,7 +745,8 @@ def _http_bad_request() -> Iterator[Produced]:
 @scenario("http/garbage-body", "tool-garbage")
 def _http_garbage() -> Iterator[Produced]:
     from tests.enrich_standins import Fault, KevStandin, NvdStandin
-    from tests.osv_standin import Fault as OsvFault, OsvStandin
+    from tests.osv_standin import Fault as OsvFault
+    from tests.osv_standin import OsvStandin
 
     osv = OsvStandin(faults={"querybatch": [OsvFault.truncated()]})
     try:
@@ -726,8 +780,8 @@ def _http_connection() -> Iterator[Produced]:
         server = RawServer(behave)
         try:
             url = f"http://127.0.0.1:{server.port}/v1/querybatch"
-            yield from _yield(f"{name}-httpx", lambda: _httpx_get(url, timeout=0.5, method="POST"), SCA)
-            yield from _yield(f"{name}-urllib", lambda: urllib.request.urlopen(url, timeout=0.5).read(), ENRICH)
+            yield from _yield(f"{name}-httpx", lambda url=url: _httpx_get(url, timeout=0.5, method="POST"), SCA)
+            yield from _yield(f"{name}-urllib", lambda url=url: urllib.request.urlopen(url, timeout=0.5).read(), ENRICH)
         finally:
             server.close()
     hang = RawServer(_hang)
@@ -753,8 +807,8 @@ def _http_protocol_garbage() -> Iterator[Produced]:
         server = RawServer(behave)
         try:
             url = f"http://127.0.0.1:{server.port}/rest/json/cves/2.0"
-            yield from _yield(f"{name}-httpx", lambda: _httpx_get(url, timeout=1), ENRICH)
-            yield from _yield(f"{name}-http.client", lambda: _http_client_get(server.port), ENRICH)
+            yield from _yield(f"{name}-httpx", lambda url=url: _httpx_get(url, timeout=1), ENRICH)
+            yield from _yield(f"{name}-http.client", lambda server=server: _http_client_get(server.port), ENRICH)
         finally:
             server.close()
 
@@ -791,8 +845,14 @@ def _http_tls() -> Iterator[Produced]:
         yield from _yield("https-to-plain-port", lambda: _httpx_get(f"https://127.0.0.1:{plain.port}/"), ENRICH)
         yield from _yield("self-signed-expired", lambda: _httpx_get(f"https://127.0.0.1:{tls.port}/"), ENRICH)
         # Trusting the cert does not help: it is expired and names another host.
-        yield from _yield("trusted-but-expired", lambda: _httpx_get(f"https://127.0.0.1:{tls.port}/", verify=ssl.create_default_context(cafile=str(cert_file))), ENRICH)
-        yield from _yield("urllib-self-signed", lambda: urllib.request.urlopen(f"https://127.0.0.1:{tls.port}/", timeout=1), ENRICH)
+        yield from _yield(
+            "trusted-but-expired",
+            lambda: _httpx_get(f"https://127.0.0.1:{tls.port}/", verify=ssl.create_default_context(cafile=str(cert_file))),
+            ENRICH,
+        )
+        yield from _yield(
+            "urllib-self-signed", lambda: urllib.request.urlopen(f"https://127.0.0.1:{tls.port}/", timeout=1), ENRICH
+        )
 
         def raw_ssl() -> None:
             with socket.create_connection(("127.0.0.1", plain.port), timeout=1) as sock:
@@ -917,7 +977,9 @@ def _postgres_down() -> Iterator[Produced]:
     from tests.servers import closed_port
 
     port = closed_port()
-    yield from _yield("psycopg", lambda: psycopg.connect(f"postgresql://secflow:pw@127.0.0.1:{port}/secflow", connect_timeout=2), {})
+    yield from _yield(
+        "psycopg", lambda: psycopg.connect(f"postgresql://secflow:pw@127.0.0.1:{port}/secflow", connect_timeout=2), {}
+    )
     from secflow.store import FindingsStore
 
     yield from _yield("store", lambda: FindingsStore(f"postgresql://secflow:pw@127.0.0.1:{port}/secflow"), {})
