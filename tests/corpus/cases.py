@@ -13,6 +13,7 @@ scenarios; the harvest checks that the rebuilt exception classifies like the ori
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -172,6 +173,16 @@ def dump_exception(exc: BaseException, depth: int = 0) -> dict[str, Any]:
             attrs[name] = _plain(value)
     if attrs:
         data["attrs"] = attrs
+    # Plain private state (Temporal's exceptions keep their type, retry state, activity
+    # type there): restored as is, so a rebuilt exception answers like the live one.
+    state = {
+        k: _plain(v)
+        for k, v in vars(exc).items()
+        if k.startswith("_") and not k.startswith("__") and (v is None or isinstance(v, str | int | float | bool) or hasattr(v, "name"))
+        and not isinstance(v, BaseException)
+    }
+    if state:
+        data["state"] = state
     response = getattr(exc, "response", None)
     if response is not None and hasattr(response, "status_code") and hasattr(response, "headers"):
         try:
@@ -231,6 +242,9 @@ def rebuild(data: dict[str, Any]) -> BaseException:
         except Exception:
             exc = cls.__new__(cls, *args)
             exc.args = tuple(args)
+    for name, value in (data.get("state") or {}).items():
+        with contextlib.suppress(Exception):
+            exc.__dict__[name] = _unplain(value)
     for name, value in (data.get("attrs") or {}).items():
         if name in ("errno", "strerror", "filename") and getattr(exc, name, None) == _unplain(value):
             continue

@@ -102,6 +102,13 @@ RULES = {
     "disk-full": Rule(R, "local capacity is exhausted (disk full, file size limit, too many open files)"),
     "redirect-loop": Rule(P, "the endpoint redirects forever: its configuration is wrong"),
     "scope": Rule(S, "the tool was about to touch something outside the scope, or an injection was refused"),
+    # Round 2 (written with its scenarios, before they ran):
+    "capacity": Rule(R, "a local limit was hit (address space, CPU time, open files, the database's size limit)"),
+    "db-auth": Rule(P, "the database refused our credentials, or the database named does not exist: configuration"),
+    "db-newer": Rule(P, "the database was migrated by a newer SecFlow: this one must be upgraded, a retry changes nothing"),
+    "operator-cancel": Rule(U, "an operator cancelled or terminated the workflow"),
+    "already-started": Rule(P, "a workflow with this id is already running: starting it again fails the same way"),
+    "heartbeat-lost": Rule(T, "an activity stopped reporting or overran its time limit (worker hung or lost): retry"),
 }
 
 
@@ -117,16 +124,19 @@ class Scenario:
     sid: str
     rule: str
     fn: Callable[[], Iterator[Produced]]
+    round: int = 1  # 2: harvested after round 1's rule changes, into files of its own
 
 
 SCENARIOS: list[Scenario] = []
 
 
-def scenario(sid: str, rule: str) -> Callable[[Callable[[], Iterator[Produced]]], Callable[[], Iterator[Produced]]]:
+def scenario(
+    sid: str, rule: str, round: int = 1
+) -> Callable[[Callable[[], Iterator[Produced]]], Callable[[], Iterator[Produced]]]:
     assert rule in RULES, rule
 
     def register(fn: Callable[[], Iterator[Produced]]) -> Callable[[], Iterator[Produced]]:
-        SCENARIOS.append(Scenario(sid, rule, fn))
+        SCENARIOS.append(Scenario(sid, rule, fn, round))
         return fn
 
     return register
@@ -996,10 +1006,306 @@ def _scope_nmap() -> Iterator[Produced]:
         yield from _yield(variant, lambda host=host: validate_host(host), {"tool": "nmap"})
 
 
+# ======================================================================================
+# Round 2: new scenarios, harvested after round 1's rule changes (fresh ground)
+# ======================================================================================
+def _limited(resource_name: str, soft: int) -> Callable[[], None]:
+    import resource
+
+    def apply() -> None:
+        limit = getattr(resource, resource_name)
+        resource.setrlimit(limit, (soft, soft))
+
+    return apply
+
+
+def run_limited(tool: str, argv: list[str], preexec: Callable[[], None], timeout: float = 120) -> Produced | None:
+    proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, preexec_fn=preexec, timeout=timeout, check=False)  # noqa: PLW1509
+    if proc.returncode == 0:
+        return None
+    text = f"{tool} {_describe_exit(proc.returncode)}: {_tail(proc.stderr)[-500:]}"
+    return Produced("", text, {"exit_code": proc.returncode, "tool": tool})
+
+
+@scenario("r2/semgrep/bad-pattern", "bad-config", round=2)
+def _r2_semgrep_pattern() -> Iterator[Produced]:
+    base = [_bin("semgrep"), "scan", "--metrics=off", "--disable-version-check", "--quiet"]
+    yield from _one(run_tool("semgrep", [*base, "--lang", "python", "-e", "foo(", str(_src_tree())]), "unclosed-call")
+    rules = WORK / "r2-rules.yaml"
+    rules.write_text("rules:\n  - id: z\n    pattern: $X ==\n    languages: [python]\n    message: m\n    severity: ERROR\n")
+    yield from _one(run_tool("semgrep", [*base, "--json", "--config", str(rules), str(_src_tree())]), "rule-pattern")
+
+
+@scenario("r2/semgrep/bad-language", "usage", round=2)
+def _r2_semgrep_lang() -> Iterator[Produced]:
+    base = [_bin("semgrep"), "scan", "--metrics=off", "--disable-version-check", "--quiet"]
+    yield from _one(run_tool("semgrep", [*base, "--lang", "cobol", "-e", "x", str(_src_tree())]), "cobol")
+
+
+@scenario("r2/nmap/bad-script", "usage", round=2)
+def _r2_nmap_script() -> Iterator[Produced]:
+    yield from _one(run_tool("nmap", ["nmap", "-sT", "-p", "1", "--script", "no-such-script-xyz", "127.0.0.1"]), "script")
+    yield from _one(run_tool("nmap", ["nmap", "-6", "-sT", "-p", "1", "127.0.0.1"]), "ipv6-for-ipv4")
+    yield from _one(run_tool("nmap", ["nmap", "-sT", "--top-ports", "-3", "127.0.0.1"]), "top-ports")
+
+
+@scenario("r2/bandit/bad-option", "usage", round=2)
+def _r2_bandit_option() -> Iterator[Produced]:
+    yield from _one(run_tool("bandit", [_bin("bandit"), *BANDIT, "-p", "no_such_profile", "-r", str(_src_tree())]), "profile")
+    yield from _one(run_tool("bandit", [_bin("bandit"), *BANDIT, "-a", "sideways", "-r", str(_src_tree())]), "aggregate")
+    yield from _one(run_tool("bandit", [_bin("bandit"), *BANDIT, "-n", "many", "-r", str(_src_tree())]), "context-lines")
+
+
+@scenario("r2/detect-secrets/bad-option", "usage", round=2)
+def _r2_ds_option() -> Iterator[Produced]:
+    ds = _bin("detect-secrets")
+    yield from _one(run_tool("detect-secrets", [ds, "scan", "--base64-limit", "99", str(_src_tree())]), "b64-limit")
+    yield from _one(run_tool("detect-secrets", [ds, "scan", "--word-list", str(WORK / "no-words.txt"), str(_src_tree())]), "word-list")
+    yield from _one(run_tool("detect-secrets", [ds, "scan", "-c", "zero", str(_src_tree())]), "cores")
+
+
+@scenario("r2/scanner/out-of-memory", "capacity", round=2)
+def _r2_oom() -> Iterator[Produced]:
+    # An address-space limit below what the scanner needs: it runs out of memory starting up.
+    for tool, argv, mib in (
+        ("bandit", [_bin("bandit"), *BANDIT, "-r", str(_src_tree())], 48),
+        ("detect-secrets", [_bin("detect-secrets"), "scan", str(_src_tree())], 48),
+        ("semgrep", [_bin("semgrep"), "scan", "--config", str(_semgrep_rules()), "--json", "--metrics=off", str(_src_tree())], 200),
+        ("nmap", ["nmap", "-sT", "-p", "1-100", "127.0.0.1"], 8),
+    ):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            yield from _one(run_limited(tool, argv, _limited("RLIMIT_AS", mib * 2**20), timeout=30), f"{tool}-as")
+
+
+@scenario("r2/scanner/cpu-limit", "capacity", round=2)
+def _r2_cpu() -> Iterator[Produced]:
+    yield from _one(run_limited("semgrep", _slow("semgrep"), _limited("RLIMIT_CPU", 1)), "semgrep")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        yield from _one(run_limited("bandit", [_bin("bandit"), *BANDIT, "-r", _big_tree()], _limited("RLIMIT_CPU", 1), timeout=30), "bandit")
+
+
+@scenario("r2/scanner/open-files", "capacity", round=2)
+def _r2_nofile() -> Iterator[Produced]:
+    yield from _one(run_limited("nmap", ["nmap", "-sT", "-p", "1-200", "127.0.0.1"], _limited("RLIMIT_NOFILE", 6)), "nmap")
+    yield from _one(run_limited("semgrep", _slow("semgrep"), _limited("RLIMIT_NOFILE", 12)), "semgrep")
+
+
+@scenario("r2/store/sqlite-full", "capacity", round=2)
+def _r2_sqlite_full() -> Iterator[Produced]:
+    path = WORK / "full.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x TEXT)")
+    conn.execute("PRAGMA max_page_count = 8")
+    yield from _yield("insert", lambda: [conn.execute("INSERT INTO t VALUES (?)", ("x" * 4000,)) for _ in range(64)], {})
+    conn.close()
+
+
+@scenario("r2/store/newer-schema", "db-newer", round=2)
+def _r2_newer_schema() -> Iterator[Produced]:
+    from secflow.store import FindingsStore
+
+    path = WORK / "newer.db"
+    FindingsStore(f"sqlite:///{path}").close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_version VALUES (999, 'from the future', '2030-01-01T00:00:00.000000+00:00')")
+    conn.commit()
+    conn.close()
+    yield from _yield("store", lambda: FindingsStore(f"sqlite:///{path}"), {})
+
+
+@scenario("r2/store/postgres-auth", "db-auth", round=2)
+def _r2_pg_auth() -> Iterator[Produced]:
+    import psycopg
+
+    from tests.pg import find_bin_dir, start_server
+
+    if find_bin_dir() is None:
+        return
+    server = start_server()
+    try:
+        url = server.create_database()
+        wrong = url.replace(server.password, "wrong-password")
+        yield from _yield("password", lambda: psycopg.connect(wrong, connect_timeout=5), {})
+        missing = url.rsplit("/", 1)[0] + "/no_such_database"
+        yield from _yield("database", lambda: psycopg.connect(missing, connect_timeout=5), {})
+        from secflow.store import FindingsStore
+
+        yield from _yield("store-password", lambda: FindingsStore(wrong), {})
+        conn = psycopg.connect(url, connect_timeout=5)
+        server.stop()
+        yield from _yield_as("stopped-mid-session", "server-down", lambda: conn.execute("SELECT 1"), {})
+    finally:
+        with contextlib.suppress(Exception):
+            server.destroy()
+
+
+def _yield_as(variant: str, rule: str, fn: Callable[[], object], context: dict[str, Any]) -> Iterator[Produced]:
+    """A case of another rule met inside a scenario (the rule is named with the variant)."""
+    for p in _yield(variant, fn, context):
+        p.context = {**context}
+        p.variant = f"{variant}@{rule}"
+        yield p
+
+
+@scenario("r2/http/tls-handshake", "tls-config", round=2)
+def _r2_tls() -> Iterator[Produced]:
+    ctx, cert_file = _self_signed_context()
+    ctx.verify_mode = ssl.CERT_REQUIRED  # demands a client certificate we do not have
+    ctx.load_verify_locations(cert_file)
+    server = RawServer(_html_200, tls=ctx)
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    try:
+        yield from _yield("client-cert-required", lambda: _httpx_get(f"https://127.0.0.1:{server.port}/", verify=client_ctx), ENRICH)
+    finally:
+        server.close()
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    old.load_cert_chain(WORK / "cert.pem", WORK / "key.pem")
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    server = RawServer(_html_200, tls=old)
+    modern = ssl.create_default_context()
+    modern.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        yield from _yield("no-common-version", lambda: _httpx_get(f"https://127.0.0.1:{server.port}/", verify=modern), ENRICH)
+    finally:
+        server.close()
+
+
+def _tls_then_close(conn: socket.socket) -> None:
+    conn.settimeout(5)
+    conn.recv(1024)  # the ClientHello; then drop the connection mid-handshake
+
+
+def _drip(conn: socket.socket) -> None:
+    _read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    time.sleep(3)
+
+
+@scenario("r2/http/connection", "conn-transient", round=2)
+def _r2_connection() -> Iterator[Produced]:
+    from tests.servers import closed_port
+
+    drop = RawServer(_tls_then_close)
+    drip = RawServer(_drip)
+    try:
+        yield from _yield("tls-dropped", lambda: _httpx_get(f"https://127.0.0.1:{drop.port}/"), ENRICH)
+        yield from _yield("slow-body", lambda: _httpx_get(f"http://127.0.0.1:{drip.port}/v1/querybatch", timeout=0.5, method="POST"), SCA)
+    finally:
+        drop.close()
+        drip.close()
+    port = closed_port()
+
+    def via_proxy() -> None:
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=1) as client:
+            client.get("http://127.0.0.1:9/feeds/kev.json")
+
+    yield from _yield("proxy-down", via_proxy, ENRICH)
+    yield from _yield("asyncio-refused", lambda: asyncio.run(asyncio.open_connection("127.0.0.1", port)), {"tool": "portscan"})
+
+
+@scenario("r2/http/status", "http-transient", round=2)
+def _r2_status() -> Iterator[Produced]:
+    from tests.enrich_standins import Fault, NvdStandin
+    from tests.osv_standin import Fault as OsvFault
+    from tests.osv_standin import OsvStandin
+
+    osv = OsvStandin(faults={"querybatch": [OsvFault(500, body={"code": 13, "message": "internal error"})]})
+    try:
+        yield from _yield("osv-500-json", lambda: _httpx_get(f"{osv.url}/v1/querybatch", method="POST"), SCA)
+    finally:
+        osv.close()
+    with NvdStandin(faults=[Fault(503, retry_after="Wed, 21 Oct 2037 07:28:00 GMT")]) as nvd:
+        yield from _yield("nvd-503-date", lambda: _httpx_get(f"{nvd.url}{nvd.PATH}?cveId=CVE-2021-44228"), ENRICH)
+
+
+@scenario("r2/http/garbage", "tool-garbage", round=2)
+def _r2_garbage() -> Iterator[Produced]:
+    from secflow.enrichment import parse_nvd
+    from tests.enrich_standins import Fault, EpssStandin, NvdStandin
+
+    with EpssStandin(faults=[Fault.raw(b"")]) as epss:
+        yield from _yield("epss-empty", lambda: _httpx_get(f"{epss.url}/data/v1/epss?cve=CVE-2021-44228"), ENRICH)
+    with NvdStandin(faults=[Fault(200, body={"vulnerabilities": "not a list"})]) as nvd:
+
+        def parse() -> None:
+            with httpx.Client(timeout=1) as client:
+                parse_nvd(client.get(f"{nvd.url}{nvd.PATH}?cveId=CVE-2021-44228").json())
+
+        yield from _yield("nvd-wrong-shape", parse, ENRICH)
+
+
+@scenario("r2/dns/invalid", "dns-nxdomain", round=2)
+def _r2_dns() -> Iterator[Produced]:
+    yield from _yield("asyncio", lambda: asyncio.run(asyncio.open_connection("scanme.invalid", 443)), {"tool": "portscan"})
+    yield from _yield("psycopg", lambda: __import__("psycopg").connect("postgresql://u:p@db.invalid/x", connect_timeout=2), {})
+
+
+@scenario("r2/temporal/operator", "operator-cancel", round=2)
+def _r2_temporal() -> Iterator[Produced]:
+    yield from _temporal_round2()
+
+
+def _temporal_round2() -> Iterator[Produced]:
+    from temporalio.client import Client
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+    from tests.corpus.support import SleepyWorkflow, hang, sleepy
+    from tests.devserver import DevServer
+
+    server = DevServer(None, WORK / "devserver2.log")
+    server.start()
+    try:
+
+        async def scenarios() -> list[Produced]:
+            out: list[Produced] = []
+            client = await Client.connect(server.address)
+            async with Worker(
+                client, task_queue="harvest", workflows=[SleepyWorkflow], activities=[sleepy, hang],
+                workflow_runner=UnsandboxedWorkflowRunner(),
+            ):
+                async def outcome(variant: str, rule: str, action: str, **kw: Any) -> None:
+                    handle = await client.start_workflow(SleepyWorkflow.run, action, id=f"h-{variant}", task_queue="harvest")
+                    if kw.get("cancel"):
+                        await asyncio.sleep(0.5)
+                        await handle.cancel()
+                    if kw.get("terminate"):
+                        await asyncio.sleep(0.5)
+                        await handle.terminate("operator stopped it")
+                    try:
+                        await handle.result()
+                    except Exception as exc:
+                        out.append(Produced(f"{variant}@{rule}" if rule else variant, exc, {}))
+                    if kw.get("again"):
+                        try:
+                            await client.start_workflow(SleepyWorkflow.run, action, id=f"h-{variant}-dup", task_queue="harvest")
+                            await client.start_workflow(SleepyWorkflow.run, action, id=f"h-{variant}-dup", task_queue="harvest")
+                        except Exception as exc:
+                            out.append(Produced(f"{variant}-twice@already-started", exc, {}))
+                    if kw.get("signal"):
+                        try:
+                            await handle.signal("poke")
+                        except Exception as exc:
+                            out.append(Produced(f"{variant}-signal-ended@not-found-rpc", exc, {}))
+
+                await outcome("cancelled", "", "sleep", cancel=True)
+                await outcome("terminated", "", "sleep", terminate=True)
+                await outcome("heartbeat", "heartbeat-lost", "hang")
+                await outcome("start-to-close", "heartbeat-lost", "overrun", again=True, signal=True)
+            return out
+
+        yield from asyncio.run(scenarios())
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------------------
-def harvest() -> list[HarvestedCase]:
+def harvest(rounds: set[int]) -> list[HarvestedCase]:
     cases: list[HarvestedCase] = []
     for sc in SCENARIOS:
+        if sc.round not in rounds:
+            continue
         rule = RULES[sc.rule]
         started = time.monotonic()
         produced = list(sc.fn())
@@ -1007,11 +1313,15 @@ def harvest() -> list[HarvestedCase]:
             print(f"  {sc.sid}: nothing failed (no case)", file=sys.stderr)
         for i, p in enumerate(produced):
             variant = p.variant or str(i)
+            rule_name = sc.rule
+            if "@" in variant:  # a failure of another rule met inside the scenario
+                variant, rule_name = variant.split("@", 1)
+            case_rule = RULES[rule_name]
             case = HarvestedCase(
                 case_id=f"{sc.sid}/{variant}",
                 scenario=sc.sid,
-                rule=f"{sc.rule}: {rule.text}",
-                expected=rule.expected,
+                rule=f"{rule_name}: {case_rule.text}",
+                expected=case_rule.expected,
                 context=p.context,
             )
             if isinstance(p.error, BaseException):
@@ -1021,8 +1331,9 @@ def harvest() -> list[HarvestedCase]:
 
                 live = classify(p.error, **p.context)
                 again = classify(rebuild(case.exception), **p.context)
-                case.extra["fidelity"] = live == again
-                if live != again:
+                # (not retry_after: an HTTP-date hint shrinks by the time that passed)
+                case.extra["fidelity"] = (live.category, live.reason) == (again.category, again.reason)
+                if not case.extra["fidelity"]:
                     print(f"  FIDELITY {case.case_id}: live {live} rebuilt {again}", file=sys.stderr)
             else:
                 case.message = p.error
@@ -1031,22 +1342,28 @@ def harvest() -> list[HarvestedCase]:
     return cases
 
 
+FILES = {1: (HOLDOUT_FILE, TUNE_FILE), 2: (HOLDOUT_FILE.with_name("holdout-2.json"), TUNE_FILE.with_name("tune-2.json"))}
+
+
 def main() -> None:
-    only_new = "--check" in sys.argv
-    cases = harvest()
-    holdout = [c for c in cases if in_holdout(c.case_id)]
-    tune = [c for c in cases if not in_holdout(c.case_id)]
+    check = "--check" in sys.argv
+    rounds = {int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--round=")} or set(FILES)
+    cases = harvest(rounds)
     header = {
         "about": "failures harvested by tests/corpus/harvest.py on loopback; labels are the scenarios' rules",
         "harvested_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
     }
-    if only_new:
-        print(json.dumps({"cases": len(cases), "holdout": len(holdout), "tune": len(tune)}))
-        return
-    save(HOLDOUT_FILE, holdout, {**header, "part": "hold-out: never tuned on"})
-    save(TUNE_FILE, tune, {**header, "part": "tune"})
-    print(f"{len(cases)} cases: {len(holdout)} hold-out ({HOLDOUT_FILE.name}), {len(tune)} tune ({TUNE_FILE.name})")
+    round_of = {sc.sid: sc.round for sc in SCENARIOS}
+    for number in sorted(rounds):
+        mine = [c for c in cases if round_of[c.scenario] == number]
+        holdout = [c for c in mine if in_holdout(c.case_id)]
+        tune = [c for c in mine if not in_holdout(c.case_id)]
+        holdout_file, tune_file = FILES[number]
+        print(f"round {number}: {len(mine)} cases: {len(holdout)} hold-out ({holdout_file.name}), {len(tune)} tune ({tune_file.name})")
+        if not check:
+            save(holdout_file, holdout, {**header, "round": number, "part": "hold-out: never tuned on"})
+            save(tune_file, tune, {**header, "round": number, "part": "tune"})
     shutil.rmtree(WORK, ignore_errors=True)
 
 
