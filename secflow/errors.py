@@ -336,6 +336,10 @@ def _from_exit_code(code: int, text: str, tool: str | None) -> Classification:
         return _c(category, f"exit {code} ({meaning})")
     if code in _FIXED_EXITS:
         category, meaning = _FIXED_EXITS[code]
+        # The loader reports an exhausted address space as "cannot run" (127) too.
+        refined = _from_message(text, tool) if text and code in (126, 127) else None
+        if refined is not None and refined.category is _R:
+            return replace(refined, reason=f"exit {code}: {refined.reason}")
         return _c(category, f"exit {code} ({meaning})")
     table = _TOOL_EXITS.get((tool or "").lower())
     if table and code in table:
@@ -523,7 +527,7 @@ _PATTERNS: list[_Pattern] = [
     _p(
         r"out of memory|OutOfMemoryError|cannot allocate memory|memory allocation (?:of \d+ bytes )?failed|"
         r"failed to allocate|\bMemoryError\b|Java heap space|oom[-_ ]?kill|OOMKilled|Killed process \d+|"
-        r"std::bad_alloc|heap out of memory|memory limit (?:exceeded|reached)|\bENOMEM\b",
+        r"std::bad_alloc|heap out of memory|memory limit (?:exceeded|reached)|\bENOMEM\b|failed to map segment from shared object",
         _R,
         "out of memory",
     ),
@@ -558,6 +562,7 @@ _PATTERNS: list[_Pattern] = [
     _p(
         r"database is locked|database table is locked|SQLITE_BUSY|could not serialize access|deadlock detected|lock wait timeout|"
         r"the database system is (?:starting up|shutting down|in recovery mode|not yet accepting connections)|"
+        r"terminating connection due to administrator command|"
         r"too many (?:clients|connections)|remaining connection slots are reserved",
         _T,
         "database busy",
@@ -666,6 +671,11 @@ _PATTERNS_AFTER_STATUS: list[_Pattern] = [
     ),
     _p(r"read-only file system|\bEROFS\b", _P, "read-only file system"),
     _p(
+        r"(?:schema|database|data|protocol) version [^\n]{0,60}newer than|please upgrade|upgrade (?:required|secflow)",
+        _P,
+        "version mismatch (upgrade needed)",
+    ),
+    _p(
         r"could not find a version that satisfies|no matching distribution|not a git repository|terminal prompts disabled|"
         r"could not read (?:Username|Password)|repository (?:'[^']*' )?not found|pull access denied|manifest unknown|"
         r"no such (?:container|image|object|bucket|key|user|repository|file)|\bnot found\b|does not exist|"
@@ -677,7 +687,8 @@ _PATTERNS_AFTER_STATUS: list[_Pattern] = [
     _p(
         r"invalid (?:input|argument|value|parameter|target|cidr|ip|ip address|hostname|host|url|uri|port|port range|request|"
         r"spec|option|syntax|format|netmask|range|date|email|payload|field|cron|rule|path|config|configuration|query|schema)|is not a valid|"
-        r"must be (?:a|an|one of|between|greater|less|at least|at most|positive|non-empty|provided|set|specified)|\bis required\b|"
+        r"(?:must|should) be (?:a|an|one of|between|greater|less|at least|at most|positive|non-empty|provided|set|specified)|\bis required\b|"
+        r"(?:unsupported|invalid|unknown) language|supported language tags are|"
         r"required (?:field|parameter|property|argument|flag)|missing required|input should be|field required|unrecognized arguments?|unknown (?:option|flag|argument|field|shorthand flag)|error: argument [^\n]+: |"
         r"validation (?:error|failed)|failed validation|schema validation|does not match (?:the )?(?:schema|pattern|regex)|"
         r"bad request|malformed request|unprocessable|\b(?:invalid_payload|invalid_blocks|invalid_arguments|msg_too_long|invalid_arg_name)\b|"
