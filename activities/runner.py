@@ -319,21 +319,34 @@ def classified(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
             result = await fn(*args, **kwargs)
         except asyncio.CancelledError:
             raise
-        except ApplicationError:
-            raise
         except Exception as exc:  # classified, recorded and re-raised for Temporal
             classification = classify(exc)
             info = activity.info()
             log = get_logger(activity_type=info.activity_type)
             log.warning("activity failed", category=classification.category.value, reason=classification.reason)
-            error = to_application_error(
-                exc,
-                classification,
-                details=[{"attempt": info.attempt, "category": classification.category.value, "reason": classification.reason}],
+            # Already an ApplicationError (typed by whoever raised it): recorded, passed on as is.
+            error = (
+                exc
+                if isinstance(exc, ApplicationError)
+                else to_application_error(
+                    exc,
+                    classification,
+                    details=[
+                        {"attempt": info.attempt, "category": classification.category.value, "reason": classification.reason}
+                    ],
+                )
             )
-            event = classified_event(info, args[0] if args else None, classification, error.message)
-            event.dependency = dependency_of(exc)
-            await _record(open_store(), event, log)
+            try:
+                event = classified_event(info, args[0] if args else None, classification, redact(error.message))
+                event.dependency = dependency_of(exc)
+                store = open_store()
+            except Exception as ledger_exc:  # no ledger: say so, keep the original error
+                c = classify(ledger_exc)
+                log.error("could not record error in the store", category=c.category.value, reason=c.reason)
+            else:
+                await _record(store, event, log)
+            if error is exc:
+                raise
             raise error from exc
         info = activity.info()
         if info.attempt > 1:  # Temporal's retry recovered the earlier attempts' failures
@@ -358,8 +371,8 @@ def classified_event(info: activity.Info, arg: Any, classification: Classificati
     """The ledger entry of a failed `@classified` attempt.
 
     The id is ``<workflow id>/<run id>/<activity id>/<attempt>``: recording the same
-    attempt twice stores it once. The assessment is the workflow (a child shard's own
-    id, like tool events); stage and target come from the input when it names them.
+    attempt twice stores it once. The assessment, stage and target come from the input
+    when it names them (else the assessment is the workflow id).
     """
     stage_id = getattr(arg, "stage_id", "")
     target = getattr(arg, "target", "")
