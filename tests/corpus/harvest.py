@@ -1,6 +1,7 @@
 """Harvest real failures of SecFlow's tools and dependencies into a labelled corpus.
 
-    .venv/bin/python -m tests.corpus.harvest            # writes tests/corpus/{holdout,tune}.json
+    .venv/bin/python -m tests.corpus.harvest                     # runs every scenario, counts the cases
+    .venv/bin/python -m tests.corpus.harvest --round=2 --write   # rewrites tests/corpus/{holdout,tune}-2.json
 
 Every case is produced here, now: the scanners (bandit, semgrep, detect-secrets, nmap)
 run against broken inputs, HTTP clients talk to loopback servers that misbehave (the
@@ -1346,7 +1347,8 @@ FILES = {1: (HOLDOUT_FILE, TUNE_FILE), 2: (HOLDOUT_FILE.with_name("holdout-2.jso
 
 
 def main() -> None:
-    check = "--check" in sys.argv
+    # Writing replaces committed files, hold-outs included: only on request.
+    check = "--write" not in sys.argv
     rounds = {int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--round=")} or set(FILES)
     cases = harvest(rounds)
     header = {
