@@ -165,7 +165,9 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
             activity.heartbeat(ctx.heartbeat_payload)
             log.warning("worker shutting down; handing the attempt back")
             message = "worker shut down during the attempt; resuming elsewhere from the last checkpoint"
-            await _record(ctx.store, _event(inp, info, Category.TRANSIENT, message, retryable=True), log)
+            event = _event(inp, info, Category.TRANSIENT, message, retryable=True)
+            event.reason = "worker shutdown"
+            await _record(ctx.store, event, log)
             raise ApplicationError(
                 message,
                 {"attempt": info.attempt},
@@ -223,6 +225,7 @@ async def _fail(exc: BaseException, ctx: ToolContext, info: activity.Info) -> Ap
         log.warning("tool attempt failed", error=error.message, reason=classification.reason)
     event = _event(inp, info, classification.category, error.message, classification.retryable)
     event.dependency = dependency_of(exc)
+    event.reason = classification.reason
     await _record(ctx.store, event, log)
     return error
 
@@ -259,6 +262,7 @@ async def _account_for_lost_attempt(store: FindingsStore, inp: StageTaskInput, i
         True,
         attempt=info.attempt - 1,
     )
+    event.reason = "attempt lost (no report from its worker)"
     # insert-or-ignore: if that attempt did record its error, this changes nothing
     await _record(store, event, get_logger(stage=inp.stage_id, target=inp.target))
 
@@ -312,19 +316,76 @@ def classified(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except asyncio.CancelledError:
             raise
-        except ApplicationError:
-            raise
-        except Exception as exc:  # classified and re-raised for Temporal
+        except Exception as exc:  # classified, recorded and re-raised for Temporal
             classification = classify(exc)
             info = activity.info()
-            get_logger(activity_type=info.activity_type).warning(
-                "activity failed", category=classification.category.value, reason=classification.reason
+            log = get_logger(activity_type=info.activity_type)
+            log.warning("activity failed", category=classification.category.value, reason=classification.reason)
+            # Already an ApplicationError (typed by whoever raised it): recorded, passed on as is.
+            error = (
+                exc
+                if isinstance(exc, ApplicationError)
+                else to_application_error(
+                    exc,
+                    classification,
+                    details=[
+                        {"attempt": info.attempt, "category": classification.category.value, "reason": classification.reason}
+                    ],
+                )
             )
-            raise to_application_error(
-                exc, classification, details=[{"attempt": info.attempt, "category": classification.category.value}]
-            ) from exc
+            try:
+                event = classified_event(info, args[0] if args else None, classification, redact(error.message))
+                event.dependency = dependency_of(exc)
+                store = open_store()
+            except Exception as ledger_exc:  # no ledger: say so, keep the original error
+                c = classify(ledger_exc)
+                log.error("could not record error in the store", category=c.category.value, reason=c.reason)
+            else:
+                await _record(store, event, log)
+            if error is exc:
+                raise
+            raise error from exc
+        info = activity.info()
+        if info.attempt > 1:  # Temporal's retry recovered the earlier attempts' failures
+            earlier = [_classified_event_id(info, n) for n in range(1, info.attempt)]
+            try:
+                await asyncio.to_thread(open_store().resolve_error_ids, earlier, "recovered")
+            except Exception as exc:  # the ledger is down: the result still counts
+                c = classify(exc)
+                get_logger(activity_type=info.activity_type).error(
+                    "could not resolve recovered errors", category=c.category.value, reason=c.reason
+                )
+        return result
 
     return wrapper
+
+
+def _classified_event_id(info: activity.Info, attempt: int) -> str:
+    return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{attempt}"
+
+
+def classified_event(info: activity.Info, arg: Any, classification: Classification, message: str) -> ErrorEvent:
+    """The ledger entry of a failed `@classified` attempt.
+
+    The id is ``<workflow id>/<run id>/<activity id>/<attempt>``: recording the same
+    attempt twice stores it once. The assessment, stage and target come from the input
+    when it names them (else the assessment is the workflow id).
+    """
+    stage_id = getattr(arg, "stage_id", "")
+    target = getattr(arg, "target", "")
+    return ErrorEvent(
+        event_id=_classified_event_id(info, info.attempt),
+        assessment_id=getattr(arg, "assessment_id", "") or info.workflow_id or info.activity_type,
+        stage_id=stage_id if isinstance(stage_id, str) else "",
+        target=target if isinstance(target, str) else "",
+        tool=info.activity_type,
+        attempt=info.attempt,
+        category=classification.category.value,
+        message=message,
+        retryable=classification.retryable,
+        occurred_at=datetime.now(UTC),
+        reason=classification.reason,
+    )

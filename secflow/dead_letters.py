@@ -71,6 +71,9 @@ class DeadLetterInput(BaseModel):
     last_failure_at: datetime
     replay: ReplayRecipe | None = None  # None for what cannot be replayed (a compensation)
     extra: dict[str, Any] = Field(default_factory=dict)
+    # Why the failure got `category` (the classifier's reason, e.g. "ECONNREFUSED"). Empty:
+    # the store takes the latest reason the error ledger holds for the stage and target.
+    error_reason: str = ""
 
 
 class DeadLetterResult(BaseModel):
@@ -123,6 +126,7 @@ class DeadLetter(BaseModel):
     replayed_at: datetime | None = None
     replay_outcome: str | None = None
     replay_workflow_id: str | None = None
+    error_reason: str = ""  # the classifier's reason for `category` ("" when none is known)
 
     @property
     def ref(self) -> str:

@@ -32,6 +32,7 @@ import asyncio
 import email.utils
 import errno as _errno
 import functools
+import http.client
 import importlib
 import json
 import re
@@ -315,7 +316,17 @@ _CURL_EXITS: dict[int, tuple[Category, str]] = {
     60: (_P, "curl: TLS certificate problem"),
     67: (_P, "curl: login denied"),
 }
-_TOOL_EXITS: dict[str, dict[int, tuple[Category, str]]] = {"curl": _CURL_EXITS}
+# semgrep's exit codes (semgrep/error.py): rules it cannot use are the spec's rules
+# being wrong. It reports a rules file it cannot load, malformed or absent, with 7, and
+# with --json --quiet says why only on stdout (which the classifier does not see).
+_SEMGREP_EXITS: dict[int, tuple[Category, str]] = {
+    4: (_V, "semgrep: a rule does not parse"),
+    5: (_V, "semgrep: rules YAML does not parse"),
+    7: (_V, "semgrep: rules config unusable (invalid or missing)"),
+    8: (_V, "semgrep: invalid language in a rule"),
+    13: (_P, "semgrep: invalid API key"),
+}
+_TOOL_EXITS: dict[str, dict[int, tuple[Category, str]]] = {"curl": _CURL_EXITS, "semgrep": _SEMGREP_EXITS}
 
 
 def _from_exit_code(code: int, text: str, tool: str | None) -> Classification:
@@ -325,6 +336,10 @@ def _from_exit_code(code: int, text: str, tool: str | None) -> Classification:
         return _c(category, f"exit {code} ({meaning})")
     if code in _FIXED_EXITS:
         category, meaning = _FIXED_EXITS[code]
+        # The loader reports an exhausted address space as "cannot run" (127) too.
+        refined = _from_message(text, tool) if text and code in (126, 127) else None
+        if refined is not None and refined.category is _R:
+            return replace(refined, reason=f"exit {code}: {refined.reason}")
         return _c(category, f"exit {code} ({meaning})")
     table = _TOOL_EXITS.get((tool or "").lower())
     if table and code in table:
@@ -483,6 +498,23 @@ _SECURITY_STRONG = [
     _p(r"unauthori[sz]ed action|action not permitted by policy|policy violation", _S, "unauthorised action"),
 ]
 
+# A tool that rejects its command line says so in a few fixed shapes (argparse,
+# cmdliner, getopt). Read before anything else: an option's *name* ("--timeout",
+# "--rate-limit") quoted in such a message says nothing about the failure.
+_USAGE = _p(
+    r"option '[^'\n]+': invalid value|invalid value '[^'\n]*' for|: invalid choice: |: invalid (?:int|float) value|"
+    r"unrecognized option|unknown (?:test|plugin|rule|check|detector|timing mode|scan type)s?\b|"
+    r"no tests would be run|please choose only one|more than one type of|mutually exclusive|"
+    r"cannot be used (?:together|with)|conflicting (?:options|arguments|flags)",
+    _V,
+    "command line rejected",
+)
+# argparse's parser.error(): a usage line, then "<prog>: error: <why>". A file argparse
+# could not open is still a missing file, not a usage mistake.
+_ARGPARSE_ERROR = re.compile(
+    r"(?:^|: )usage: [\s\S]*^(?:[\w.-]+: )?error: (?![^\n]*(?:can't open|No such file))", re.IGNORECASE | re.MULTILINE
+)
+
 _PATTERNS: list[_Pattern] = [
     # --- operator cancelled ------------------------------------------------------------
     _p(
@@ -495,7 +527,7 @@ _PATTERNS: list[_Pattern] = [
     _p(
         r"out of memory|OutOfMemoryError|cannot allocate memory|memory allocation (?:of \d+ bytes )?failed|"
         r"failed to allocate|\bMemoryError\b|Java heap space|oom[-_ ]?kill|OOMKilled|Killed process \d+|"
-        r"std::bad_alloc|heap out of memory|memory limit (?:exceeded|reached)|\bENOMEM\b",
+        r"std::bad_alloc|heap out of memory|memory limit (?:exceeded|reached)|\bENOMEM\b|failed to map segment from shared object",
         _R,
         "out of memory",
     ),
@@ -530,6 +562,7 @@ _PATTERNS: list[_Pattern] = [
     _p(
         r"database is locked|database table is locked|SQLITE_BUSY|could not serialize access|deadlock detected|lock wait timeout|"
         r"the database system is (?:starting up|shutting down|in recovery mode|not yet accepting connections)|"
+        r"terminating connection due to administrator command|"
         r"too many (?:clients|connections)|remaining connection slots are reserved",
         _T,
         "database busy",
@@ -632,11 +665,16 @@ _PATTERNS_AFTER_STATUS: list[_Pattern] = [
     _p(
         r"command not found|executable file not found|not recognized as an internal or external command|"
         r"cannot execute binary file|exec format error|is not executable|cannot execute|no such file or directory|\bENOENT\b|"
-        r"can't open file",
+        r"can't open file|could not (?:read|open|load) (?:the )?(?:config(?:uration)? |rules? |input |baseline )?file",
         _P,
         "missing file or binary",
     ),
     _p(r"read-only file system|\bEROFS\b", _P, "read-only file system"),
+    _p(
+        r"(?:schema|database|data|protocol) version [^\n]{0,60}newer than|please upgrade|upgrade (?:required|secflow)",
+        _P,
+        "version mismatch (upgrade needed)",
+    ),
     _p(
         r"could not find a version that satisfies|no matching distribution|not a git repository|terminal prompts disabled|"
         r"could not read (?:Username|Password)|repository (?:'[^']*' )?not found|pull access denied|manifest unknown|"
@@ -649,7 +687,8 @@ _PATTERNS_AFTER_STATUS: list[_Pattern] = [
     _p(
         r"invalid (?:input|argument|value|parameter|target|cidr|ip|ip address|hostname|host|url|uri|port|port range|request|"
         r"spec|option|syntax|format|netmask|range|date|email|payload|field|cron|rule|path|config|configuration|query|schema)|is not a valid|"
-        r"must be (?:a|an|one of|between|greater|less|at least|at most|positive|non-empty|provided|set|specified)|\bis required\b|"
+        r"(?:must|should) be (?:a|an|one of|between|greater|less|at least|at most|positive|non-empty|provided|set|specified)|\bis required\b|"
+        r"(?:unsupported|invalid|unknown) language|supported language tags are|"
         r"required (?:field|parameter|property|argument|flag)|missing required|input should be|field required|unrecognized arguments?|unknown (?:option|flag|argument|field|shorthand flag)|error: argument [^\n]+: |"
         r"validation (?:error|failed)|failed validation|schema validation|does not match (?:the )?(?:schema|pattern|regex)|"
         r"bad request|malformed request|unprocessable|\b(?:invalid_payload|invalid_blocks|invalid_arguments|msg_too_long|invalid_arg_name)\b|"
@@ -758,6 +797,8 @@ def _from_message(text: str, tool: str | None = None) -> Classification | None:
 
 
 def _scan(text: str, tool: str | None) -> Classification | None:
+    if _USAGE.regex.search(text) or _ARGPARSE_ERROR.search(text):
+        return _c(_V, _USAGE.reason)
     for pattern in _PATTERNS:
         if pattern.regex.search(text):
             return _from_pattern(pattern, tool)
@@ -960,10 +1001,22 @@ def _from_http_status_error(exc: Any) -> Classification:  # an httpx.HTTPStatusE
         retry_after = _ratelimit_reset(headers)
     if exhausted and 400 <= status < 500:
         return _c(_T, f"HTTP {status} (rate limited)", retry_after)
+    if status == 403 and _is_nvd_api(exc):
+        # NVD answers its rolling rate limit with a bare 403 (and a bad API key with 404):
+        # https://nvd.nist.gov/developers/start-here
+        return _c(_T, "HTTP 403 (NVD rate limit)", retry_after)
     verdict = _status_with_body(status, body, retry_after)
     if verdict is None:
         return _from_message(body) or _c(_P, f"HTTP {status}")
     return verdict
+
+
+def _is_nvd_api(exc: Any) -> bool:  # an httpx.HTTPStatusError
+    try:
+        path = exc.request.url.path
+    except Exception:  # no request attached
+        return False
+    return bool(re.match(r"/rest/json/cve(?:s|history)/", path))
 
 
 def _ratelimit_reset(headers: Any) -> float | None:  # httpx.Headers (httpx is imported lazily)
@@ -977,6 +1030,9 @@ def _ratelimit_reset(headers: Any) -> float | None:  # httpx.Headers (httpx is i
     if number > 1_000_000_000:  # an epoch timestamp (GitHub), not a delta
         return max(0.0, number - datetime.now(UTC).timestamp())
     return max(0.0, number)
+
+
+_HTTP_GARBAGE = re.compile(r"\b(?:illegal|invalid|malformed|unexpected|bad|unsupported)\b", re.IGNORECASE)
 
 
 def _from_httpx(exc: BaseException, tool: str | None) -> Classification | None:
@@ -997,6 +1053,10 @@ def _from_httpx(exc: BaseException, tool: str | None) -> Classification | None:
         return _c(_X, "DecodingError (undecodable response body)")
     if isinstance(exc, httpx.TimeoutException):
         return _c(_T, type(exc).__name__)
+    if isinstance(exc, httpx.RemoteProtocolError) and _HTTP_GARBAGE.search(str(exc)):
+        # The peer answered, but not in HTTP (h11 could not parse it): unusable output,
+        # not a connection cut short ("Server disconnected", "peer closed connection").
+        return _c(_X if tool else _V, "RemoteProtocolError (malformed HTTP from the server)")
     if isinstance(exc, httpx.TransportError):
         # The most specific cause decides: DNS NXDOMAIN and certificate failures arrive
         # as ConnectError too, and they are not going to clear by themselves.
@@ -1163,6 +1223,9 @@ def _from_exception(exc: BaseException, tool: str | None) -> Classification | No
         return _from_gaierror(exc)
     if isinstance(exc, socket.herror):
         return _c(_P, "herror (reverse lookup failed)")
+    if isinstance(exc, http.client.IncompleteRead) and isinstance(exc.__cause__ or exc.__context__, ValueError):
+        # http.client reads a chunk size it cannot parse as IncompleteRead from ValueError.
+        return _c(_X if tool else _V, "IncompleteRead (malformed chunked body)")
     if isinstance(exc, asyncio.IncompleteReadError):
         return _c(_T, "IncompleteReadError (connection closed mid-read)")
     smtp = _from_smtp(exc)  # before OSError: smtplib's exceptions subclass it

@@ -223,9 +223,10 @@ async def cmd_list(store: FindingsStore, settings: Settings, args: argparse.Name
     print(f"{'REF':<10}  {'STATE':<9}  {'LAST FAILURE':<19}  {'CATEGORY':<13}  {'STAGE':<14}  TARGET / WORKFLOW")
     for e in entries:
         outcome = f" -> {e.replay_outcome}" if e.replay_outcome else ""
+        why = f"  why: {e.error_reason}" if e.error_reason else ""  # the classifier's reason
         print(
             f"{e.ref:<10}  {e.state:<9}  {_when(e.last_failure_at):<19}  {e.category:<13}  {e.stage_id:<14}  "
-            f"{e.target or '-'}  ({e.workflow_id}){outcome}"
+            f"{e.target or '-'}  ({e.workflow_id}){outcome}{why}"
         )
     print(f"\n{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; `{guidance.CLI} dlq show REF` for details")
     return EXIT_OK
@@ -247,6 +248,7 @@ async def cmd_show(store: FindingsStore, settings: Settings, args: argparse.Name
         f"  target:         {entry.target or '-'}",
         f"  reason:         {entry.reason}",
         f"  category:       {entry.category}",
+        f"  why:            {entry.error_reason or '-'}  (the classifier's reason for the category)",
         f"  attempts:       {entry.attempts}",
         f"  failures:       first {_when(entry.first_failure_at)}, last {_when(entry.last_failure_at)} (UTC)",
         f"  message:        {entry.message}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -23,6 +24,7 @@ from secflow.errors import (
     parse_retry_after,
     to_application_error,
 )
+from tests.corpus.cases import HOLDOUT_FILE, TUNE_FILE, HarvestedCase, in_holdout, load
 from tests.error_corpus import Case, build_corpus, evaluate, live_count
 
 
@@ -266,3 +268,76 @@ def test_explicit_cause_chain_is_redacted_in_history() -> None:
 def test_to_application_error_caps_huge_messages() -> None:
     err = to_application_error(ExternalToolError("x" * 100_000))
     assert len(err.message) <= 4000
+
+
+# --------------------------------------------------------------------------------------
+# the harvested corpus (tests/corpus/): real failures produced on this machine
+# --------------------------------------------------------------------------------------
+# What the classifier reaches on the hold-out (tests/corpus/holdout.json, committed before
+# any rule change and never tuned on): 39/45 at first sight, 40/45 after tuning on the
+# tune part. The goal is 98 %; the floor is what is reached, so a regression fails.
+HOLDOUT_FLOOR = 40 / 45
+TUNE_FLOOR = 83 / 84
+# Round 2 (new scenarios harvested after round 1's rule changes; holdout-2.json committed
+# before round 2's): 12/16 at first sight, 13/16 after tuning on tune-2 (24/26).
+HOLDOUT2_FILE, TUNE2_FILE = HOLDOUT_FILE.with_name("holdout-2.json"), TUNE_FILE.with_name("tune-2.json")
+HOLDOUT2_FLOOR = 13 / 16
+TUNE2_FLOOR = 24 / 26
+
+
+def _per_category(cases: list[HarvestedCase]) -> tuple[float, dict[str, tuple[int, int]], list[str]]:
+    total: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    misses = []
+    for case in cases:
+        got = case.classify()
+        total[case.expected.value] += 1
+        if got.category is case.expected:
+            right[case.expected.value] += 1
+        else:
+            misses.append(f"{case.case_id}: expected {case.expected.value}, got {got.category.value} ({got.reason})")
+    accuracy = sum(right.values()) / len(cases)
+    return accuracy, {c: (right[c], total[c]) for c in sorted(total)}, misses
+
+
+def _report(name: str, cases: list[HarvestedCase]) -> float:
+    accuracy, by_category, misses = _per_category(cases)
+    print(f"\n{name}: {accuracy:.4f} ({sum(r for r, _ in by_category.values())}/{len(cases)})")
+    for category, (r, t) in by_category.items():
+        print(f"  {category:<14} {r}/{t}  {r / t:.3f}")
+    for miss in misses:
+        print(f"  MISS {miss}")
+    return accuracy
+
+
+def test_harvested_files_are_split_by_hash_and_labelled_by_rule() -> None:
+    holdout, tune = load(HOLDOUT_FILE) + load(HOLDOUT2_FILE), load(TUNE_FILE) + load(TUNE2_FILE)
+    assert len(holdout) >= 60 and len(tune) >= 110
+    assert all(in_holdout(c.case_id) for c in holdout)
+    assert not any(in_holdout(c.case_id) for c in tune)
+    assert not {c.case_id for c in holdout} & {c.case_id for c in tune}
+    for case in holdout + tune:
+        assert case.rule.split(":", 1)[0] and case.expected in Category
+        assert case.extra.get("fidelity", True), case.case_id  # rebuilt like it was live
+        assert case.error() is not None
+
+
+def test_harvested_tune_accuracy() -> None:
+    assert _report("harvested tune part", load(TUNE_FILE)) >= TUNE_FLOOR
+
+
+def test_harvested_holdout_accuracy_per_category() -> None:
+    assert _report("harvested HOLD-OUT (never tuned on)", load(HOLDOUT_FILE)) >= HOLDOUT_FLOOR
+
+
+def test_harvested_round2_tune_accuracy() -> None:
+    assert _report("harvested tune part, round 2", load(TUNE2_FILE)) >= TUNE2_FLOOR
+
+
+def test_harvested_round2_holdout_accuracy_per_category() -> None:
+    assert _report("harvested HOLD-OUT round 2 (never tuned on)", load(HOLDOUT2_FILE)) >= HOLDOUT2_FLOOR
+
+
+def test_harvested_holdouts_together() -> None:
+    both = load(HOLDOUT_FILE) + load(HOLDOUT2_FILE)
+    assert _report("harvested HOLD-OUTS, rounds 1 and 2", both) >= (40 + 13) / (45 + 16)

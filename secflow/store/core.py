@@ -197,6 +197,8 @@ class ErrorEvent(BaseModel):
     dependency: str | None = None
     # When the outcome was written (set by the store; ignored by record_error).
     resolved_at: datetime | None = None
+    # The classifier's reason for `category` (secflow.errors.Classification.reason).
+    reason: str | None = None
 
     @field_validator("category")
     @classmethod
@@ -840,6 +842,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             "CREATE INDEX decisions_audit_by_time ON decisions_audit (decided_at)",
+        ),
+    ),
+    # 12 and 13 belong to the recovery ladder (h-ladder) and adaptive retries (h-adaptive),
+    # built in parallel: placeholders on the classifier branch only, replaced by those
+    # migrations when the branches merge.
+    Migration(12, "reserved: recovery ladder (h-ladder)", ()),
+    Migration(13, "reserved: recovery strategies (h-adaptive)", ()),
+    Migration(
+        14,
+        "the classifier's reason in the error ledger and the dead-letter queue",
+        (
+            # Why a failure got its category ("ECONNREFUSED", "exit 139 (SIGSEGV)"):
+            # `secflow.errors.Classification.reason`, short and redacted.
+            "ALTER TABLE error_events ADD COLUMN reason TEXT",
+            "ALTER TABLE dead_letters ADD COLUMN error_reason TEXT",
         ),
     ),
 )
@@ -1661,8 +1678,8 @@ class FindingsStore:
                 """
                 INSERT INTO error_events (event_id, assessment_id, stage_id, target, tool, attempt,
                                           category, message, retryable, occurred_at, outcome, resolved_at,
-                                          dependency)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                          dependency, reason)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (event_id) DO NOTHING
                 """,
                 (
@@ -1679,6 +1696,7 @@ class FindingsStore:
                     event.outcome,
                     _ts(_utcnow()) if event.outcome is not None else None,
                     event.dependency,
+                    event.reason,
                 ),
             )
             return cursor.rowcount == 1
@@ -1706,7 +1724,7 @@ class FindingsStore:
             rows = self._x(
                 conn,
                 "SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message, "
-                f"retryable, occurred_at, outcome, dependency, resolved_at FROM error_events {where} "
+                f"retryable, occurred_at, outcome, dependency, resolved_at, reason FROM error_events {where} "
                 "ORDER BY occurred_at, event_id",
                 params,
             ).fetchall()
@@ -1725,9 +1743,27 @@ class FindingsStore:
                 outcome=r[10],
                 dependency=r[11],
                 resolved_at=_parse_ts(r[12]) if r[12] else None,
+                reason=r[13],
             )
             for r in rows
         ]
+
+    def resolve_error_ids(self, event_ids: Iterable[str], outcome: str) -> int:
+        """Set `outcome` on these events where they have none yet; returns how many."""
+        _require("outcome", outcome)
+        ids = list(event_ids)
+        if not ids:
+            return 0
+        now = _ts(_utcnow())
+        with self._write() as conn:
+            return sum(
+                self._x(
+                    conn,
+                    "UPDATE error_events SET outcome = ?, resolved_at = ? WHERE event_id = ? AND outcome IS NULL",
+                    (outcome, now, event_id),
+                ).rowcount
+                for event_id in ids
+            )
 
     def resolve_errors(self, assessment_id: str, stage_id: str, target: str | None, outcome: str) -> int:
         """Set `outcome` on the stage's (and target's) still-unresolved events; returns how many.

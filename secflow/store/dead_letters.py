@@ -26,7 +26,13 @@ __all__ = ["DeadLetterRepository"]
 
 _COLUMNS = (
     "task_id, workflow_id, run_id, stage_id, target, tool, reason, category, message, attempts, "
-    "first_failure_at, last_failure_at, replay, state, replayed_at, replay_outcome, replay_workflow_id"
+    "first_failure_at, last_failure_at, replay, state, replayed_at, replay_outcome, replay_workflow_id, error_reason"
+)
+# The ledger's latest classifier reason for a task (migration 14); a stage-wide task
+# (target "") takes the stage's latest.
+_LEDGER_REASON = (
+    "SELECT reason FROM error_events WHERE assessment_id = ? AND stage_id = ? AND (target = ? OR ? = '') "
+    "AND reason IS NOT NULL AND reason <> '' ORDER BY occurred_at DESC, event_id DESC LIMIT 1"
 )
 
 
@@ -50,9 +56,11 @@ class DeadLetterRepository:
         replay = inp.replay.model_dump_json() if inp.replay is not None else "null"
         g = store._dialect.greatest
         with store._write() as conn:
+            reason = inp.error_reason or self._ledger_reason(conn, inp)
             cursor = store._x(
                 conn,
-                f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'parked', NULL, NULL, NULL) "
+                f"INSERT INTO dead_letters ({_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'parked', NULL, NULL, NULL, ?) "
                 "ON CONFLICT (task_id) DO NOTHING",
                 (
                     inp.task_id,
@@ -68,6 +76,7 @@ class DeadLetterRepository:
                     first,
                     last,
                     replay,
+                    reason,
                 ),
             )
             if cursor.rowcount == 1:
@@ -84,13 +93,29 @@ class DeadLetterRepository:
                     last_failure_at = {g}(last_failure_at, ?),
                     attempts = {g}(attempts, ?),
                     message = CASE WHEN ? THEN ? ELSE message END,
+                    error_reason = CASE WHEN ? AND ? <> '' THEN ? ELSE error_reason END,
                     state = CASE WHEN ? THEN 'parked' ELSE state END,
                     replay_outcome = CASE WHEN ? THEN 'failed' ELSE replay_outcome END
                 WHERE task_id = ?
                 """,
-                (last, inp.attempts, newer, inp.message, reopen, reopen and row[1] == "replaying", inp.task_id),
+                (
+                    last,
+                    inp.attempts,
+                    newer,
+                    inp.message,
+                    newer,
+                    reason,
+                    reason,
+                    reopen,
+                    reopen and row[1] == "replaying",
+                    inp.task_id,
+                ),
             )
         return DeadLetterResult(task_id=inp.task_id, created=False)
+
+    def _ledger_reason(self, conn: Any, inp: DeadLetterInput) -> str:
+        row = self._store._x(conn, _LEDGER_REASON, (inp.workflow_id, inp.stage_id, inp.target, inp.target)).fetchone()
+        return str(row[0]) if row else ""
 
     def list_entries(
         self,
@@ -251,4 +276,5 @@ def _entry(r: tuple[Any, ...]) -> DeadLetter:
         replayed_at=_parse_ts(r[14]) if r[14] else None,
         replay_outcome=r[15],
         replay_workflow_id=r[16],
+        error_reason=r[17] or "",
     )
