@@ -844,13 +844,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX decisions_audit_by_time ON decisions_audit (decided_at)",
         ),
     ),
-    # 12 and 13 belong to the recovery ladder (h-ladder) and adaptive retries (h-adaptive),
-    # built in parallel: placeholders on the classifier branch only, replaced by those
-    # migrations when the branches merge.
-    Migration(12, "reserved: recovery ladder (h-ladder)", ()),
-    Migration(13, "reserved: recovery strategies (h-adaptive)", ()),
     Migration(
-        14,
+        12,
         "the classifier's reason in the error ledger and the dead-letter queue",
         (
             # Why a failure got its category ("ECONNREFUSED", "exit 139 (SIGSEGV)"):

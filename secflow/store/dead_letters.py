@@ -28,7 +28,7 @@ _COLUMNS = (
     "task_id, workflow_id, run_id, stage_id, target, tool, reason, category, message, attempts, "
     "first_failure_at, last_failure_at, replay, state, replayed_at, replay_outcome, replay_workflow_id, error_reason"
 )
-# The ledger's latest classifier reason for a task (migration 14); a stage-wide task
+# The ledger's latest classifier reason for a task (migration 12); a stage-wide task
 # (target "") takes the stage's latest.
 _LEDGER_REASON = (
     "SELECT reason FROM error_events WHERE assessment_id = ? AND stage_id = ? AND (target = ? OR ? = '') "
