@@ -17,6 +17,18 @@ with the service name, product and version nmap identified in the title and evid
 The fingerprint includes the tool, so nmap's and portscan's findings of the same port are
 distinct rows (a fallback from nmap to portscan does not overwrite anything).
 
+Chunks and resume: the port list (sorted) is scanned in chunks of ``chunk_ports`` ports,
+one nmap run each. After each run its findings are stored, then a checkpoint is
+heartbeated: the port-list digest, a watermark (every port below ``next_index`` is
+scanned) and the fingerprints of the findings so far. A retried attempt (the worker was
+SIGKILLed, or the server restarted and the attempt's heartbeat timed out) reads its
+earlier findings back from the store and starts at the first unscanned chunk, so a crash
+costs at most the chunk in flight (plus the SDK's heartbeat throttle, at most 0.8 x the
+heartbeat timeout, for a checkpoint not yet sent). Findings are upserted by fingerprint,
+so a chunk scanned twice never duplicates one. ``timeout`` bounds all runs of an attempt;
+``--host-timeout`` each run. A target is always ONE host (the workflow fans a stage out
+per target), so there is no host dimension to chunk here.
+
 Failures: nmap not installed -> `PermanentError` from `run_process` (a stage with
 ``on_failure: fallback, fallback_tool: portscan`` degrades to the built-in scan); a crash or
 unusable XML (truncated, not nmap's, ``exit="error"``) -> `ExternalToolError` with the
@@ -26,12 +38,18 @@ that exceeds ``--host-timeout`` -> transient.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 import ipaddress
 import os
 import re
+import threading
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 
 from activities.process import run_process, tail
@@ -92,9 +110,9 @@ def validate_host(host: str) -> str:
     return name
 
 
-def port_argument(spec: str) -> str:
-    """The canonical ``-p`` value for a port spec: ``"22, 80-82"`` -> ``"22,80-82"``."""
-    ports = parse_port_spec(spec)
+def port_argument(spec: str | list[int]) -> str:
+    """The canonical ``-p`` value for a port spec or list: ``"22, 80-82"`` -> ``"22,80-82"``."""
+    ports = parse_port_spec(spec) if isinstance(spec, str) else sorted(set(spec))
     ranges: list[str] = []
     start = prev = ports[0]
     for port in ports[1:] + [None]:
@@ -107,7 +125,8 @@ def port_argument(spec: str) -> str:
     return ",".join(ranges)
 
 
-def build_argv(host: str, opts: NmapOptions) -> list[str]:
+def build_argv(host: str, opts: NmapOptions, ports: list[int] | None = None) -> list[str]:
+    """nmap's argv for `host`: `ports` (one chunk) when given, else all of ``opts.ports``."""
     host = validate_host(host)
     argv = [
         "nmap",
@@ -120,7 +139,7 @@ def build_argv(host: str, opts: NmapOptions) -> list[str]:
         "-oX",
         "-",
         "-p",
-        port_argument(opts.ports),
+        port_argument(ports if ports is not None else opts.ports),
         f"-T{opts.timing}",
         "--host-timeout",
         f"{max(1, int(opts.host_timeout.total_seconds()))}s",
@@ -242,7 +261,55 @@ def port_findings(target: str, ports: list[OpenPort]) -> list[Finding]:
     return list(findings.values())
 
 
+class NmapCheckpoint(BaseModel):
+    """What an attempt heartbeats after each chunk (under ``"nmap"``); small and JSON."""
+
+    digest: str  # of the canonical port list: a checkpoint of another scan is ignored
+    next_index: int = Field(ge=0)  # every port of the sorted list below this is scanned
+    chunks_done: int = Field(0, ge=0)
+    fingerprints: list[str] = Field(default_factory=list)  # stored findings of those ports
+
+
+def _parse(stdout: bytes, stderr: bytes, _stop: threading.Event) -> list[OpenPort]:
+    return parse_nmap_xml(stdout, stderr=stderr)
+
+
+def port_chunks(ports: list[int], size: int, start: int = 0) -> list[tuple[int, list[int]]]:
+    """(index of its first port, ports) of each chunk of `ports` from index `start` on."""
+    return [(i, ports[i : i + size]) for i in range(start, len(ports), size)]
+
+
+def ports_digest(ports: list[int]) -> str:
+    return hashlib.sha256(port_argument(ports).encode()).hexdigest()[:32]
+
+
+async def _resume(ctx: ToolContext, digest: str, total: int) -> tuple[NmapCheckpoint | None, list[Finding]]:
+    """The previous attempt's checkpoint and its findings (read back from the store), or
+    (None, []) to scan from the first port: scanning again is always safe (upserts)."""
+    raw = (ctx.resume or {}).get(TOOL)
+    if not raw:
+        return None, []
+    try:
+        point = NmapCheckpoint.model_validate(raw)
+    except ValidationError as exc:
+        ctx.log.warning("ignoring unreadable nmap checkpoint; scanning every port", error=str(exc).splitlines()[0])
+        return None, []
+    if point.digest != digest or point.next_index > total:
+        ctx.log.info("nmap checkpoint is for another port list; scanning every port")
+        return None, []
+    wanted = set(point.fingerprints)
+    findings: list[Finding] = []
+    if wanted:
+        stored = await asyncio.to_thread(ctx.store.list_findings, ctx.input.assessment_id)
+        findings = [f for f in stored if f.fingerprint in wanted]
+        if len({f.fingerprint for f in findings}) != len(wanted):
+            ctx.log.warning("checkpointed nmap findings missing from the store; scanning every port")
+            return None, []
+    return point, findings
+
+
 async def nmap_tool(ctx: ToolContext) -> ToolOutput:
+    started = time.monotonic()
     target = ctx.input.target
     opts = NmapOptions.model_validate(ctx.options)
     build_argv(target, opts)  # validates the host first: nothing runs on a bad one
@@ -251,22 +318,59 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
     # included), never the name: with -n it resolves nothing itself, so what it scans is
     # exactly what was checked.
     address = await ctx.connect_address(target)
-    argv = build_argv(address.ip, opts)
-    result = await run_process(
-        argv,
-        tool=TOOL,
-        cwd=ctx.input.workspace if ctx.input.workspace and os.path.isdir(ctx.input.workspace) else None,
-        timeout=opts.timeout.total_seconds(),
-    )
-    ports = await off_loop(lambda _: parse_nmap_xml(result.stdout, stderr=result.stderr))  # up to 64 MB of XML
-    findings = port_findings(target, ports)
-    ctx.log.info("nmap finished", open_ports=len(findings), seconds=round(result.duration, 1))
-    scanned = len(parse_port_spec(opts.ports))
+    ports = parse_port_spec(opts.ports)
+    digest = ports_digest(ports)
+    point, findings = await _resume(ctx, digest, len(ports))
+    next_index = point.next_index if point else 0
+    chunks_done = point.chunks_done if point else 0
+    if point is not None:
+        ctx.log.info(
+            "resuming nmap scan",
+            next_port_index=next_index,
+            of=len(ports),
+            chunks_done=chunks_done,
+            findings_so_far=len(findings),
+        )
+    chunks = port_chunks(ports, opts.chunk_ports, next_index)
+    total_chunks = chunks_done + len(chunks)
+    budget = opts.timeout.total_seconds()
+    workspace = ctx.input.workspace if ctx.input.workspace and os.path.isdir(ctx.input.workspace) else None
+    for first, chunk in chunks:
+        left = budget - (time.monotonic() - started)
+        if left <= 0:
+            # Transient, like a run past its timeout: the next attempt resumes here.
+            raise TransientError(f"nmap exceeded its timeout of {budget:g}s with {len(ports) - first} of {len(ports)} ports left")
+        argv = build_argv(address.ip, opts, chunk)
+        result = await run_process(argv, tool=TOOL, cwd=workspace, timeout=left)
+        found = await off_loop(functools.partial(_parse, result.stdout, result.stderr))  # up to 64 MB of XML
+        new = port_findings(target, found)
+        findings.extend(new)
+        chunks_done += 1
+        next_index = first + len(chunk)
+        # Findings first, then the checkpoint (ctx.checkpoint): a resumed attempt never
+        # skips a finding, and the fingerprint upsert means it never duplicates one.
+        checkpoint = NmapCheckpoint(
+            digest=digest,
+            next_index=next_index,
+            chunks_done=chunks_done,
+            fingerprints=sorted({f.fingerprint for f in findings}),
+        )
+        await ctx.checkpoint({TOOL: checkpoint.model_dump(), "progress": {"done": next_index, "total": len(ports)}}, new)
+        ctx.log.info(
+            "nmap chunk finished",
+            chunk=chunks_done,
+            of=total_chunks,
+            ports=port_argument(chunk),
+            open_ports=len(new),
+            seconds=round(result.duration, 1),
+        )
+    unique = list({f.fingerprint: f for f in findings}.values())
+    ctx.log.info("nmap finished", open_ports=len(unique), chunks=total_chunks, seconds=round(time.monotonic() - started, 1))
     return ToolOutput(
-        findings=findings,
-        items_done=scanned,
-        items_total=scanned,
-        outputs={"open_ports": str(len(findings))},
+        findings=unique,
+        items_done=len(ports),
+        items_total=len(ports),
+        outputs={"open_ports": str(len(unique))},
     )
 
 
