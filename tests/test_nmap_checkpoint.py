@@ -1,0 +1,262 @@
+"""nmap in port chunks with checkpoints, for real: real nmap (through a recording shim
+that notes each run's port list, then runs the real binary) against loopback listeners.
+
+- through temporalio's ActivityEnvironment (the real `run_tool`, store and heartbeats):
+  one run per chunk, a checkpoint after each, and a resumed attempt that starts after the
+  last finished chunk and keeps the earlier chunks' findings from the store;
+- through real worker processes and a real dev server: a worker SIGKILLed mid-scan and
+  the dev server restarted mid-scan; every finding exactly once, finished chunks not
+  scanned again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+from activities.scanners.nmap import NmapCheckpoint, nmap, port_argument, port_chunks, ports_digest
+from bench.nmap_crash import (
+    WorkerProcess,
+    checkpointed_ports,
+    install_recording_nmap,
+    nmap_stage,
+    read_runs,
+    redone_seconds,
+    rescanned_ranges,
+    wait_until,
+)
+from secflow.models import StageTaskInput, StageTaskResult
+from secflow.retries import plan_for
+from secflow.settings import load_settings
+from secflow.store import open_store
+from secflow.temporal_client import connect
+from secflow.tools import TOOLS, NmapOptions
+from tests.devserver import DevServer
+from tests.helpers import final_status, make_spec, start
+from tests.servers import listeners_in_window
+
+HOST = "127.0.0.1"
+REAL_NMAP = shutil.which("nmap")
+
+
+@pytest.fixture
+def shim_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The recording nmap, first on PATH (for in-process activities and worker processes)."""
+    assert REAL_NMAP, "nmap is not installed: run `sh scripts/system-deps.sh`"
+    directory = tmp_path / "bin"
+    install_recording_nmap(directory, REAL_NMAP)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ.get('PATH', '')}")
+    return directory
+
+
+def stage_input(ports: str, **options: Any) -> StageTaskInput:
+    return StageTaskInput(
+        assessment_id=f"t-{uuid.uuid4().hex[:10]}",
+        stage_id="ports",
+        kind="discovery",
+        tool="nmap",
+        target=HOST,
+        target_kind="host",
+        options={"ports": ports, "timing": 4, "host_timeout": "60s", **options},
+        scope=[HOST],
+        retry=plan_for(TOOLS["nmap"].retry_class),
+    )
+
+
+async def run(inp: StageTaskInput, *, resume: dict[str, Any] | None = None) -> tuple[StageTaskResult, list[dict[str, Any]]]:
+    """Run the nmap activity; returns its result and every heartbeat payload it sent."""
+    env = ActivityEnvironment()
+    if resume is not None:
+        env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[resume])
+    beats: list[dict[str, Any]] = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    result = await env.run(nmap, inp)
+    return result, beats
+
+
+def checkpoints(beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Distinct checkpoints in the order sent (the keep-alive repeats the latest)."""
+    seen: list[dict[str, Any]] = []
+    for beat in beats:
+        if beat.get("nmap") and (not seen or seen[-1] != beat):
+            seen.append(beat)
+    return seen
+
+
+def locations(assessment_id: str) -> list[str]:
+    return sorted(f.location for f in open_store().list_findings(assessment_id) if f.tool == "nmap")
+
+
+# ---------------------------------------------------------------------------------------
+# chunks and checkpoints, through the real activity wrapper
+# ---------------------------------------------------------------------------------------
+def test_port_chunks_cover_the_list_once_from_any_start() -> None:
+    ports = list(range(1, 11))
+    assert port_chunks(ports, 4) == [(0, [1, 2, 3, 4]), (4, [5, 6, 7, 8]), (8, [9, 10])]
+    assert port_chunks(ports, 4, start=4) == [(4, [5, 6, 7, 8]), (8, [9, 10])]
+    assert port_chunks(ports, 4, start=10) == []
+    assert port_argument([9, 10, 1, 2, 3]) == "1-3,9-10"
+    assert NmapOptions().chunk_ports == 250
+    for bad in (0, -1, 70000):
+        with pytest.raises(ValueError):
+            NmapOptions.model_validate({"chunk_ports": bad})
+
+
+async def test_each_chunk_is_one_run_and_is_checkpointed_after_its_findings(shim_dir: Path) -> None:
+    base, listeners = listeners_in_window(200, [3, 120, 199])
+    try:
+        inp = stage_input(f"{base}-{base + 199}", chunk_ports=50, max_rate=2000)
+        result, beats = await run(inp)
+    finally:
+        listeners.close()
+    runs = read_runs(shim_dir)
+    assert [r.ports for r in runs] == [f"{base + i}-{base + i + 49}" for i in (0, 50, 100, 150)]
+    assert all(r.argv[r.argv.index("--max-rate") + 1] == "2000" for r in runs), "every run honours the rate limit"
+    assert locations(inp.assessment_id) == [f"{HOST}:{base + o}" for o in (3, 120, 199)]
+    assert result.findings == 3 and result.items_done == result.items_total == 200
+    marks = checkpoints(beats)
+    assert [c["nmap"]["next_index"] for c in marks] == [50, 100, 150, 200]
+    assert [c["progress"] for c in marks] == [{"done": d, "total": 200} for d in (50, 100, 150, 200)]
+    assert [len(c["nmap"]["fingerprints"]) for c in marks] == [1, 1, 2, 3], "each checkpoint names the findings so far"
+
+
+async def test_a_resumed_attempt_starts_after_the_last_chunk_and_keeps_its_findings(shim_dir: Path) -> None:
+    base, listeners = listeners_in_window(200, [3, 120, 199])
+    try:
+        inp = stage_input(f"{base}-{base + 199}", chunk_ports=50, max_rate=2000)
+        _, beats = await run(inp)
+        after_two = next(c for c in checkpoints(beats) if c["nmap"]["next_index"] == 100)
+        # The port of chunk 1 closes: if the resumed attempt scanned chunk 1 again it could
+        # not report it; it must come from the checkpoint (and the store).
+        listeners.socks[0].close()
+        (shim_dir / "nmap-runs.jsonl").unlink()
+        result, resumed_beats = await run(inp, resume=after_two)
+    finally:
+        listeners.close()
+    assert [r.ports for r in read_runs(shim_dir)] == [f"{base + 100}-{base + 149}", f"{base + 150}-{base + 199}"]
+    assert result.findings == 3, "the finding of chunk 1 comes back from the store"
+    assert locations(inp.assessment_id) == [f"{HOST}:{base + o}" for o in (3, 120, 199)], "each finding once"
+    assert checkpoints(resumed_beats)[-1]["nmap"]["chunks_done"] == 4
+
+
+@pytest.mark.parametrize("broken", ["other-ports", "findings-missing", "garbage"])
+async def test_an_unusable_checkpoint_means_scanning_every_port(shim_dir: Path, broken: str) -> None:
+    base, listeners = listeners_in_window(100, [10])
+    try:
+        inp = stage_input(f"{base}-{base + 99}", chunk_ports=50, max_rate=2000)
+        ports = list(range(base, base + 100))
+        checkpoint: dict[str, Any] = {
+            "other-ports": NmapCheckpoint(digest=ports_digest(ports[:-1]), next_index=50, chunks_done=1).model_dump(),
+            "findings-missing": NmapCheckpoint(
+                digest=ports_digest(ports), next_index=50, chunks_done=1, fingerprints=["0" * 64]
+            ).model_dump(),
+            "garbage": {"next_index": "soon"},
+        }[broken]
+        result, _ = await run(inp, resume={"nmap": checkpoint, "progress": {"done": 50, "total": 100}})
+    finally:
+        listeners.close()
+    assert [r.ports for r in read_runs(shim_dir)] == [f"{base}-{base + 49}", f"{base + 50}-{base + 99}"]
+    assert result.findings == 1 and locations(inp.assessment_id) == [f"{HOST}:{base + 10}"]
+
+
+# ---------------------------------------------------------------------------------------
+# crashes for real: worker processes, a dev server
+# ---------------------------------------------------------------------------------------
+# 400 ports in chunks of 100 at 25 probes/s: about 4 s a chunk, longer than the SDK's
+# heartbeat throttle (0.8 x the 4 s heartbeat timeout), so a checkpoint is on the server
+# before the next chunk ends.
+WIDTH, CHUNK, RATE = 400, 100, 25.0
+OFFSETS = [5, 150, 395]
+
+
+def crash_spec(base: int):
+    return make_spec([{"host": HOST}], [nmap_stage(base, WIDTH, chunk=CHUNK, max_rate=RATE)])
+
+
+def assert_each_finding_once(workflow_id: str, base: int) -> None:
+    found = [f.location for f in open_store().list_findings(workflow_id)]
+    assert sorted(found) == [f"{HOST}:{base + o}" for o in OFFSETS], f"every open port exactly once: {found}"
+
+
+@pytest.mark.slow
+async def test_sigkilled_worker_mid_scan_resumes_after_the_last_chunk(
+    client: Client, server: DevServer, task_queue: str, tmp_path: Path, shim_dir: Path
+) -> None:
+    base, listeners = listeners_in_window(WIDTH, OFFSETS)
+    first = WorkerProcess(task_queue, server.address, tmp_path / "worker1.log", shim_dir)
+    second = None
+    try:
+        handle = await start(client, crash_spec(base), task_queue)
+
+        async def one_chunk_on_server() -> bool:
+            return (await checkpointed_ports(client, handle))[1] >= CHUNK
+
+        await wait_until(one_chunk_on_server, 60, "a checkpoint after the first chunk")
+        _, done_at_kill = await checkpointed_ports(client, handle)
+        first.kill()
+        killed_at = time.time()
+        second = WorkerProcess(task_queue, server.address, tmp_path / "worker2.log", shim_dir)
+        status = await final_status(handle)
+    finally:
+        listeners.close()
+        first.stop()
+        if second:
+            second.stop()
+    assert status.outcome == "completed", status.reason
+    assert status.stages["ports"].attempts >= 2
+    assert_each_finding_once(handle.id, base)
+    runs = read_runs(shim_dir)
+    finished_before = {port_argument(list(range(base + i, base + i + CHUNK))) for i in range(0, done_at_kill, CHUNK)}
+    resumed = [r.ports for r in runs if r.worker == second.pid]
+    assert resumed, "the second worker ran the rest of the scan"
+    assert not finished_before & set(resumed), f"chunks checkpointed before the kill were scanned again: {resumed}"
+    assert "resuming nmap scan" in second.text()
+    # the chunk in flight at the kill is the only one scanned twice
+    assert len(rescanned_ranges(runs)) <= 1, rescanned_ranges(runs)
+    redone = redone_seconds(runs, killed_worker=first.pid, killed_at=killed_at)
+    print(f"\nnmap SIGKILL: {redone:.1f}s of scanning redone (chunk of {CHUNK} ports at {RATE:g}/s)")
+    errors = open_store().list_errors(handle.id)
+    assert errors and all(e.outcome == "recovered" for e in errors)
+
+
+@pytest.mark.slow
+async def test_server_restart_mid_scan_redoes_at_most_one_chunk(task_queue: str, tmp_path: Path, shim_dir: Path) -> None:
+    own = DevServer(tmp_path / "restart.db", tmp_path / "restart-server.log")
+    own.start()
+    base, listeners = listeners_in_window(WIDTH, OFFSETS)
+    worker = WorkerProcess(task_queue, own.address, tmp_path / "worker.log", shim_dir)
+    try:
+        settings = load_settings({**os.environ, "TEMPORAL_ADDRESS": own.address})
+        client = await connect(settings)
+        handle = await start(client, crash_spec(base), task_queue)
+
+        async def one_chunk_on_server() -> bool:
+            return (await checkpointed_ports(client, handle))[1] >= CHUNK
+
+        await wait_until(one_chunk_on_server, 60, "a checkpoint after the first chunk")
+        own.stop()
+        await asyncio.sleep(2)
+        own.start()
+        client = await connect(settings)
+        status = await final_status(client.get_workflow_handle(handle.id), timeout=180)
+    finally:
+        listeners.close()
+        worker.stop()
+        own.stop()
+    assert status.outcome == "completed", status.reason
+    assert_each_finding_once(handle.id, base)
+    runs = read_runs(shim_dir)
+    rescanned = rescanned_ranges(runs)
+    redone = redone_seconds(runs)
+    print(f"\nnmap server restart: attempts={status.stages['ports'].attempts} rescanned={rescanned} redone={redone:.1f}s")
+    assert sum(n - 1 for n in rescanned.values()) <= 1, f"more than one chunk scanned again: {rescanned}"
