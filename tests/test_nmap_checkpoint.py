@@ -24,7 +24,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.scanners.nmap import NmapCheckpoint, nmap, port_argument, port_chunks, ports_digest
+from activities.scanners.nmap import LocalCheckpoint, NmapCheckpoint, nmap, port_argument, port_chunks, ports_digest
 from bench.nmap_crash import (
     WorkerProcess,
     checkpointed_ports,
@@ -73,11 +73,16 @@ def stage_input(ports: str, **options: Any) -> StageTaskInput:
     )
 
 
-async def run(inp: StageTaskInput, *, resume: dict[str, Any] | None = None) -> tuple[StageTaskResult, list[dict[str, Any]]]:
-    """Run the nmap activity; returns its result and every heartbeat payload it sent."""
+async def run(
+    inp: StageTaskInput, *, resume: dict[str, Any] | None = None, local: dict[str, Any] | None = None
+) -> tuple[StageTaskResult, list[dict[str, Any]]]:
+    """Run the nmap activity (as a retry when given the heartbeat `resume` and/or a `local`
+    checkpoint on this host); returns its result and every heartbeat payload it sent."""
     env = ActivityEnvironment()
-    if resume is not None:
-        env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[resume])
+    if resume is not None or local is not None:
+        env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[resume] if resume else [])
+    if local is not None:
+        LocalCheckpoint(inp, env.info).write(local)
     beats: list[dict[str, Any]] = []
     env.on_heartbeat = lambda *details: beats.append(details[0])
     result = await env.run(nmap, inp)
@@ -147,6 +152,31 @@ async def test_a_resumed_attempt_starts_after_the_last_chunk_and_keeps_its_findi
     assert result.findings == 3, "the finding of chunk 1 comes back from the store"
     assert locations(inp.assessment_id) == [f"{HOST}:{base + o}" for o in (3, 120, 199)], "each finding once"
     assert checkpoints(resumed_beats)[-1]["nmap"]["chunks_done"] == 4
+
+
+async def test_the_local_checkpoint_counts_when_it_is_ahead_of_the_heartbeat(shim_dir: Path) -> None:
+    # What a server restart leaves: the heartbeat the server kept is after chunk 1, but
+    # chunks 2 and 3 finished during the outage (stored, and written to this host's copy).
+    base, listeners = listeners_in_window(200, [3, 120, 199])
+    try:
+        inp = stage_input(f"{base}-{base + 199}", chunk_ports=50, max_rate=2000)
+        _, beats = await run(inp)
+        by_index = {c["nmap"]["next_index"]: c for c in checkpoints(beats)}
+        (shim_dir / "nmap-runs.jsonl").unlink()
+        result, _ = await run(inp, resume=by_index[50], local=by_index[150]["nmap"])
+        assert [r.ports for r in read_runs(shim_dir)] == [f"{base + 150}-{base + 199}"]
+        assert result.findings == 3
+        assert not LocalCheckpoint(inp, ActivityEnvironment().info).path.exists(), "removed once the scan is done"
+
+        # A local copy naming findings the store does not have is not trusted: the
+        # heartbeat checkpoint is used instead.
+        (shim_dir / "nmap-runs.jsonl").unlink()
+        forged = {**by_index[150]["nmap"], "fingerprints": ["f" * 64]}
+        result, _ = await run(inp, resume=by_index[50], local=forged)
+        assert [r.ports for r in read_runs(shim_dir)] == [f"{base + i}-{base + i + 49}" for i in (50, 100, 150)]
+    finally:
+        listeners.close()
+    assert locations(inp.assessment_id) == [f"{HOST}:{base + o}" for o in (3, 120, 199)]
 
 
 @pytest.mark.parametrize("broken", ["other-ports", "findings-missing", "garbage"])

@@ -23,8 +23,10 @@ heartbeated: the port-list digest, a watermark (every port below ``next_index`` 
 scanned) and the fingerprints of the findings so far. A retried attempt (the worker was
 SIGKILLed, or the server restarted and the attempt's heartbeat timed out) reads its
 earlier findings back from the store and starts at the first unscanned chunk, so a crash
-costs at most the chunk in flight (plus the SDK's heartbeat throttle, at most 0.8 x the
-heartbeat timeout, for a checkpoint not yet sent). Findings are upserted by fingerprint,
+costs at most the chunk in flight. The same checkpoint is also written to this host's data
+directory (`LocalCheckpoint`): a heartbeat the server never got (the SDK throttles them to
+one per 0.8 x the heartbeat timeout; a server restart drops them) does not cost a chunk
+when the retry runs on a worker sharing that directory. Findings are upserted by fingerprint,
 so a chunk scanned twice never duplicates one. ``timeout`` bounds all runs of an attempt;
 ``--host-timeout`` each run. A target is always ONE host (the workflow fans a stage out
 per target), so there is no host dimension to chunk here.
@@ -42,12 +44,15 @@ import asyncio
 import functools
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
@@ -55,9 +60,19 @@ from temporalio import activity
 from activities.process import run_process, tail
 from activities.runner import ToolContext, ToolOutput, run_tool
 from activities.scanners.offload import off_loop
-from secflow.errors import Category, ExternalToolError, InvalidInputError, PermanentError, SecFlowError, TransientError
+from secflow.errors import (
+    Category,
+    ExternalToolError,
+    InvalidInputError,
+    PermanentError,
+    SecFlowError,
+    TransientError,
+    classify,
+)
 from secflow.findings import Confidence, Finding, Severity
 from secflow.models import StageTaskInput, StageTaskResult
+from secflow.settings import ensure_private_dir
+from secflow.store import DATA_DIR_ENV
 from secflow.tools import NmapOptions, parse_port_spec
 
 TOOL = "nmap"
@@ -283,29 +298,94 @@ def ports_digest(ports: list[int]) -> str:
     return hashlib.sha256(port_argument(ports).encode()).hexdigest()[:32]
 
 
-async def _resume(ctx: ToolContext, digest: str, total: int) -> tuple[NmapCheckpoint | None, list[Finding]]:
-    """The previous attempt's checkpoint and its findings (read back from the store), or
-    (None, []) to scan from the first port: scanning again is always safe (upserts)."""
-    raw = (ctx.resume or {}).get(TOOL)
+class LocalCheckpoint:
+    """A copy of the latest checkpoint on this host, in ``$SECFLOW_DATA_DIR/checkpoints/nmap``.
+
+    Why: a Temporal server restart of a few seconds times the attempt out on its heartbeat
+    (4 s), while the healthy worker keeps scanning; a chunk that finishes during the outage
+    is stored, but its heartbeat never reaches the server, so the retry would resume one
+    chunk too early (and a SIGKILL within the SDK's heartbeat throttle, 0.8 x the timeout,
+    loses the newest checkpoint the same way). The retry usually runs on the same host
+    (the same worker, or one sharing the data directory, as every SQLite deployment does):
+    it resumes from whichever of the two checkpoints is further, after checking both
+    against the store. Elsewhere the heartbeat checkpoint alone still bounds the loss.
+    Keyed by the activity execution (workflow run, activity id), removed on success.
+    """
+
+    STALE_AFTER = 7 * 24 * 3600.0  # seconds; a file left by a run that failed for good
+
+    def __init__(self, inp: StageTaskInput, info: activity.Info, data_dir: Path | None = None) -> None:
+        parts = (info.workflow_id or "", info.workflow_run_id or "", info.activity_id, inp.stage_id, inp.target)
+        key = "\x1f".join(parts)
+        base = data_dir or Path(os.environ.get(DATA_DIR_ENV, "").strip() or ".secflow").expanduser().resolve()
+        self.directory = base / "checkpoints" / TOOL
+        self.path = self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None  # unreadable: the heartbeat checkpoint (or a full scan) is the fallback
+        return raw if isinstance(raw, dict) else None
+
+    def write(self, payload: dict[str, Any]) -> None:
+        ensure_private_dir(self.directory)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(payload, out)
+        os.replace(tmp, self.path)  # atomic: a reader sees the old or the new checkpoint
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        now = time.time()
+        try:
+            for old in self.directory.glob("*.json"):
+                if now - old.stat().st_mtime > self.STALE_AFTER:
+                    old.unlink(missing_ok=True)
+        except OSError:
+            pass  # tidying only
+
+
+def _usable(ctx: ToolContext, raw: Any, digest: str, total: int, source: str) -> NmapCheckpoint | None:
     if not raw:
-        return None, []
+        return None
     try:
         point = NmapCheckpoint.model_validate(raw)
     except ValidationError as exc:
-        ctx.log.warning("ignoring unreadable nmap checkpoint; scanning every port", error=str(exc).splitlines()[0])
-        return None, []
+        ctx.log.warning("ignoring unreadable nmap checkpoint", source=source, error=str(exc).splitlines()[0])
+        return None
     if point.digest != digest or point.next_index > total:
-        ctx.log.info("nmap checkpoint is for another port list; scanning every port")
+        ctx.log.info("ignoring an nmap checkpoint of another port list", source=source)
+        return None
+    return point
+
+
+async def _resume(
+    ctx: ToolContext, digest: str, total: int, local: dict[str, Any] | None = None
+) -> tuple[NmapCheckpoint | None, list[Finding]]:
+    """The furthest usable checkpoint (the previous attempt's heartbeat, or the copy on
+    this host) and its findings, read back from the store; or (None, []) to scan from the
+    first port. Scanning again is always safe (findings are upserted by fingerprint)."""
+    candidates = [
+        (point, source)
+        for raw, source in (((ctx.resume or {}).get(TOOL), "heartbeat"), (local, "local"))
+        if (point := _usable(ctx, raw, digest, total, source)) is not None
+    ]
+    if not candidates:
         return None, []
-    wanted = set(point.fingerprints)
-    findings: list[Finding] = []
-    if wanted:
-        stored = await asyncio.to_thread(ctx.store.list_findings, ctx.input.assessment_id)
-        findings = [f for f in stored if f.fingerprint in wanted]
-        if len({f.fingerprint for f in findings}) != len(wanted):
-            ctx.log.warning("checkpointed nmap findings missing from the store; scanning every port")
-            return None, []
-    return point, findings
+    wanted_all = set().union(*(p.fingerprints for p, _ in candidates))
+    stored = await asyncio.to_thread(ctx.store.list_findings, ctx.input.assessment_id) if wanted_all else []
+    by_fingerprint = {f.fingerprint: f for f in stored if f.fingerprint in wanted_all}
+    for point, source in sorted(candidates, key=lambda c: c[0].next_index, reverse=True):
+        if all(fp in by_fingerprint for fp in point.fingerprints):
+            if source == "local" and len(candidates) > 1:
+                ctx.log.info("the local nmap checkpoint is ahead of the heartbeat", local=point.next_index)
+            return point, [by_fingerprint[fp] for fp in point.fingerprints]
+        ctx.log.warning("checkpointed nmap findings missing from the store; ignoring that checkpoint", source=source)
+    return None, []
 
 
 async def nmap_tool(ctx: ToolContext) -> ToolOutput:
@@ -320,7 +400,8 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
     address = await ctx.connect_address(target)
     ports = parse_port_spec(opts.ports)
     digest = ports_digest(ports)
-    point, findings = await _resume(ctx, digest, len(ports))
+    local = LocalCheckpoint(ctx.input, activity.info())
+    point, findings = await _resume(ctx, digest, len(ports), await asyncio.to_thread(local.read))
     next_index = point.next_index if point else 0
     chunks_done = point.chunks_done if point else 0
     if point is not None:
@@ -355,7 +436,12 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
             chunks_done=chunks_done,
             fingerprints=sorted({f.fingerprint for f in findings}),
         )
-        await ctx.checkpoint({TOOL: checkpoint.model_dump(), "progress": {"done": next_index, "total": len(ports)}}, new)
+        payload = {TOOL: checkpoint.model_dump(), "progress": {"done": next_index, "total": len(ports)}}
+        await ctx.checkpoint(payload, new)
+        try:
+            await asyncio.to_thread(local.write, payload[TOOL])
+        except OSError as exc:  # the heartbeat checkpoint still holds; say why this copy is missing
+            ctx.log.warning("could not write the local nmap checkpoint", category=classify(exc).category.value, error=str(exc))
         ctx.log.info(
             "nmap chunk finished",
             chunk=chunks_done,
@@ -365,6 +451,7 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
             seconds=round(result.duration, 1),
         )
     unique = list({f.fingerprint: f for f in findings}.values())
+    await asyncio.to_thread(local.remove)
     ctx.log.info("nmap finished", open_ports=len(unique), chunks=total_chunks, seconds=round(time.monotonic() - started, 1))
     return ToolOutput(
         findings=unique,
