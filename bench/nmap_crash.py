@@ -114,7 +114,8 @@ def redone_seconds(runs: list[NmapRun], *, killed_worker: int | None = None, kil
     total = sum(r.duration(cut_at=cut(r)) for r in runs)
     kept: dict[str, NmapRun] = {}
     for run in runs:
-        if run.finished and run.worker != killed_worker:
+        lost = run.worker == killed_worker and (killed_at is None or run.end is None or run.end > killed_at)
+        if run.finished and not lost:
             kept[run.ports] = run  # the last finished run of a range is the one that counted
     return total - sum(r.duration() for r in kept.values())
 

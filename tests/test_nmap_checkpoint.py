@@ -26,6 +26,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.scanners.nmap import LocalCheckpoint, NmapCheckpoint, nmap, port_argument, port_chunks, ports_digest
 from bench.nmap_crash import (
+    NmapRun,
     WorkerProcess,
     checkpointed_ports,
     install_recording_nmap,
@@ -115,6 +116,22 @@ def test_port_chunks_cover_the_list_once_from_any_start() -> None:
     for bad in (0, -1, 70000):
         with pytest.raises(ValueError):
             NmapOptions.model_validate({"chunk_ports": bad})
+
+
+def test_redone_seconds_counts_only_scanning_thrown_away() -> None:
+    # worker 10 finishes chunk a, is SIGKILLed at t=7.4 in chunk b (its orphaned nmap
+    # finishing later counts only up to the kill); worker 20 scans b again, then c.
+    runs = [
+        NmapRun(1, 10, "a", [], 0.0, 5.6, True),
+        NmapRun(2, 10, "b", [], 5.9, 11.2, True),
+        NmapRun(3, 20, "b", [], 12.4, 17.5, True),
+        NmapRun(4, 20, "c", [], 17.6, 23.0, True),
+    ]
+    assert redone_seconds(runs, killed_worker=10, killed_at=7.4) == pytest.approx(1.5)
+    assert rescanned_ranges(runs) == {"b": 2}
+    # the same worker scanning a whole range again (a restart without any checkpoint)
+    again = [NmapRun(1, 10, "all", [], 0.0, 4.0, False), NmapRun(2, 10, "all", [], 6.0, 16.0, True)]
+    assert redone_seconds(again) == pytest.approx(4.0)
 
 
 async def test_each_chunk_is_one_run_and_is_checkpointed_after_its_findings(shim_dir: Path) -> None:
