@@ -24,6 +24,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
+import activities.scanners.nmap as nmap_scanner
 from activities.scanners.nmap import LocalCheckpoint, NmapCheckpoint, nmap, port_argument, port_chunks, ports_digest
 from bench.nmap_crash import (
     NmapRun,
@@ -209,7 +210,28 @@ async def test_the_local_checkpoint_counts_when_it_is_ahead_of_the_heartbeat(shi
     assert locations(inp.assessment_id, base, [3, 120, 199]) == [f"{HOST}:{base + o}" for o in (3, 120, 199)]
 
 
-@pytest.mark.parametrize("broken", ["other-ports", "findings-missing", "garbage"])
+async def test_a_host_with_more_findings_than_a_heartbeat_lists_resumes_from_the_store(
+    shim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tarpit answers on every port: past LISTED_FINDINGS the checkpoint carries only the
+    # count, and the retry finds the earlier chunks' findings in the store by port.
+    monkeypatch.setattr(nmap_scanner, "LISTED_FINDINGS", 1)
+    base, listeners = listeners_in_window(200, [3, 120, 140, 199])
+    try:
+        inp = stage_input(f"{base}-{base + 199}", chunk_ports=50, max_rate=2000)
+        _, beats = await run(inp)
+        after_three = next(c for c in checkpoints(beats) if c["nmap"]["next_index"] == 150)
+        assert after_three["nmap"]["found"] >= 3 and after_three["nmap"]["fingerprints"] == []
+        (shim_dir / "nmap-runs.jsonl").unlink()
+        result, _ = await run(inp, resume=after_three)
+    finally:
+        listeners.close()
+    assert [r.ports for r in read_runs(shim_dir)] == [f"{base + 150}-{base + 199}"]
+    assert result.findings == len(all_found(inp.assessment_id))
+    assert locations(inp.assessment_id, base, [3, 120, 140, 199]) == [f"{HOST}:{base + o}" for o in (3, 120, 140, 199)]
+
+
+@pytest.mark.parametrize("broken", ["other-ports", "findings-missing", "too-many-unlisted", "garbage"])
 async def test_an_unusable_checkpoint_means_scanning_every_port(shim_dir: Path, broken: str) -> None:
     base, listeners = listeners_in_window(100, [10])
     try:
@@ -218,8 +240,9 @@ async def test_an_unusable_checkpoint_means_scanning_every_port(shim_dir: Path, 
         checkpoint: dict[str, Any] = {
             "other-ports": NmapCheckpoint(digest=ports_digest(ports[:-1]), next_index=50, chunks_done=1).model_dump(),
             "findings-missing": NmapCheckpoint(
-                digest=ports_digest(ports), next_index=50, chunks_done=1, fingerprints=["0" * 64]
+                digest=ports_digest(ports), next_index=50, chunks_done=1, found=1, fingerprints=["0" * 64]
             ).model_dump(),
+            "too-many-unlisted": NmapCheckpoint(digest=ports_digest(ports), next_index=50, chunks_done=1, found=5).model_dump(),
             "garbage": {"next_index": "soon"},
         }[broken]
         result, _ = await run(inp, resume={"nmap": checkpoint, "progress": {"done": 50, "total": 100}})

@@ -282,7 +282,13 @@ class NmapCheckpoint(BaseModel):
     digest: str  # of the canonical port list: a checkpoint of another scan is ignored
     next_index: int = Field(ge=0)  # every port of the sorted list below this is scanned
     chunks_done: int = Field(0, ge=0)
-    fingerprints: list[str] = Field(default_factory=list)  # stored findings of those ports
+    found: int = Field(0, ge=0)  # findings stored for the ports below next_index
+    # Their fingerprints while there are at most LISTED_FINDINGS of them; a host answering
+    # on every port (a tarpit) would otherwise make the heartbeat megabytes long.
+    fingerprints: list[str] = Field(default_factory=list)
+
+
+LISTED_FINDINGS = 1000  # about 66 KB of fingerprints in a heartbeat
 
 
 def _parse(stdout: bytes, stderr: bytes, _stop: threading.Event) -> list[OpenPort]:
@@ -363,8 +369,30 @@ def _usable(ctx: ToolContext, raw: Any, digest: str, total: int, source: str) ->
     return point
 
 
+def _port_of(location: str) -> int | None:
+    try:
+        return int(location.rsplit(":", 1)[1].split("/", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _kept_findings(point: NmapCheckpoint, stored: list[Finding], target: str, ports: list[int]) -> list[Finding] | None:
+    """The stored findings `point` counted, or None if any is missing from the store."""
+    if point.fingerprints or not point.found:
+        if len(point.fingerprints) != point.found:
+            return None  # not a checkpoint this code wrote
+        by_fingerprint = {f.fingerprint: f for f in stored}
+        if not all(fp in by_fingerprint for fp in point.fingerprints):
+            return None
+        return [by_fingerprint[fp] for fp in point.fingerprints]
+    # Too many to list: this tool's findings of this target on the ports below the mark.
+    scanned = set(ports[: point.next_index])
+    kept = [f for f in stored if f.tool == TOOL and f.target == target and _port_of(f.location) in scanned]
+    return kept if len(kept) >= point.found else None
+
+
 async def _resume(
-    ctx: ToolContext, digest: str, total: int, local: dict[str, Any] | None = None
+    ctx: ToolContext, digest: str, ports: list[int], local: dict[str, Any] | None = None
 ) -> tuple[NmapCheckpoint | None, list[Finding]]:
     """The furthest usable checkpoint (the previous attempt's heartbeat, or the copy on
     this host) and its findings, read back from the store; or (None, []) to scan from the
@@ -372,18 +400,18 @@ async def _resume(
     candidates = [
         (point, source)
         for raw, source in (((ctx.resume or {}).get(TOOL), "heartbeat"), (local, "local"))
-        if (point := _usable(ctx, raw, digest, total, source)) is not None
+        if (point := _usable(ctx, raw, digest, len(ports), source)) is not None
     ]
     if not candidates:
         return None, []
-    wanted_all = set().union(*(p.fingerprints for p, _ in candidates))
-    stored = await asyncio.to_thread(ctx.store.list_findings, ctx.input.assessment_id) if wanted_all else []
-    by_fingerprint = {f.fingerprint: f for f in stored if f.fingerprint in wanted_all}
+    need_store = any(p.found for p, _ in candidates)
+    stored = await asyncio.to_thread(ctx.store.list_findings, ctx.input.assessment_id) if need_store else []
     for point, source in sorted(candidates, key=lambda c: c[0].next_index, reverse=True):
-        if all(fp in by_fingerprint for fp in point.fingerprints):
+        kept = _kept_findings(point, stored, ctx.input.target, ports)
+        if kept is not None:
             if source == "local" and len(candidates) > 1:
                 ctx.log.info("the local nmap checkpoint is ahead of the heartbeat", local=point.next_index)
-            return point, [by_fingerprint[fp] for fp in point.fingerprints]
+            return point, kept
         ctx.log.warning("checkpointed nmap findings missing from the store; ignoring that checkpoint", source=source)
     return None, []
 
@@ -401,7 +429,7 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
     ports = parse_port_spec(opts.ports)
     digest = ports_digest(ports)
     local = LocalCheckpoint(ctx.input, activity.info())
-    point, findings = await _resume(ctx, digest, len(ports), await asyncio.to_thread(local.read))
+    point, findings = await _resume(ctx, digest, ports, await asyncio.to_thread(local.read))
     next_index = point.next_index if point else 0
     chunks_done = point.chunks_done if point else 0
     if point is not None:
@@ -430,11 +458,13 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
         next_index = first + len(chunk)
         # Findings first, then the checkpoint (ctx.checkpoint): a resumed attempt never
         # skips a finding, and the fingerprint upsert means it never duplicates one.
+        so_far = sorted({f.fingerprint for f in findings})
         checkpoint = NmapCheckpoint(
             digest=digest,
             next_index=next_index,
             chunks_done=chunks_done,
-            fingerprints=sorted({f.fingerprint for f in findings}),
+            found=len(so_far),
+            fingerprints=so_far if len(so_far) <= LISTED_FINDINGS else [],
         )
         payload = {TOOL: checkpoint.model_dump(), "progress": {"done": next_index, "total": len(ports)}}
         await ctx.checkpoint(payload, new)
