@@ -40,6 +40,7 @@ from bench.nmap_crash import (
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.retries import plan_for
 from secflow.settings import load_settings
+from secflow.spec import Spec
 from secflow.store import open_store
 from secflow.temporal_client import connect
 from secflow.tools import TOOLS, NmapOptions
@@ -263,7 +264,7 @@ WIDTH, CHUNK, RATE = 400, 100, 25.0
 OFFSETS = [5, 150, 395]
 
 
-def crash_spec(base: int):
+def crash_spec(base: int) -> Spec:
     return make_spec([{"host": HOST}], [nmap_stage(base, WIDTH, chunk=CHUNK, max_rate=RATE)])
 
 
@@ -277,7 +278,7 @@ async def test_sigkilled_worker_mid_scan_resumes_after_the_last_chunk(
 ) -> None:
     base, listeners = listeners_in_window(WIDTH, OFFSETS)
     first = WorkerProcess(task_queue, server.address, tmp_path / "worker1.log", shim_dir)
-    second = None
+    second: WorkerProcess | None = None
     try:
         handle = await start(client, crash_spec(base), task_queue)
 
@@ -293,13 +294,14 @@ async def test_sigkilled_worker_mid_scan_resumes_after_the_last_chunk(
     finally:
         listeners.close()
         first.stop()
-        if second:
+        if second is not None:
             second.stop()
     assert status.outcome == "completed", status.reason
     assert status.stages["ports"].attempts >= 2
     assert_each_finding_once(handle.id, base)
     runs = read_runs(shim_dir)
     finished_before = {port_argument(list(range(base + i, base + i + CHUNK))) for i in range(0, done_at_kill, CHUNK)}
+    assert second is not None
     resumed = [r.ports for r in runs if r.worker == second.pid]
     assert resumed, "the second worker ran the rest of the scan"
     assert not finished_before & set(resumed), f"chunks checkpointed before the kill were scanned again: {resumed}"
