@@ -481,7 +481,10 @@ async def nmap_tool(ctx: ToolContext) -> ToolOutput:
             seconds=round(result.duration, 1),
         )
     unique = list({f.fingerprint: f for f in findings}.values())
-    await asyncio.to_thread(local.remove)
+    try:
+        await asyncio.to_thread(local.remove)
+    except OSError as exc:  # a stale copy is ignored by any later run (another activity's key)
+        ctx.log.warning("could not remove the local nmap checkpoint", category=classify(exc).category.value, error=str(exc))
     ctx.log.info("nmap finished", open_ports=len(unique), chunks=total_chunks, seconds=round(time.monotonic() - started, 1))
     return ToolOutput(
         findings=unique,
