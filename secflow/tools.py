@@ -100,15 +100,21 @@ class TlsOptions(_Options):
 
 
 class NmapOptions(_Options):
-    """`nmap`: connect scan with service/version detection (`-sT -sV`) of one host."""
+    """`nmap`: connect scan with service/version detection (`-sT -sV`) of one host, in port
+    chunks of `chunk_ports` (`timeout` bounds the whole attempt, `host_timeout` each run)."""
 
     ports: str = "1-1024"
     timing: int = Field(3, ge=0, le=5, description="nmap timing template -T0..-T5")
     host_timeout: Duration = Field(default="15m", validate_default=True, description="nmap --host-timeout")
-    timeout: Duration = Field(default="20m", validate_default=True, description="kill nmap after this long")
+    timeout: Duration = Field(
+        default="20m", validate_default=True, description="time for all nmap runs of one attempt; the run past it is killed"
+    )
     version_intensity: int = Field(7, ge=0, le=9, description="nmap --version-intensity")
     max_rate: float | None = Field(None, gt=0, le=100000, description="nmap --max-rate, probes per second")
     skip_host_discovery: bool = Field(True, description="-Pn: scan the listed host even if it ignores pings")
+    # One nmap run per chunk of the (sorted) port list; each finished chunk is stored and
+    # checkpointed, so a crash or a server restart costs at most one chunk's scanning.
+    chunk_ports: int = Field(250, ge=1, le=65535, description="ports per nmap run (the work a crash can lose)")
 
     @field_validator("ports")
     @classmethod
