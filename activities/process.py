@@ -9,12 +9,13 @@ scanner that runs for an hour keeps its activity alive without doing anything he
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from temporalio import activity
@@ -27,6 +28,33 @@ TAIL_BYTES = 4000
 # rather than let one tool exhaust the worker's memory.
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL on cancellation
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGKILL the scanner when the worker dies.
+
+    A scanner runs in its own process group (so a timeout kills its children too), which
+    also means a SIGKILLed worker leaves it running: the retry on another worker then
+    scans the same target alongside it, doubling the rate the stage allows. PR_SET_PDEATHSIG
+    ties the scanner's life to the worker's. libc and prctl are bound here, in the parent:
+    the hook itself only makes one system call, safe between fork and exec in a threaded
+    process. Elsewhere than Linux there is no such call and no hook."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    return hook
+
+
+_DIE_WITH_PARENT = _die_with_parent_hook()
 
 
 @dataclass
@@ -128,6 +156,7 @@ async def run_process(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, so we can kill its children too
+            preexec_fn=_DIE_WITH_PARENT,  # and it dies with the worker (see _die_with_parent_hook)
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         # A path that vanished or lost its x bit (or a bad working directory): the

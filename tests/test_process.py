@@ -94,3 +94,47 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_a_killed_worker_takes_its_scanner_with_it(tmp_path: Path) -> None:
+    """A worker SIGKILLed mid-scan must not leave the scanner running (in its own process
+    group it used to outlive the worker, so the retry elsewhere scanned the target twice
+    as fast as the stage allows). The "worker" here is a real process running
+    `run_process`; it is SIGKILLed, and the scanner's pid must vanish."""
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "scanner.pid"
+    scanner = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    worker_code = (
+        "import asyncio, sys\n"
+        "from activities.process import run_process\n"
+        f"asyncio.run(run_process([sys.executable, '-c', {scanner!r}], tool='t', timeout=300))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    worker = subprocess.Popen([PY, "-c", worker_code], cwd=root)
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and worker.poll() is None, "the scanner never started"
+            time.sleep(0.05)
+        scanner_pid = int(pid_file.read_text())
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(scanner_pid):
+            if time.monotonic() > deadline:
+                os.kill(scanner_pid, signal.SIGKILL)
+                pytest.fail("the scanner outlived its SIGKILLed worker")
+            time.sleep(0.05)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"  # a zombie has died already
+    except FileNotFoundError:
+        return False
