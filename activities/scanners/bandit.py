@@ -199,7 +199,7 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
             "issues": str(len(scanned.findings)),
             "files_not_scanned": str(unscanned),
             "symlinks_skipped": str(len(skipped)),
-            "batches": str(len(plan.batches)),
+            **scanned.outputs(),
         },
     )
 

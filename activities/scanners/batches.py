@@ -64,8 +64,13 @@ class BatchResult:
 class ScanResult:
     findings: list[Finding]  # every finding of the scan, earlier attempts' included
     counts: dict[str, int]
+    batches: int
     batches_run: int  # by this attempt
     resumed_at: int  # first batch this attempt ran (0: from the start)
+
+    def outputs(self) -> dict[str, str]:
+        """Stage outputs: the batch count, and where a resumed attempt started."""
+        return {"batches": str(self.batches), **({"resumed_at_batch": str(self.resumed_at)} if self.resumed_at else {})}
 
 
 def list_files(
@@ -159,7 +164,7 @@ async def scan_in_batches(
         ctx.log.info(
             f"{tool} batch scanned", batch=index, of=total, files=len(plan.batches[index]), findings=len(result.findings)
         )
-    return ScanResult(list(by_fingerprint.values()), counts, batches_run=total - start, resumed_at=start)
+    return ScanResult(list(by_fingerprint.values()), counts, batches=total, batches_run=total - start, resumed_at=start)
 
 
 async def _checkpoint(ctx: ToolContext, payload: dict[str, Any], findings: list[Finding]) -> None:

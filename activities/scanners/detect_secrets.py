@@ -183,7 +183,7 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
         outputs={
             "secrets": str(len(scanned.findings)),
             "symlinks_skipped": str(len(skipped)),
-            "batches": str(len(plan.batches)),
+            **scanned.outputs(),
         },
     )
 

@@ -305,7 +305,7 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
         findings=findings,
         items_done=plan.files,
         items_total=plan.files,
-        outputs={"issues": str(len(findings)), "errors": str(errors), "batches": str(len(plan.batches))},
+        outputs={"issues": str(len(findings)), "errors": str(errors), **scanned.outputs()},
     )
 
 
