@@ -27,13 +27,12 @@ from tests.test_pathscan_checkpoint import make_tree, run_direct
 
 pytestmark = pytest.mark.slow
 
-# tool -> (stage kind, files in the tree, files per batch): about 10-20 s of scanning each,
-# long enough to kill mid-way after the server has seen a checkpoint (heartbeats reach it
-# at most every 3.2 s).
+# tool -> (stage kind, files in the tree, files per batch): 6-15 batches, enough to kill the
+# worker mid-way as soon as the server holds a checkpoint (the first one reaches it at once).
 CASES = {
-    "bandit": ("sast", 160, 4),
-    "semgrep": ("sast", 33, 3),
-    "detect-secrets": ("secrets", 160, 4),
+    "bandit": ("sast", 60, 4),
+    "semgrep": ("sast", 18, 3),
+    "detect-secrets": ("secrets", 48, 4),
 }
 
 
