@@ -204,8 +204,8 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
     )
 
 
-def _is_python(name: str) -> bool:
-    return name.endswith(INCLUDED_SUFFIXES)
+def _is_python(rel: str) -> bool:
+    return rel.endswith(INCLUDED_SUFFIXES)
 
 
 @activity.defn(name="bandit")

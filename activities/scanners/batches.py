@@ -79,13 +79,16 @@ def list_files(
     prune_dirs: Collection[str] = (),
     skip: Collection[str] = (),
     keep: Callable[[str], bool] | None = None,
+    links: bool = True,
     stop: threading.Event | None = None,
 ) -> list[tuple[str, int]]:
     """(relative path, size) of the files under `root`, sorted by path.
 
     Symlinked directories are not entered (as the tools' own walks); symlinked files are
-    listed unless their absolute path is in `skip` (links leaving the tree or the scope).
-    Directories named in `prune_dirs` are not entered; `keep(name)` filters file names.
+    listed when `links` is true, unless their absolute path is in `skip` (links leaving the
+    tree or the scope). Directories named in `prune_dirs` are not entered; `keep(rel)`
+    filters files by their relative path (a tool's own excludes, where they are cheap to
+    apply the tool's way, so excluded files do not fill batches).
     Blocking: run it with `off_loop`, which sets `stop` when the activity is cancelled.
     """
     skipped = set(skip)
@@ -96,15 +99,20 @@ def list_files(
         dirnames[:] = [d for d in dirnames if d not in prune_dirs and os.path.join(dirpath, d) not in skipped]
         for name in filenames:
             path = os.path.join(dirpath, name)
-            if path in skipped or (keep is not None and not keep(name)):
+            if path in skipped:
+                continue
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if keep is not None and not keep(rel):
                 continue
             try:
+                if not links and os.path.islink(path):
+                    continue
                 st = os.stat(path)  # follows a link: its target's size and kind
             except OSError:
                 continue  # a dangling link or a file gone meanwhile: nothing to scan
             if not stat.S_ISREG(st.st_mode):
                 continue
-            out.append((os.path.relpath(path, root).replace(os.sep, "/"), st.st_size))
+            out.append((rel, st.st_size))
     out.sort()
     return out
 

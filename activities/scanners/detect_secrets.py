@@ -148,7 +148,14 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
         root, prefix = real, ""
         links = await off_loop(lambda stop: ctx.scope.escaping_links(root, stop))
         skipped = [os.path.relpath(p, root).replace(os.sep, "/") for p in links]
-        files = await off_loop(lambda stop: list_files(root, prune_dirs=PRUNED_DIRS, skip=links, stop=stop))
+        # detect-secrets' own test (a regex search on the relative path), applied while
+        # listing: excluded files would only fill batches with nothing to scan.
+        excluded = re.compile("|".join(f"(?:{e})" for e in (DEFAULT_EXCLUDE, *opts.exclude_files)))
+        files = await off_loop(
+            lambda stop: list_files(
+                root, prune_dirs=PRUNED_DIRS, skip=links, keep=lambda rel: not excluded.search(rel), stop=stop
+            )
+        )
     else:
         root, prefix = os.path.dirname(real), ""
         skipped = []

@@ -263,7 +263,8 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
         if not os.path.isfile(rules):
             raise PermanentError(f"semgrep rules file {rules} does not exist")
     if os.path.isdir(real):
-        files = await off_loop(lambda stop: list_files(real, prune_dirs=DEFAULT_EXCLUDES, skip=skipped, stop=stop))
+        # semgrep does not follow symlinks: they are not listed either
+        files = await off_loop(lambda stop: list_files(real, prune_dirs=DEFAULT_EXCLUDES, skip=skipped, links=False, stop=stop))
     else:
         files = [(os.path.basename(real), os.path.getsize(real))]
     plan = plan_batches(root, files, max_files=opts.batch_files, max_bytes=opts.batch_max_bytes)
