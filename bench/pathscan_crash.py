@@ -78,6 +78,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=40, help="batch_files in the batched mode")
     parser.add_argument("--kill-at", type=float, default=0.6, help="fraction of the uninterrupted scan time")
     parser.add_argument("--tools", default="bandit,semgrep,detect-secrets")
+    parser.add_argument("--trials", type=int, default=1, help="crashed runs per tool and mode")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="secflow-bench-pathscan-"))
     os.environ["SECFLOW_DATA_DIR"] = str(tmp / "data")
@@ -99,7 +100,7 @@ async def main() -> None:
         path.write_text(path.read_text() + padding)
     rows = []
 
-    async def one(tool: str, batch_files: int, queue: str, worker: Worker) -> tuple[Any, list[dict[str, Any]]]:
+    async def one(tool: str, batch_files: int, queue: str) -> Any:
         spec = make_spec(
             [{"path": str(tree)}],
             [{"id": "scan", "kind": KINDS[tool], "tool": tool, "timeout": "30m",
@@ -107,66 +108,86 @@ async def main() -> None:
               "retry": {"max_attempts": 5, "initial_interval": "200ms"}}],
             scope={"allow": [str(tree)]},
         )  # fmt: skip
-        handle = await start(client, spec, queue)
-        return handle, []
+        return await start(client, spec, queue)
+
+    async def clean_run(tool: str, batch_files: int) -> tuple[Any, float]:
+        """An uninterrupted run: its handle and its scan time."""
+        queue = f"bench-{uuid.uuid4().hex[:6]}"
+        worker = Worker(queue, env, tmp / f"{queue}-clean.log")
+        try:
+            handle = await one(tool, batch_files, queue)
+            status = await final_status(handle, timeout=3600)
+            assert status.outcome == "completed", status.reason
+            log = events(worker.log, handle.id)
+            return handle, at(first(log, f"{tool} finished")) - at(first(log, "tool attempt started"))
+        finally:
+            worker.kill()
+
+    async def crashed_run(tool: str, mode: str, batch_files: int, clean: Any, scan_time: float, kill_at: float) -> dict[str, Any] | None:
+        queue = f"bench-{uuid.uuid4().hex[:6]}"
+        w1 = Worker(queue, env, tmp / f"{queue}-1.log")
+        w2 = None
+        try:
+            crashed = await one(tool, batch_files, queue)
+            while True:  # attempt 1 running
+                records = events(w1.log, crashed.id)
+                if any(r.get("event") == "tool attempt started" for r in records):
+                    break
+                await asyncio.sleep(0.05)
+            started = at(first(records, "tool attempt started"))
+            await asyncio.sleep(max(0.0, started + kill_at * scan_time - time.time()))
+            if any(r.get("event") == f"{tool} finished" for r in events(w1.log, crashed.id)):
+                await final_status(crashed, timeout=3600)
+                return None
+            w1.kill()
+            killed = time.time()
+            w2 = Worker(queue, env, tmp / f"{queue}-2.log")
+            status = await final_status(crashed, timeout=3600)
+            assert status.outcome == "completed", status.reason
+            if status.stages["scan"].attempts < 2:
+                return None
+            resumed_at = int(status.stages["scan"].outputs.get("resumed_at_batch", "0"))
+            records = events(w1.log, crashed.id)
+            kept_until = started if resumed_at == 0 else at(first(records, f"{tool} batch scanned", batch=resumed_at - 1))
+            log2 = events(w2.log, crashed.id)
+            second_scan = at(first(log2, f"{tool} finished")) - at(first(log2, "tool attempt started"))
+            store = open_store()
+            want = {f.fingerprint for f in store.list_findings(clean.id) if f.tool == tool}
+            got = [f.fingerprint for f in store.list_findings(crashed.id) if f.tool == tool]
+            return {
+                "tool": tool, "mode": mode, "batches": int(status.stages["scan"].outputs.get("batches", "0")),
+                "scan": scan_time, "killed_at": killed - started, "lost": killed - kept_until,
+                "resumed_at": resumed_at, "second": second_scan, "findings": len(want),
+                "missing": len(want - set(got)), "twice": len(got) - len(set(got)),
+            }  # fmt: skip
+        finally:
+            w1.kill()
+            if w2:
+                w2.kill()
 
     try:
-        for tool in args.tools.split(","):
+        for tool, _ in [(t, n) for t in args.tools.split(",") for n in range(args.trials)]:
             for mode, batch_files in (("whole scan (before)", 5000), (f"batches of {args.batch} (after)", args.batch)):
-                queue = f"bench-{uuid.uuid4().hex[:6]}"
-                w1 = Worker(queue, env, tmp / f"{queue}-1.log")
-                w2 = None
-                try:
-                    clean, _ = await one(tool, batch_files, queue, w1)
-                    status = await final_status(clean, timeout=3600)
-                    assert status.outcome == "completed", status.reason
-                    log1 = events(w1.log, clean.id)
-                    scan_time = at(first(log1, f"{tool} finished")) - at(first(log1, "tool attempt started"))
-                    crashed, _ = await one(tool, batch_files, queue, w1)
-                    while True:  # attempt 1 running
-                        records = events(w1.log, crashed.id)
-                        if any(r.get("event") == "tool attempt started" for r in records):
-                            break
-                        await asyncio.sleep(0.05)
-                    started = at(first(records, "tool attempt started"))
-                    await asyncio.sleep(max(0.0, started + args.kill_at * scan_time - time.time()))
-                    if any(r.get("event") == f"{tool} finished" for r in events(w1.log, crashed.id)):
-                        print(f"{tool}, {mode}: the scan finished before the kill; use more --files", flush=True)
-                        continue
-                    w1.kill()
-                    killed = time.time()
-                    w2 = Worker(queue, env, tmp / f"{queue}-2.log")
-                    status = await final_status(crashed, timeout=3600)
-                    assert status.outcome == "completed", status.reason
-                    if status.stages["scan"].attempts < 2:
-                        print(f"{tool}, {mode}: attempt 1 completed before the kill; use more --files", flush=True)
-                        continue
-                    resumed_at = int(status.stages["scan"].outputs.get("resumed_at_batch", "0"))
-                    records = events(w1.log, crashed.id)
-                    kept_until = started if resumed_at == 0 else at(first(records, f"{tool} batch scanned", batch=resumed_at - 1))
-                    log2 = events(w2.log, crashed.id)
-                    second_scan = at(first(log2, f"{tool} finished")) - at(first(log2, "tool attempt started"))
-                    store = open_store()
-                    want = {f.fingerprint for f in store.list_findings(clean.id) if f.tool == tool}
-                    got = [f.fingerprint for f in store.list_findings(crashed.id) if f.tool == tool]
-                    rows.append({
-                        "tool": tool, "mode": mode, "batches": status.stages["scan"].outputs.get("batches", "?"),
-                        "scan": scan_time, "killed_at": killed - started, "lost": killed - kept_until,
-                        "resumed_at": resumed_at, "second": second_scan, "findings": len(want),
-                        "missing": len(want - set(got)), "twice": len(got) - len(set(got)),
-                    })  # fmt: skip
-                    print(json.dumps(rows[-1]), flush=True)
-                finally:
-                    w1.kill()
-                    if w2:
-                        w2.kill()
+                clean, scan_time = await clean_run(tool, batch_files)
+                kill_at = args.kill_at
+                for _ in range(3):  # timings on a shared machine vary: kill earlier if it finished first
+                    row = await crashed_run(tool, mode, batch_files, clean, scan_time, kill_at)
+                    if row is not None:
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                        break
+                    print(f"{tool}, {mode}: finished before the kill at {kill_at:.0%}; again, earlier", flush=True)
+                    kill_at *= 0.7
     finally:
         server.stop()
-    print(f"\nlost work per SIGKILL, {args.files} files, killed at {args.kill_at:.0%} of the uninterrupted scan")
-    print(f"{'tool':<15} {'mode':<24} {'batches':>7} {'scan':>7} {'killed at':>9} {'lost':>7} {'resumed at':>10} {'2nd attempt':>11} {'findings':>8} {'missing':>7} {'twice':>5}")
+    print(f"\nlost work per SIGKILL, {args.files} files of ~{args.lines} lines, killed at {args.kill_at:.0%} of the uninterrupted scan")
+    print("scan = uninterrupted run; batch = scan / batches; lost = scanning thrown away by the kill; 2nd = the resumed attempt")
+    head = f"{'tool':<15} {'mode':<24} {'batches':>7} {'scan':>7} {'batch':>7} {'killed at':>9} {'lost':>7} {'resumed at':>10} {'2nd':>7} {'findings':>8} {'missing':>7} {'twice':>5}"
+    print(head)
     for r in rows:
-        print(f"{r['tool']:<15} {r['mode']:<24} {r['batches']:>7} {r['scan']:>6.1f}s {r['killed_at']:>8.1f}s {r['lost']:>6.1f}s "
-              f"{r['resumed_at']:>10} {r['second']:>10.1f}s {r['findings']:>8} {r['missing']:>7} {r['twice']:>5}")  # fmt: skip
+        print(f"{r['tool']:<15} {r['mode']:<24} {r['batches']:>7} {r['scan']:>6.1f}s {r['scan'] / max(1, r['batches']):>6.1f}s "
+              f"{r['killed_at']:>8.1f}s {r['lost']:>6.1f}s {r['resumed_at']:>10} {r['second']:>6.1f}s {r['findings']:>8} "
+              f"{r['missing']:>7} {r['twice']:>5}")  # fmt: skip
 
 
 if __name__ == "__main__":
