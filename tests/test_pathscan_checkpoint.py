@@ -214,3 +214,13 @@ async def test_a_changed_tree_or_batch_size_scans_everything_again(tmp_path: Pat
     assert len(runs(log)) - before == 3
     findings = open_store().list_findings(inp.assessment_id)
     assert len(findings) == len({f.fingerprint for f in findings}) == 7
+
+
+def test_long_paths_split_batches_before_the_argument_limit() -> None:
+    from activities.scanners.batches import ARGV_CHARS
+
+    files = [(f"{'d' * 200}/f{i:04d}.py", 10) for i in range(5000)]
+    plan = plan_batches("/r", files, max_files=5000, max_bytes=10**9)
+    assert len(plan.batches) > 1
+    assert all(sum(len("/r") + len(rel) + 16 for rel in batch) <= ARGV_CHARS for batch in plan.batches)
+    assert [rel for batch in plan.batches for rel in batch] == [rel for rel, _ in files]

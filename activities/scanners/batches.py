@@ -37,6 +37,7 @@ from secflow.findings import Finding
 from secflow.scope import WalkStopped
 
 CHECKPOINT_KEY = "pathscan"
+ARGV_CHARS = 256_000  # of file paths per run; Linux allows 2 MB of arguments and environment
 
 
 @dataclass(frozen=True)
@@ -119,16 +120,20 @@ def list_files(
 
 def plan_batches(root: str, files: Sequence[tuple[str, int]], *, max_files: int, max_bytes: int) -> FileBatches:
     """Consecutive batches of at most `max_files` files and `max_bytes` bytes (a file larger
-    than `max_bytes` is a batch of its own). Deterministic for a given listing."""
+    than `max_bytes` is a batch of its own), and at most ARGV_CHARS of paths on the tool's
+    command line (long paths must not reach the kernel's argument limit). Deterministic
+    for a given listing."""
     batches: list[list[str]] = []
     current: list[str] = []
-    size = 0
+    size = chars = 0
     for rel, nbytes in files:
-        if current and (len(current) >= max_files or size + nbytes > max_bytes):
+        width = len(root) + len(rel) + 16  # as an absolute path or an --include=/... option
+        if current and (len(current) >= max_files or size + nbytes > max_bytes or chars + width > ARGV_CHARS):
             batches.append(current)
-            current, size = [], 0
+            current, size, chars = [], 0, 0
         current.append(rel)
         size += nbytes
+        chars += width
     if current:
         batches.append(current)
     h = hashlib.sha256(f"{max_files}/{max_bytes}\n".encode())
