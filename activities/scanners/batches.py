@@ -193,7 +193,9 @@ async def _resume(ctx: ToolContext, tool: str, plan: FileBatches) -> tuple[int, 
     raw = (ctx.resume or {}).get(CHECKPOINT_KEY)
     if not isinstance(raw, dict):
         return 0, [], {}
-    if raw.get("tool") != tool or raw.get("digest") != plan.digest:
+    if raw.get("tool") != tool:  # another tool's checkpoint (a fallback taking over): not ours to resume
+        return 0, [], {}
+    if raw.get("digest") != plan.digest:
         ctx.log.info(f"the tree or the batch settings changed since the last attempt; {tool} scans it all again")
         return 0, [], {}
     try:
