@@ -126,11 +126,15 @@ class NmapOptions(_Options):
 class BanditOptions(_Options):
     """`bandit`: Python static analysis of a `path:` target (a directory or one file)."""
 
-    timeout: Duration = Field(default="15m", validate_default=True, description="kill bandit after this long")
+    timeout: Duration = Field(default="15m", validate_default=True, description="kill bandit after this long, per batch")
     min_severity: Literal["low", "medium", "high"] = "low"
     min_confidence: Literal["low", "medium", "high"] = "low"
     skip: list[str] = Field(default_factory=list, description="bandit test ids not to run, e.g. B101")
     exclude: list[str] = Field(default_factory=list, description="paths (globs) bandit does not scan")
+    batch_files: int = Field(100, ge=1, le=5000, description="files per run of the tool; a crash loses at most one batch")
+    batch_max_bytes: int = Field(
+        8_000_000, ge=1024, le=1_000_000_000, description="bytes of source per batch (a larger file is a batch alone)"
+    )
 
     @field_validator("skip")
     @classmethod
@@ -154,9 +158,13 @@ class SemgrepOptions(_Options):
     rules (rules/semgrep/), plus any extra LOCAL rule files. Registry configs (`p/...`,
     `auto`) and URLs are refused: a scan never fetches rules from the network."""
 
-    timeout: Duration = Field(default="15m", validate_default=True, description="kill semgrep after this long")
+    timeout: Duration = Field(default="15m", validate_default=True, description="kill semgrep after this long, per batch")
     rules: list[str] = Field(default_factory=list, description="extra local rule files (absolute paths to .yml/.yaml)")
     exclude: list[str] = Field(default_factory=list, description="path globs semgrep does not scan (--exclude)")
+    batch_files: int = Field(200, ge=1, le=5000, description="files per run of the tool; a crash loses at most one batch")
+    batch_max_bytes: int = Field(
+        8_000_000, ge=1024, le=1_000_000_000, description="bytes of source per batch (a larger file is a batch alone)"
+    )
 
     @field_validator("rules")
     @classmethod
@@ -183,9 +191,13 @@ class DetectSecretsOptions(_Options):
     """`detect-secrets`: hard-coded secrets in a `path:` target (every file, not only git's).
     Findings carry the secret's type, location and detect-secrets' hash, never its value."""
 
-    timeout: Duration = Field(default="10m", validate_default=True, description="kill detect-secrets after this long")
+    timeout: Duration = Field(default="10m", validate_default=True, description="kill detect-secrets after this long, per batch")
     exclude_files: list[str] = Field(default_factory=list, description="regexes of relative paths not to scan")
     disable_plugins: list[str] = Field(default_factory=list, description="detect-secrets plugin class names to turn off")
+    batch_files: int = Field(200, ge=1, le=5000, description="files per run of the tool; a crash loses at most one batch")
+    batch_max_bytes: int = Field(
+        8_000_000, ge=1024, le=1_000_000_000, description="bytes of source per batch (a larger file is a batch alone)"
+    )
 
     @field_validator("exclude_files")
     @classmethod

@@ -8,6 +8,12 @@ the code under assessment does not get to configure its own scanner (a planted
 default excludes are written with slashes (``/.git/``) because bandit matches excludes
 as substrings of the whole path: a bare ``.git`` would also drop ``/srv/.github-x/repo``.
 
+In batches (activities/scanners/batches.py): the tree's ``*.py``/``*.pyw`` files are listed
+once, sorted, and bandit runs on ``batch_files`` of them at a time (absolute paths after
+``--``; bandit applies its excludes to them as to the files it finds itself). Each batch's
+findings are stored and checkpointed, so an attempt after a crash starts at the first
+unfinished batch. ``timeout`` bounds each batch's run.
+
 Before anything runs: the path must be in `scope.allow` (by its given and its real,
 symlink-resolved form; outside is a `ScopeViolation`, category security) and must exist.
 Symlinks inside the tree that lead outside it or outside the scope are excluded (bandit
@@ -35,6 +41,7 @@ from temporalio import activity
 
 from activities.process import locate_binary, run_process, tail
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.batches import BatchResult, list_files, plan_batches, scan_in_batches
 from activities.scanners.offload import off_loop
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
@@ -48,6 +55,9 @@ DEFAULT_EXCLUDES = (
     "/.svn/", "/CVS/", "/.bzr/", "/.hg/", "/.git/", "/__pycache__/", "/.tox/", "/.nox/", "/.eggs/",
     "/.venv/", "/venv/", "/node_modules/", "/site-packages/",
 )  # fmt: skip
+# Directories the default excludes always drop: the listing does not enter them.
+PRUNED_DIRS = frozenset(e.strip("/") for e in DEFAULT_EXCLUDES)
+INCLUDED_SUFFIXES = (".py", ".pyw")  # bandit's own file globs (*.py, *.pyw)
 _EVIDENCE_MAX = 2000
 _LEVELS = {"low": 1, "medium": 2, "high": 3}
 _SEVERITY = {"HIGH": Severity.HIGH, "MEDIUM": Severity.MEDIUM, "LOW": Severity.LOW}
@@ -58,12 +68,13 @@ def bandit_binary() -> str:
     return locate_binary("bandit", BINARY_ENV)
 
 
-def build_argv(path: str, opts: BanditOptions, skipped_links: Sequence[str] = ()) -> list[str]:
+def build_argv(paths: str | Sequence[str], opts: BanditOptions, skipped_links: Sequence[str] = ()) -> list[str]:
+    """bandit's command line for one path (a tree or a file) or one batch of files."""
     argv = [bandit_binary(), "-r", "-f", "json", "-q", "--exit-zero", "--ini", os.devnull]
     argv += ["--exclude", ",".join([*DEFAULT_EXCLUDES, *opts.exclude, *map(_exclude_link, skipped_links)])]
     if opts.skip:
         argv += ["--skip", ",".join(opts.skip)]
-    argv += ["--", path]
+    argv += ["--", *([paths] if isinstance(paths, str) else paths)]
     return argv
 
 
@@ -150,25 +161,51 @@ async def bandit_tool(ctx: ToolContext) -> ToolOutput:
     skipped = await off_loop(lambda stop: ctx.scope.escaping_links(real, stop)) if os.path.isdir(real) else []
     if skipped:
         ctx.log.warning("not following symlinks that leave the scope", count=len(skipped), paths=skipped[:20])
-    result = await run_process(
-        build_argv(real, opts, skipped),
-        tool=TOOL,
-        cwd=ctx.working_dir(root),
-        timeout=opts.timeout.total_seconds(),
-    )
-    # Parsed off the event loop: a large report must not stall the worker's other activities.
-    findings, errors = await off_loop(
-        lambda _: parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)
-    )
-    for error in errors[:20]:
-        ctx.log.info("bandit could not scan a file", error=redact(error))
-    ctx.log.info("bandit finished", findings=len(findings), unscanned=len(errors), seconds=round(result.duration, 1))
+    if os.path.isdir(real):
+        # What bandit's own walk would pick (*.py, *.pyw; symlinked directories not
+        # entered); its excludes still apply to the files it is given.
+        files = await off_loop(lambda stop: list_files(root, prune_dirs=PRUNED_DIRS, skip=skipped, keep=_is_python, stop=stop))
+    else:
+        files = [(os.path.basename(real), os.path.getsize(real))]
+    plan = plan_batches(root, files, max_files=opts.batch_files, max_bytes=opts.batch_max_bytes)
+
+    async def scan(batch: list[str]) -> BatchResult:
+        # Absolute paths, as in a whole-tree run: bandit reports them, made relative to `root`.
+        result = await run_process(
+            build_argv([os.path.join(root, rel) for rel in batch], opts, skipped),
+            tool=TOOL,
+            cwd=ctx.working_dir(root),
+            timeout=opts.timeout.total_seconds(),
+        )
+        # Parsed off the event loop: a large report must not stall the worker's other activities.
+        findings, errors = await off_loop(
+            lambda _: parse_bandit_json(result.stdout, root=root, target=target, opts=opts, stderr=result.stderr)
+        )
+        for error in errors[:20]:
+            ctx.log.info("bandit could not scan a file", error=redact(error))
+        return BatchResult(findings, {"files_not_scanned": len(errors)})
+
+    scanned = await scan_in_batches(ctx, tool=TOOL, plan=plan, scan=scan)
+    unscanned = scanned.counts.get("files_not_scanned", 0)
+    ctx.log.info(
+        "bandit finished", findings=len(scanned.findings), unscanned=unscanned, batches=len(plan.batches),
+        resumed_at=scanned.resumed_at,
+    )  # fmt: skip
     return ToolOutput(
-        findings=findings,
-        items_done=1,
-        items_total=1,
-        outputs={"issues": str(len(findings)), "files_not_scanned": str(len(errors)), "symlinks_skipped": str(len(skipped))},
+        findings=scanned.findings,
+        items_done=plan.files,
+        items_total=plan.files,
+        outputs={
+            "issues": str(len(scanned.findings)),
+            "files_not_scanned": str(unscanned),
+            "symlinks_skipped": str(len(skipped)),
+            **scanned.outputs(),
+        },
     )
+
+
+def _is_python(rel: str) -> bool:
+    return rel.endswith(INCLUDED_SUFFIXES)
 
 
 @activity.defn(name="bandit")

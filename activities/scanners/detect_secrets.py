@@ -7,6 +7,14 @@ what git tracks (an assessment scans a tree, tracked or not). ``--no-verify``: b
 detect-secrets *verifies* candidates with network calls (AWS STS, Slack, Stripe, ...);
 an assessment must never send a found credential anywhere, and tests never leave loopback.
 
+In batches (activities/scanners/batches.py): the tree's files are listed once, sorted
+(the default-excluded directories and symlinks leaving the scope left out), and
+detect-secrets runs on ``batch_files`` of them at a time, given as paths relative to the
+target (its working directory), so the reported filenames are those of a whole-tree run;
+it applies its ``--exclude-files`` regex to them as to a walk. Each batch's findings are
+stored and checkpointed; an attempt after a crash starts at the first unfinished batch.
+``timeout`` bounds each batch's run.
+
 Before anything runs: the path must be in `scope.allow` (given and symlink-resolved form;
 outside is a `ScopeViolation`, category security) and must exist. Symlinks inside the tree
 that resolve outside the scope are excluded from the scan: detect-secrets would otherwise
@@ -28,12 +36,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from temporalio import activity
 
 from activities.process import locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.batches import BatchResult, list_files, plan_batches, scan_in_batches
 from activities.scanners.offload import off_loop
 from secflow.errors import ExternalToolError
 from secflow.findings import Confidence, Finding, Severity
@@ -46,9 +56,9 @@ BINARY = "detect-secrets"
 BINARY_ENV = "SECFLOW_DETECT_SECRETS"  # a name (looked up on PATH) or a path; overrides the search below
 # Relative paths never scanned: VCS internals, caches and installed third-party code
 # (full of test keys that are nobody's secret).
-DEFAULT_EXCLUDE = (
-    r"(^|/)(\.git|\.hg|\.svn|__pycache__|\.tox|\.nox|\.venv|venv|node_modules|site-packages|\.mypy_cache|\.pytest_cache)(/|$)"
-)
+PRUNED_DIRS = (".git", ".hg", ".svn", "__pycache__", ".tox", ".nox", ".venv", "venv", "node_modules", "site-packages",
+               ".mypy_cache", ".pytest_cache")  # fmt: skip
+DEFAULT_EXCLUDE = r"(^|/)(" + "|".join(map(re.escape, PRUNED_DIRS)) + r")(/|$)"
 _HEURISTIC = {"Base64 High Entropy String", "Hex High Entropy String"}
 _INFORMATIONAL = {"Public IP (ipv4)"}
 _KEYWORDISH = {"Secret Keyword", "Basic Auth Credentials"}
@@ -59,13 +69,14 @@ def detect_secrets_binary() -> str:
     return locate_binary(BINARY, BINARY_ENV)
 
 
-def build_argv(scan: str, opts: DetectSecretsOptions, extra_excludes: list[str]) -> list[str]:
+def build_argv(scan: str | Sequence[str], opts: DetectSecretsOptions, extra_excludes: list[str]) -> list[str]:
+    """detect-secrets' command line for one path (a tree or a file) or one batch of files."""
     argv = [detect_secrets_binary(), "scan", "--all-files", "--no-verify"]
     excludes = [DEFAULT_EXCLUDE, *opts.exclude_files, *extra_excludes]
     argv += ["--exclude-files", "|".join(f"(?:{e})" for e in excludes)]
     for plugin in opts.disable_plugins:
         argv += ["--disable-plugin", plugin]
-    argv += ["--", scan]
+    argv += ["--", *([scan] if isinstance(scan, str) else scan)]
     return argv
 
 
@@ -134,29 +145,53 @@ async def detect_secrets_tool(ctx: ToolContext) -> ToolOutput:
     opts = DetectSecretsOptions.model_validate(ctx.options)
     real, root = ctx.source_tree()
     if os.path.isdir(real):
-        root, scan, prefix = real, ".", ""
+        root, prefix = real, ""
         links = await off_loop(lambda stop: ctx.scope.escaping_links(root, stop))
         skipped = [os.path.relpath(p, root).replace(os.sep, "/") for p in links]
+        # detect-secrets' own test (a regex search on the relative path), applied while
+        # listing: excluded files would only fill batches with nothing to scan.
+        excluded = re.compile("|".join(f"(?:{e})" for e in (DEFAULT_EXCLUDE, *opts.exclude_files)))
+        files = await off_loop(
+            lambda stop: list_files(
+                root, prune_dirs=PRUNED_DIRS, skip=links, keep=lambda rel: not excluded.search(rel), stop=stop
+            )
+        )
     else:
-        root, scan, prefix = os.path.dirname(real), os.path.basename(real), ""
+        root, prefix = os.path.dirname(real), ""
         skipped = []
+        files = [(os.path.basename(real), os.path.getsize(real))]
     if skipped:
         ctx.log.warning("not following symlinks that leave the scope", count=len(skipped), paths=skipped[:20])
-    result = await run_process(
-        build_argv(scan, opts, [f"^{re.escape(p)}(/|$)" for p in skipped]),
-        tool=TOOL,
-        cwd=root,  # filenames in the report come out relative to the target
-        timeout=time_budget(opts.timeout.total_seconds()),
+    plan = plan_batches(root, files, max_files=opts.batch_files, max_bytes=opts.batch_max_bytes)
+    excludes = [f"^{re.escape(p)}(/|$)" for p in skipped]
+
+    async def scan(batch: list[str]) -> BatchResult:
+        # Paths relative to `root` (its working directory), as a whole-tree run reports
+        # them; detect-secrets applies its excludes to the files it is given.
+        result = await run_process(
+            build_argv(batch, opts, excludes),
+            tool=TOOL,
+            cwd=root,
+            timeout=time_budget(opts.timeout.total_seconds()),
+        )
+        findings = await off_loop(
+            lambda _: parse_detect_secrets_json(result.stdout, target=target, prefix=prefix, stderr=result.stderr)
+        )
+        return BatchResult(findings)
+
+    scanned = await scan_in_batches(ctx, tool=TOOL, plan=plan, scan=scan)
+    ctx.log.info(
+        "detect-secrets finished", findings=len(scanned.findings), batches=len(plan.batches), resumed_at=scanned.resumed_at
     )
-    findings = await off_loop(
-        lambda _: parse_detect_secrets_json(result.stdout, target=target, prefix=prefix, stderr=result.stderr)
-    )
-    ctx.log.info("detect-secrets finished", findings=len(findings), seconds=round(result.duration, 1))
     return ToolOutput(
-        findings=findings,
-        items_done=1,
-        items_total=1,
-        outputs={"secrets": str(len(findings)), "symlinks_skipped": str(len(skipped))},
+        findings=scanned.findings,
+        items_done=plan.files,
+        items_total=plan.files,
+        outputs={
+            "secrets": str(len(scanned.findings)),
+            "symlinks_skipped": str(len(skipped)),
+            **scanned.outputs(),
+        },
     )
 
 

@@ -14,6 +14,14 @@ removed from its environment so no login or ambient rule source is ever used.
 from its scanner with a planted ``.semgrepignore``. ``--no-rewrite-rule-ids``: rule ids
 stay as written, not prefixed with the rules file's directory.
 
+In batches (activities/scanners/batches.py): the tree's files are listed once, sorted
+(directories in the default excludes and symlinks leaving the scope left out), and semgrep
+runs on ``batch_files`` of them at a time: the same target, narrowed with one anchored
+``--include=/<relative path>`` per file, so semgrep's own selection (languages, excludes)
+and the reported paths are those of a whole-tree run. Each batch's findings are stored and
+checkpointed; an attempt after a crash starts at the first unfinished batch. ``timeout``
+bounds each batch's run.
+
 Before anything runs: the path must be in `scope.allow` (given and symlink-resolved form;
 outside is a `ScopeViolation`, category security) and must exist.
 
@@ -45,6 +53,7 @@ from temporalio import activity
 
 from activities.process import ToolProcessError, locate_binary, run_process, tail, time_budget
 from activities.runner import ToolContext, ToolOutput, run_tool
+from activities.scanners.batches import BatchResult, FileBatches, list_files, plan_batches, scan_in_batches
 from activities.scanners.offload import off_loop
 from secflow.errors import Category, ExternalToolError, PermanentError, classify
 from secflow.findings import Confidence, Finding, Severity
@@ -87,7 +96,8 @@ def semgrep_env() -> dict[str, str]:
     return env
 
 
-def build_argv(path: str, opts: SemgrepOptions, skipped_links: Sequence[str] = ()) -> list[str]:
+def build_argv(path: str, opts: SemgrepOptions, skipped_links: Sequence[str] = (), includes: Sequence[str] = ()) -> list[str]:
+    """semgrep's command line for `path`; `includes` (paths relative to it) narrow the scan to one batch."""
     argv = [semgrep_binary(), "scan", "--config", str(RULES_FILE)]
     for extra in opts.rules:
         argv += ["--config", extra]
@@ -97,6 +107,8 @@ def build_argv(path: str, opts: SemgrepOptions, skipped_links: Sequence[str] = (
     ]  # fmt: skip
     for pattern in (*DEFAULT_EXCLUDES, *opts.exclude, *(_exclude_link(link, path) for link in skipped_links)):
         argv.append(f"--exclude={pattern}")
+    for rel in includes:
+        argv.append(f"--include={_anchored(rel)}")
     argv += ["--", path]
     return argv
 
@@ -104,7 +116,13 @@ def build_argv(path: str, opts: SemgrepOptions, skipped_links: Sequence[str] = (
 def _exclude_link(link: str, root: str) -> str:
     """An exclude anchored at the scan root for one absolute link path; a glob special
     character in its name becomes the one-character wildcard (gitignore syntax)."""
-    rel = os.path.relpath(link, root).replace(os.sep, "/")
+    return _anchored(os.path.relpath(link, root).replace(os.sep, "/"))
+
+
+def _anchored(rel: str) -> str:
+    """A gitignore-style pattern for exactly one path relative to the scan root; a glob
+    special character becomes the one-character wildcard (it may match a sibling too,
+    which costs a rescan of that file, never a miss: findings upsert by fingerprint)."""
     return "/" + re.sub(r"[*?\[\]\\!#]", "?", rel)
 
 
@@ -244,28 +262,51 @@ async def semgrep_tool(ctx: ToolContext) -> ToolOutput:
     for rules in (str(RULES_FILE), *opts.rules):
         if not os.path.isfile(rules):
             raise PermanentError(f"semgrep rules file {rules} does not exist")
-    result = await run_process(
-        build_argv(real, opts, skipped),
-        tool=TOOL,
-        cwd=ctx.working_dir(root),
-        env=semgrep_env(),
-        timeout=time_budget(opts.timeout.total_seconds()),
-        # 0: done; 1: findings with --error (not passed, accepted anyway). Other codes are
-        # read below, with semgrep's JSON error list; signals stay run_process's to classify.
-        ok_codes=tuple(range(126)),
+    if os.path.isdir(real):
+        # semgrep does not follow symlinks: they are not listed either
+        files = await off_loop(lambda stop: list_files(real, prune_dirs=DEFAULT_EXCLUDES, skip=skipped, links=False, stop=stop))
+    else:
+        files = [(os.path.basename(real), os.path.getsize(real))]
+    plan = plan_batches(root, files, max_files=opts.batch_files, max_bytes=opts.batch_max_bytes)
+    if not plan.batches:  # nothing listed: one plain run still, so semgrep checks its rules
+        plan = FileBatches(root, [[]], plan.digest)
+    whole = len(plan.batches) == 1  # one batch: the plain whole-target run, no --include
+
+    async def scan(batch: list[str]) -> BatchResult:
+        # The same target as a whole-tree run, narrowed with --include: semgrep keeps its
+        # own file selection (languages, excludes) and reports the same paths.
+        includes = () if whole or not os.path.isdir(real) else batch
+        result = await run_process(
+            build_argv(real, opts, skipped, includes),
+            tool=TOOL,
+            cwd=ctx.working_dir(root),
+            env=semgrep_env(),
+            timeout=time_budget(opts.timeout.total_seconds()),
+            # 0: done; 1: findings with --error (not passed, accepted anyway). Other codes are
+            # read below, with semgrep's JSON error list; signals stay run_process's to classify.
+            ok_codes=tuple(range(126)),
+        )
+        if result.returncode not in (0, 1):
+            raise failure(result.returncode, result.stdout, result.stderr)
+        # Parsed off the event loop: it reads source lines of every finding from disk.
+        findings, errors = await off_loop(
+            lambda _: parse_semgrep_json(result.stdout, root=root, target=target, stderr=result.stderr)
+        )
+        for error in errors[:20]:
+            ctx.log.info("semgrep reported a problem", error=error)
+        return BatchResult(findings, {"errors": len(errors)})
+
+    scanned = await scan_in_batches(ctx, tool=TOOL, plan=plan, scan=scan)
+    findings = scanned.findings
+    errors = scanned.counts.get("errors", 0)
+    ctx.log.info(
+        "semgrep finished", findings=len(findings), errors=errors, batches=len(plan.batches), resumed_at=scanned.resumed_at
     )
-    if result.returncode not in (0, 1):
-        raise failure(result.returncode, result.stdout, result.stderr)
-    # Parsed off the event loop: it reads source lines of every finding from disk.
-    findings, errors = await off_loop(lambda _: parse_semgrep_json(result.stdout, root=root, target=target, stderr=result.stderr))
-    for error in errors[:20]:
-        ctx.log.info("semgrep reported a problem", error=error)
-    ctx.log.info("semgrep finished", findings=len(findings), errors=len(errors), seconds=round(result.duration, 1))
     return ToolOutput(
         findings=findings,
-        items_done=1,
-        items_total=1,
-        outputs={"issues": str(len(findings)), "errors": str(len(errors))},
+        items_done=plan.files,
+        items_total=plan.files,
+        outputs={"issues": str(len(findings)), "errors": str(errors), **scanned.outputs()},
     )
 
 
