@@ -35,6 +35,7 @@ from activities.stage_batches import (
     park_stage_failures,
     record_target_results,
 )
+from activities.validation import settle_ladder_rung, validate_recovery
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.tools import activity_names
 
@@ -67,6 +68,8 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     count_stage_targets,
     park_stage_failures,
     record_decision,
+    settle_ladder_rung,
+    validate_recovery,
 ]
 
 

@@ -86,12 +86,13 @@ StageState = Literal[
     "awaiting_intervention",  # failed after retries; waits for retry/skip/reject
     "succeeded",
     "partial",  # some targets failed within tolerated_failure_percent, or a fallback ran
+    "unverified",  # recovered, but the recovery's validation failed (docs/recovery.md)
     "failed",
     "skipped",
     "cancelled",
 ]
 
-TERMINAL_STAGE_STATES: frozenset[str] = frozenset({"succeeded", "partial", "failed", "skipped", "cancelled"})
+TERMINAL_STAGE_STATES: frozenset[str] = frozenset({"succeeded", "partial", "unverified", "failed", "skipped", "cancelled"})
 
 
 class ErrorInfo(BaseModel):
@@ -128,6 +129,22 @@ class TargetFailure(BaseModel):
 RECENT_FAILURES = 5
 
 
+class LadderStep(BaseModel):
+    """One rung of the recovery ladder a stage went through (secflow/ladder.py)."""
+
+    rung: str  # retry | fallback | human | dead_letter | fail | skip
+    outcome: str  # recovered | failed | skipped | parked | cancelled | degraded
+    note: str = ""
+
+
+class RecoveryCheck(BaseModel):
+    """The validation that ran after a stage recovered (activities/validation.py)."""
+
+    passed: bool
+    after: str = ""  # the rung that recovered it: retry | fallback | human | resume
+    problems: list[str] = Field(default_factory=list)
+
+
 class StageStatus(BaseModel):
     state: StageState = "pending"
     kind: str = ""
@@ -154,6 +171,11 @@ class StageStatus(BaseModel):
     # far, and how many it needs ("1 of 2 approvals"). Empty for a gate of one.
     approvals: list[str] = Field(default_factory=list)
     approvals_required: int = 0
+    # The recovery ladder as walked so far (rung, outcome), the rung now handling the
+    # stage's failures ("" when none), and the check of the last recovery.
+    ladder: list[LadderStep] = Field(default_factory=list)
+    rung: str = ""
+    validation: RecoveryCheck | None = None
 
 
 class Intervention(BaseModel):
@@ -303,6 +325,9 @@ class StageTaskInput(BaseModel):
     # activity only when its worker runs with SECFLOW_CHAOS=1.
     chaos: dict[str, Any] = Field(default_factory=dict)
     spec_ref: str = ""
+    # The ladder rung this run belongs to (retry | fallback | human): the error ledger
+    # records it, and a success settles the target's earlier errors as recovered by it.
+    rung: str = "retry"
 
 
 class StageTaskResult(BaseModel):
@@ -318,6 +343,7 @@ class StageTaskResult(BaseModel):
     # Set when the tool finished but with less than it should have (e.g. an enrichment
     # service stayed down): the stage is marked degraded with this reason.
     degraded_reason: str = ""
+    resumed: bool = False  # the attempt resumed from a checkpoint
 
 
 class WorkspaceRequest(BaseModel):
@@ -362,6 +388,7 @@ class ShardProgress(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict)
     degraded_reason: str = ""
     runs: int = 1  # workflow runs of the shard (continue-as-new adds one)
+    resumed: int = 0  # targets whose successful attempt resumed from a checkpoint
 
     @property
     def failed(self) -> int:
@@ -384,6 +411,7 @@ class StageShardInput(BaseModel):
     cursor: int = 0  # index into the stage tool's targets in the spec
     progress: ShardProgress = Field(default_factory=ShardProgress)
     paused: bool = False
+    rung: str = "retry"  # the ladder rung this round runs for (StageTaskInput.rung)
     # The report tool (run in the assessment itself, never as a shard) gets the status.
     snapshot: AssessmentStatus | None = None
 

@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # imported when first used: the repositories import the model
     from secflow.store.breakers import BreakerRepository
     from secflow.store.dead_letters import DeadLetterRepository
     from secflow.store.deliveries import DeliveryRepository
+    from secflow.store.recovery import RecoveryRepository
 
 __all__ = [
     "BUSY_TIMEOUT_ENV",
@@ -197,6 +198,10 @@ class ErrorEvent(BaseModel):
     dependency: str | None = None
     # When the outcome was written (set by the store; ignored by record_error).
     resolved_at: datetime | None = None
+    # The recovery-ladder rung that handled the error last and how it ended
+    # (secflow/ladder.py): "retry" + "recovered", "fallback" + "failed", ...
+    rung: str | None = None
+    rung_outcome: str | None = None
 
     @field_validator("category")
     @classmethod
@@ -842,6 +847,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX decisions_audit_by_time ON decisions_audit (decided_at)",
         ),
     ),
+    Migration(
+        12,
+        "recovery ladder rungs on error events, recovery validations",
+        (
+            # The ladder rung that handled the error last (retry, fallback, human,
+            # dead_letter, fail, skip) and how that rung ended (secflow/ladder.py).
+            "ALTER TABLE error_events ADD COLUMN rung TEXT",
+            "ALTER TABLE error_events ADD COLUMN rung_outcome TEXT",
+            # One row per check of a recovered stage (secflow/store/recovery.py); a
+            # retried write of the same check is one row.
+            """
+            CREATE TABLE recovery_validations (
+                assessment_id TEXT NOT NULL,
+                stage_id      TEXT NOT NULL,
+                check_id      TEXT NOT NULL,
+                after_rung    TEXT NOT NULL,
+                passed        INTEGER NOT NULL,
+                problems      TEXT NOT NULL,
+                findings      INTEGER NOT NULL,
+                checked_at    TEXT NOT NULL,
+                PRIMARY KEY (assessment_id, stage_id, check_id)
+            )
+            """,
+            "CREATE INDEX recovery_validations_by_time ON recovery_validations (checked_at)",
+        ),
+    ),
 )
 
 
@@ -1010,6 +1041,13 @@ class FindingsStore:
         from secflow.store.audit import AuditRepository
 
         return AuditRepository(self)
+
+    @cached_property
+    def recovery(self) -> RecoveryRepository:
+        """Ladder rungs on error events and recovery validations (migration 12)."""
+        from secflow.store.recovery import RecoveryRepository
+
+        return RecoveryRepository(self)
 
     @cached_property
     def breakers(self) -> BreakerRepository:
@@ -1661,8 +1699,8 @@ class FindingsStore:
                 """
                 INSERT INTO error_events (event_id, assessment_id, stage_id, target, tool, attempt,
                                           category, message, retryable, occurred_at, outcome, resolved_at,
-                                          dependency)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                          dependency, rung, rung_outcome)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (event_id) DO NOTHING
                 """,
                 (
@@ -1679,6 +1717,8 @@ class FindingsStore:
                     event.outcome,
                     _ts(_utcnow()) if event.outcome is not None else None,
                     event.dependency,
+                    event.rung,
+                    event.rung_outcome,
                 ),
             )
             return cursor.rowcount == 1
@@ -1706,7 +1746,7 @@ class FindingsStore:
             rows = self._x(
                 conn,
                 "SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message, "
-                f"retryable, occurred_at, outcome, dependency, resolved_at FROM error_events {where} "
+                f"retryable, occurred_at, outcome, dependency, resolved_at, rung, rung_outcome FROM error_events {where} "
                 "ORDER BY occurred_at, event_id",
                 params,
             ).fetchall()
@@ -1725,6 +1765,8 @@ class FindingsStore:
                 outcome=r[10],
                 dependency=r[11],
                 resolved_at=_parse_ts(r[12]) if r[12] else None,
+                rung=r[13],
+                rung_outcome=r[14],
             )
             for r in rows
         ]

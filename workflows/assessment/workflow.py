@@ -33,6 +33,7 @@ from temporalio.workflow import ChildWorkflowCancellationType
 with workflow.unsafe.imports_passed_through():
     from secflow import guidance
     from secflow.errors import Category
+    from secflow.ladder import RUNG_LABEL
     from secflow.locking import BulkLockRequest
     from secflow.models import (
         INLINE_TARGETS,
@@ -45,6 +46,8 @@ with workflow.unsafe.imports_passed_through():
         ErrorInfo,
         FinalizeRequest,
         Intervention,
+        LadderStep,
+        RecoveryCheck,
         ShardProgress,
         ShardReport,
         SpecSummary,
@@ -54,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
         WorkspaceRequest,
     )
+    from secflow.recovery import RecoveryValidationRequest, RungSettlement
     from secflow.reports.final import FINAL_REPORTS_PATCH, FinalReportsRequest, report_formats
     from secflow.retries import STORE_PLAN, plan_for
     from secflow.spec import Stage
@@ -70,6 +74,10 @@ SA_AWAITING = SearchAttributeKey.for_keyword_list("SecflowAwaiting")
 
 LOCK_POLL_INTERVAL = timedelta(seconds=5)
 INCIDENTS_END_PATCH = "incidents-hear-the-end"  # _end signals `assessment_ended` to open incidents
+# on_failure as a ladder of rungs, each rung's end written to the error ledger
+# (settle_ladder_rung); runs recorded before it walk the single-value policy.
+LADDER_PATCH = "recovery-ladder"
+VALIDATION_PATCH = "recovery-validation"  # validate_recovery after a stage recovers
 LOCK_BATCH = 1000  # hosts locked per activity (one transaction)
 
 
@@ -337,6 +345,9 @@ class AssessmentWorkflow(AssessmentAPI):
 
     async def _run_with_failure_policy(self, stage: Stage, *, ask_first: bool = False) -> None:
         """Rounds over the stage's targets until `policy.verdict` ends the stage."""
+        if workflow.patched(LADDER_PATCH):
+            await self._walk_ladder(stage, ask_first=ask_first)
+            return
         st = self._status.stages[stage.id]
         tool = st.tool or stage.tool_name
         fallback_used = tool != stage.tool_name
@@ -421,7 +432,181 @@ class AssessmentWorkflow(AssessmentAPI):
             self._stage_failed(stage, error)
             return
 
-    async def _run_round(self, stage: Stage, tool: str, *, only_failed: bool) -> ShardProgress:
+    async def _walk_ladder(self, stage: Stage, *, ask_first: bool = False) -> None:
+        """Rounds over the stage's targets, then its recovery ladder (secflow/ladder.py):
+        after Temporal's retries a failed round goes to the first rung not tried yet
+        (fallback, a human, then dead_letter / fail / skip). The parent decides every
+        rung, also for rounds run by a StageTargets child."""
+        st = self._status.stages[stage.id]
+        ladder = stage.ladder
+        tool = st.tool or stage.tool_name
+        fallback_used = tool != stage.tool_name
+        position = ladder.index("fallback") + 1 if fallback_used and "fallback" in ladder else 0
+        round_rung = "fallback" if fallback_used else "retry"
+        only_failed = ask_first  # after a carried failure wait, a retry runs the failed targets
+        resumed = False
+        while True:
+            if ask_first:
+                ask_first = False
+                position = ladder.index("await_approval") if "await_approval" in ladder else 0
+                decision = policy.rung_verdict(
+                    stage, position, st.error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+                )
+            else:
+                st.state = "running"
+                st.rung = RUNG_LABEL[round_rung]
+                self._changed()
+                try:
+                    progress = await self._run_round(stage, tool, only_failed=only_failed, rung=RUNG_LABEL[round_rung])
+                except ActivityError as err:
+                    progress = self._failed_round(st, error_from_activity(err, STORE_PLAN))
+                await self._absorb(stage, progress, only_failed=only_failed)
+                resumed = resumed or progress.resumed > 0
+                decision = policy.ladder_verdict(
+                    stage,
+                    policy.RoundOutcome(
+                        stage_total=st.progress.total,
+                        failed=progress.failed,
+                        first_error=progress.first_error,
+                        security_error=progress.security_error,
+                        all_aborted=progress.first_error is None,
+                    ),
+                    stopping=self._stop_reason is not None,
+                    position=position,
+                )
+            if decision.kind == "succeeded":
+                st.rung = ""
+                after = self._recovered_by(st, round_rung, resumed)
+                if after:
+                    st.ladder.append(LadderStep(rung=after, outcome="recovered"))
+                self._finish(st, "partial" if fallback_used else "succeeded", st.reason)
+                self._desk.stage_recovered(
+                    stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})"
+                )
+                if after:
+                    await self._validate_recovery(stage, after)
+                return
+            if decision.kind == "cancelled":
+                st.rung = ""
+                self._finish(st, "cancelled", self._stop_reason or "cancelled")
+                return
+            error = decision.error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+            if decision.kind == "security":
+                st.rung = ""
+                st.error = error
+                self._finish(st, "failed", decision.reason)
+                self._desk.security_violation(stage, error)
+                self._stop(f"security violation in stage {stage.id!r}: {error.message}", "failed", error)
+                return
+            if decision.kind == "tolerated":
+                st.rung = ""
+                st.degraded = True
+                self._finish(st, "partial", decision.reason)
+                return
+            st.error = error
+            if st.state == "running":  # the round's rung failed; the ladder's next rung takes over
+                await self._rung_ended(stage, RUNG_LABEL[round_rung], "failed", error.message)
+            by_human = False
+            while True:  # rungs that end without a round: a human who lets it fall, the terminal rungs
+                rung = ladder[decision.rung]
+                st.rung = RUNG_LABEL[rung]
+                if decision.kind == "fallback":
+                    assert stage.fallback_tool is not None
+                    fallback_used = True
+                    st.degraded = True
+                    st.reason = decision.reason
+                    tool = st.tool = stage.fallback_tool
+                    round_rung, only_failed, position = "fallback", True, decision.rung + 1
+                    break
+                if decision.kind == "ask_human":
+                    answer = await self._wait_for_human(stage, "failure")
+                    if answer == "retry":
+                        st.error = None
+                        round_rung, only_failed, position = "await_approval", True, decision.rung
+                        break
+                    if answer == "abort":
+                        await self._rung_ended(stage, "human", "cancelled", self._stop_reason or "aborted")
+                        self._finish(st, "cancelled", self._stop_reason or "aborted")
+                        return
+                    by_human = self._answered_by_human(stage.id)
+                    if answer == "skip":
+                        await self._rung_ended(stage, "human", "skipped", self._answer_note(stage.id, answer))
+                        st.rung = ""
+                        self._finish(st, "skipped", f"{self._answer_note(stage.id, answer)} after: {error.message}")
+                        self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=by_human)
+                        return
+                    # reject, or the deadline's fail: the next rung takes over
+                    await self._rung_ended(stage, "human", "failed", self._answer_note(stage.id, answer))
+                    decision = policy.rung_verdict(stage, decision.rung + 1, error)
+                    continue
+                st.rung = ""
+                if decision.kind == "skip":
+                    await self._rung_ended(stage, "skip", "skipped", decision.reason)
+                    self._finish(st, "skipped", decision.reason)
+                    self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=by_human)
+                    return
+                parked = decision.kind == "dead_letter"
+                await self._rung_ended(stage, RUNG_LABEL[rung], "parked" if parked else "failed", error.message)
+                self._desk.gave_up(stage, failed=True, error=error, attempts=st.attempts, by_human=by_human, park=parked)
+                self._stage_failed(stage, error)
+                return
+
+    def _recovered_by(self, st: StageStatus, round_rung: str, resumed: bool) -> str:
+        """The rung that recovered a stage that just succeeded, or "" for a clean run."""
+        if round_rung != "retry":
+            return RUNG_LABEL[round_rung]
+        if st.retries > 0:
+            return "retry"
+        return "resume" if resumed else ""
+
+    async def _rung_ended(self, stage: Stage, rung: str, outcome: str, note: str) -> None:
+        """A rung ended for the stage: shown in its ladder, written to the error ledger."""
+        st = self._status.stages[stage.id]
+        st.ladder.append(LadderStep(rung=rung, outcome=outcome, note=note[:300]))
+        self._changed()
+        try:
+            await calls.settle_rung(
+                RungSettlement(assessment_id=self._status.workflow_id, stage_id=stage.id, rung=rung, outcome=outcome)
+            )
+        except ActivityError as err:
+            error = error_from_activity(err, STORE_PLAN)
+            # The ledger is down past its retries: the ladder is still in the status and
+            # the history; the ledger misses this rung. Say so; the stage goes on.
+            workflow.logger.error(
+                "ladder rung not recorded",
+                extra={"stage": stage.id, "rung": rung, "category": error.category, "error": error.message},
+            )
+
+    async def _validate_recovery(self, stage: Stage, after: str) -> None:
+        """Check a recovered stage (secflow/recovery.py); a failed check marks it unverified."""
+        if not workflow.patched(VALIDATION_PATCH):
+            return
+        st = self._status.stages[stage.id]
+        try:
+            result = await calls.validate(
+                RecoveryValidationRequest(
+                    assessment_id=self._status.workflow_id,
+                    stage_id=stage.id,
+                    check_id=f"round-{st.rounds}-{len(st.ladder)}",
+                    after=after,
+                    tools=[t for t in (stage.tool_name, stage.fallback_tool) if t],
+                    reported_findings=st.findings,
+                )
+            )
+        except ActivityError as err:
+            error = error_from_activity(err, STORE_PLAN)
+            result_problems = [f"the validation could not run ({error.category}: {error.message})"]
+            st.validation = RecoveryCheck(passed=False, after=after, problems=result_problems)
+        else:
+            st.validation = RecoveryCheck(passed=result.passed, after=after, problems=result.problems)
+        if st.validation.passed:
+            self._changed()
+            return
+        shown = "; ".join(st.validation.problems[:3])
+        self._finish(st, "unverified", (st.reason + "; " if st.reason else "") + f"recovery ({after}) not verified: {shown}")
+        self._desk.recovery_unverified(stage, after, st.validation.problems)
+
+    async def _run_round(self, stage: Stage, tool: str, *, only_failed: bool, rung: str = "retry") -> ShardProgress:
         """One round of the stage over its targets: here when few, else in a child workflow."""
         assert self._summary is not None
         st = self._status.stages[stage.id]
@@ -438,6 +623,7 @@ class AssessmentWorkflow(AssessmentAPI):
             batch_size=stage.batch_size,
             event_budget=self._req.shard_event_budget,
             paused=self._paused,
+            rung=rung,
         )
         if not TOOLS[tool].target_kinds:
             runner = TargetRunner(shard.model_copy(update={"snapshot": self._snapshot()}), paused=lambda: self._paused)
@@ -698,6 +884,8 @@ class AssessmentWorkflow(AssessmentAPI):
         st.recent_failures = []
         st.findings = 0
         st.progress.done = 0
+        st.rung = ""
+        st.validation = None
 
     def _tell_children(self, signal: str) -> None:
         self._signals = [t for t in self._signals if not t.done()]
