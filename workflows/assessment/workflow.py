@@ -115,6 +115,7 @@ class AssessmentWorkflow(AssessmentAPI):
         self._wait_since: dict[str, datetime] = dict(carry.wait_since) if carry else {}
         self._signals: list[asyncio.Task[None]] = []  # pause/resume sent to stage shards
         self._answers: dict[str, str] = {}
+        self._findings_before: dict[str, int] = {}  # stage id -> findings kept before its retry round
         self._paused = carry.paused if carry else False
         self._stop_reason: str | None = None
         self._stop_outcome: AssessmentOutcome | None = None
@@ -611,6 +612,8 @@ class AssessmentWorkflow(AssessmentAPI):
         assert self._summary is not None
         st = self._status.stages[stage.id]
         st.rounds += 1
+        if only_failed:
+            self._findings_before[stage.id] = st.findings
         shard = StageShardInput(
             assessment_id=self._status.workflow_id,
             stage=stage,
@@ -632,7 +635,9 @@ class AssessmentWorkflow(AssessmentAPI):
         if self._summary.targets_by_tool.get(tool, 0) <= INLINE_TARGETS:
             known = None if only_failed else self._summary.few_targets.get(tool)
             runner = TargetRunner(
-                shard, paused=lambda: self._paused, on_progress=lambda: self._show_round(st, runner.progress, publish=False)
+                shard,
+                paused=lambda: self._paused,
+                on_progress=lambda: self._show_round(st, runner.progress, publish=False, stage_id=stage.id),
             )
             await (runner.run_known(known) if known is not None else runner.run())
             return runner.progress
@@ -682,7 +687,9 @@ class AssessmentWorkflow(AssessmentAPI):
             st.counts = await calls.count_targets(StageRef(assessment_id=self._status.workflow_id, stage_id=stage.id))
         else:
             st.counts = dict(progress.counts)
-        st.findings = (st.findings if only_failed else 0) + progress.findings
+        # a retry or fallback round adds to what the stage kept before it (not to the live
+        # count `_show_round` showed during the round)
+        st.findings = (self._findings_before.pop(stage.id, 0) if only_failed else 0) + progress.findings
         # attempts of the most-tried target, added up over the stage's rounds (a retry or a
         # fallback round adds its own): 1 means no target needed a retry
         st.attempts += progress.attempts
@@ -696,12 +703,12 @@ class AssessmentWorkflow(AssessmentAPI):
             st.reason = progress.degraded_reason
         self._show_round(st, None)
 
-    def _show_round(self, st: StageStatus, live: ShardProgress | None, *, publish: bool = True) -> None:
+    def _show_round(self, st: StageStatus, live: ShardProgress | None, *, publish: bool = True, stage_id: str = "") -> None:
         """Counts into the status (what `status` answers); `publish` also re-renders the Web
         UI's details, which a round running here skips per target (it is the costly part)."""
         if live is not None:
             st.counts = dict(live.counts)
-            st.findings = live.findings
+            st.findings = self._findings_before.get(stage_id, 0) + live.findings
             st.recent_failures = list(live.recent_failures)
         st.progress.done = sum(n for state, n in st.counts.items() if state != "running")
         self._status.findings.total = sum(s.findings for s in self._status.stages.values())
@@ -1013,7 +1020,7 @@ class AssessmentWorkflow(AssessmentAPI):
         """A stage shard's counts after each batch, so `status` shows a round as it goes."""
         st = self._status.stages.get(report.stage_id)
         if st is not None and st.rounds == report.round and st.state == "running" and not report.only_failed:
-            self._show_round(st, report.progress)
+            self._show_round(st, report.progress, stage_id=report.stage_id)
 
     # ------------------------------------------------------------------ what people see
 
