@@ -1,0 +1,124 @@
+"""Recovery validation (secflow/recovery.py, activities/validation.py): after a stage
+recovers, its findings are checked against the store and the model and what failed is
+probed; a failed check makes the stage `unverified`, opens an incident and shows in the
+report. Against a real dev server, worker, store and loopback stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+from activities.validation import validate_recovery
+from secflow.findings import Finding, Severity
+from secflow.incidents import IncidentStatus
+from secflow.recovery import RecoveryValidationRequest
+from secflow.store import open_store
+from tests.helpers import final_status, make_spec, start
+from tests.servers import Reply, ScriptedServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def retried_spec(url: str):
+    return make_spec(
+        [{"url": url}],
+        [
+            {"id": "headers", "kind": "dast", "tool": "http_headers", "criticality": "optional", "on_failure": "skip",
+             "retry": {"max_attempts": 3, "initial_interval": "100ms"}},
+            {"id": "report", "kind": "report", "always": True, "options": {"formats": ["md", "json"]}},
+        ],
+    )
+
+
+async def test_a_retried_success_is_validated(client: Client, worker: str) -> None:
+    target = ScriptedServer([Reply(500), Reply(200)])  # the first attempt fails, then healthy
+    try:
+        handle = await start(client, retried_spec(target.url), worker)
+        status = await final_status(handle)
+    finally:
+        target.close()
+    st = status.stages["headers"]
+    assert st.state == "succeeded" and status.outcome == "completed", st
+    assert st.validation is not None and st.validation.passed and st.validation.after == "retry", st.validation
+    assert [(s.rung, s.outcome) for s in st.ladder] == [("retry", "recovered")]
+    ledger = [e for e in open_store().list_errors(handle.id) if e.stage_id == "headers"]
+    assert [(e.attempt, e.rung, e.rung_outcome, e.outcome) for e in ledger] == [(1, "retry", "recovered", "recovered")]
+    checks = open_store().recovery.validations(assessment_id=handle.id)
+    assert [(c.after_rung, c.passed, c.findings) for c in checks] == [("retry", True, st.findings)]
+    assert st.findings > 0
+    assert len(target.requests) == 3, "two attempts and the health probe"
+
+
+async def test_a_target_still_down_for_the_probe_leaves_the_stage_unverified(client: Client, worker: str) -> None:
+    # attempt 1 fails, attempt 2 succeeds, the health probe after it finds the target down
+    target = ScriptedServer([Reply(500), Reply(200), Reply(503)])
+    try:
+        handle = await start(client, retried_spec(target.url), worker)
+        status = await final_status(handle)
+    finally:
+        target.close()
+    st = status.stages["headers"]
+    assert st.state == "unverified", st
+    assert status.outcome == "completed_with_errors"
+    assert st.validation is not None and not st.validation.passed
+    assert any("health probe of target" in p and "503" in p for p in st.validation.problems), st.validation.problems
+    assert status.stages["report"].state == "succeeded", "dependents of an unverified stage still run"
+
+    (incident_id,) = status.incidents
+    incident = await client.get_workflow_handle(incident_id).query("incident", result_type=IncidentStatus)
+    assert incident.reason == "recovery_unverified" and incident.stage_id == "headers"
+
+    md = Path(status.stages["report"].outputs["md"]).read_text()
+    assert "unverified" in md and "validation after retry FAILED" in md, md
+    report = json.loads(Path(status.stages["report"].outputs["json"]).read_text())
+    assert "validation after retry FAILED" in json.dumps(report)
+
+    checks = open_store().recovery.validations(assessment_id=handle.id)
+    assert [(c.after_rung, c.passed) for c in checks] == [("retry", False)]
+
+    # errors stats counts the check and shows the rungs
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "starter", "errors", "stats", "--all", "--json"],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout)
+    assert stats["validations"]["failed"] >= 1 and stats["validations"]["validated"] >= 0
+    assert stats["by_rung"].get("retry: recovered", 0) >= 1, stats["by_rung"]
+
+
+async def test_a_planted_duplicate_fails_the_check() -> None:
+    store = open_store()
+    assessment = f"dup-{uuid.uuid4().hex[:8]}"
+    good = Finding.new(tool="http_headers", rule_id="missing-csp", title="no CSP", severity=Severity.LOW,
+                       target="http://127.0.0.1:1/", location="/")
+    store.upsert_findings(assessment, "headers", [good])
+    # the same finding under another fingerprint: what a resume that re-derived ids would leave
+    planted = good.model_copy(update={"fingerprint": "0" * 64})
+    store.upsert_findings(assessment, "headers", [planted])
+    # and a finding of another tool linked to the stage
+    stray = Finding.new(tool="bandit", rule_id="B101", title="assert", severity=Severity.LOW, target="/src", location="a.py:1")
+    store.upsert_findings(assessment, "headers", [stray])
+
+    req = RecoveryValidationRequest(
+        assessment_id=assessment, stage_id="headers", check_id="c1", after="resume",
+        tools=["http_headers"], reported_findings=5,
+    )
+    result = await ActivityEnvironment().run(validate_recovery, req)
+    problems = "\n".join(result.problems)
+    assert not result.passed
+    assert "duplicate finding: http_headers missing-csp" in problems, problems
+    assert "its fingerprint is not its identity's" in problems
+    assert "produced by 'bandit'" in problems
+    assert "2 finding(s) the tool runs counted are missing from the store (3 of 5)" in problems
+    (row,) = store.recovery.validations(assessment_id=assessment)
+    assert not row.passed and row.after_rung == "resume" and row.findings == 3
