@@ -145,6 +145,18 @@ class RecoveryCheck(BaseModel):
     problems: list[str] = Field(default_factory=list)
 
 
+class RecoveryInProgress(BaseModel):
+    """What `status` shows of a stage recovering right now (read from the store)."""
+
+    lost_attempt: int  # the latest attempt that failed or was lost
+    target: str = ""
+    category: str
+    message: str
+    rung: str  # the rung now handling it: retry | fallback | human
+    open_errors: int = 1  # errors of the stage not settled yet
+    findings_kept: int = 0  # findings of the stage already in the store
+
+
 class StageStatus(BaseModel):
     state: StageState = "pending"
     kind: str = ""
@@ -176,6 +188,9 @@ class StageStatus(BaseModel):
     ladder: list[LadderStep] = Field(default_factory=list)
     rung: str = ""
     validation: RecoveryCheck | None = None
+    # A recovery in progress as the store shows it: filled by `starter status` from the
+    # error ledger and the findings table, never by the workflow (it cannot see them).
+    recovering: RecoveryInProgress | None = None
 
 
 class Intervention(BaseModel):
