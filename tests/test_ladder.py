@@ -131,3 +131,44 @@ async def test_a_fail_rung_stops_without_parking(client: Client, worker: str) ->
     assert [(s.rung, s.outcome) for s in st.ladder] == [("retry", "failed"), ("fallback", "failed"), ("fail", "failed")]
     assert rungs(handle.id) == {("fail", "failed")}
     assert open_store().dead_letters.list_entries(workflow_id=handle.id) == []
+
+
+async def test_the_ladder_walks_per_round_of_a_sharded_stage(client: Client, worker: str) -> None:
+    """Past INLINE_TARGETS each round runs in a StageTargets child; the parent decides the
+    rungs after each child reports, and each rung's round is a child of its own."""
+    from secflow.models import INLINE_TARGETS
+    from tests.servers import GOOD_HEADERS
+
+    state = {"healthy": False}
+
+    def script(n: int, path: str) -> Reply:
+        return Reply(500) if path == "/p7" and not state["healthy"] else Reply(200, GOOD_HEADERS)
+
+    target = ScriptedServer(script)
+    try:
+        urls = [{"url": f"{target.url}p{i}"} for i in range(INLINE_TARGETS + 1)]
+        spec = make_spec(
+            urls,
+            [{"id": "headers", "kind": "dast", "tool": "http_headers", "fallback_tool": "http_headers",
+              "on_failure": ["fallback", "await_approval", "dead_letter"], "retry": {"max_attempts": 1}}],
+        )
+        handle = await start(client, spec, worker)
+        waiting = await wait_for(handle, lambda s: s.awaiting == ["headers"], timeout=300)
+        assert [(s.rung, s.outcome) for s in waiting.stages["headers"].ladder] == [("retry", "failed"), ("fallback", "failed")]
+        state["healthy"] = True
+        from secflow.models import Decision
+
+        await handle.execute_update("retry_stage", Decision(stage="headers", by="erin"), result_type=str)
+        status = await final_status(handle)
+    finally:
+        target.close()
+    st = status.stages["headers"]
+    assert st.state == "partial" and st.rounds == 3, st
+    assert [(s.rung, s.outcome) for s in st.ladder] == [("retry", "failed"), ("fallback", "failed"), ("human", "recovered")]
+    for n in (1, 2, 3):
+        child = client.get_workflow_handle(f"{handle.id}/headers/round-{n}")
+        assert (await child.describe()).status is not None
+    ledger = [e for e in open_store().list_errors(handle.id) if e.stage_id == "headers"]
+    assert {e.target for e in ledger} == {f"{target.url}p7"}
+    assert {(e.rung, e.rung_outcome) for e in ledger} == {("human", "recovered")}
+    assert st.validation is not None and st.validation.passed
