@@ -35,6 +35,8 @@ from secflow.store import open_store
 from secflow.store.recovery import ValidationRow
 
 PROBE_TIMEOUT = 3.0  # seconds per probe
+# Sent with every probe, so a dependency's logs (and test stand-ins) can tell it apart.
+PROBE_HEADERS = {"X-SecFlow-Probe": "recovery-validation"}
 MOST_PROBES = 5  # targets probed per check (the latest that failed)
 
 
@@ -67,7 +69,7 @@ async def validate_recovery(req: RecoveryValidationRequest) -> RecoveryValidatio
     probed: list[str] = []
     dependencies = sorted({e.dependency for e in errors if e.dependency})
     targets = list(dict.fromkeys(e.target for e in reversed(errors) if e.target))[:MOST_PROBES]
-    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, follow_redirects=False, trust_env=False) as http:
+    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, follow_redirects=False, trust_env=False, headers=PROBE_HEADERS) as http:
         for name in dependencies:
             url = dependency_base_url(name)
             if url is None:

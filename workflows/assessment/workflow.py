@@ -116,6 +116,7 @@ class AssessmentWorkflow(AssessmentAPI):
         self._signals: list[asyncio.Task[None]] = []  # pause/resume sent to stage shards
         self._answers: dict[str, str] = {}
         self._findings_before: dict[str, int] = {}  # stage id -> findings kept before its retry round
+        self._human_reruns: set[str] = set()  # stages re-run by retry_stage (a human, a DLQ replay)
         self._paused = carry.paused if carry else False
         self._stop_reason: str | None = None
         self._stop_outcome: AssessmentOutcome | None = None
@@ -444,6 +445,10 @@ class AssessmentWorkflow(AssessmentAPI):
         fallback_used = tool != stage.tool_name
         position = ladder.index("fallback") + 1 if fallback_used and "fallback" in ladder else 0
         round_rung = "fallback" if fallback_used else "retry"
+        if stage.id in self._human_reruns:  # re-run by retry_stage: a human's (or a DLQ replay's) retry
+            self._human_reruns.discard(stage.id)
+            round_rung = "await_approval"
+            position = ladder.index("await_approval") if "await_approval" in ladder else 0
         only_failed = ask_first  # after a carried failure wait, a retry runs the failed targets
         resumed = False
         while True:
@@ -875,6 +880,7 @@ class AssessmentWorkflow(AssessmentAPI):
                 reset = policy.stages_to_rerun(self._stages.values(), self._states(), d.stage)
                 for sid in reset:
                     self._reset_stage(sid)
+                self._human_reruns.add(d.stage)  # its re-run is the ladder's human rung
                 message = f"re-running {', '.join(reset)}"
         self._changed()
         return message
