@@ -450,7 +450,7 @@ class AssessmentWorkflow(AssessmentAPI):
             round_rung = "await_approval"
             position = ladder.index("await_approval") if "await_approval" in ladder else 0
         only_failed = ask_first  # after a carried failure wait, a retry runs the failed targets
-        resumed = False
+        resumed = lived_with = False
         while True:
             if ask_first:
                 ask_first = False
@@ -468,6 +468,7 @@ class AssessmentWorkflow(AssessmentAPI):
                     progress = self._failed_round(st, error_from_activity(err, STORE_PLAN))
                 await self._absorb(stage, progress, only_failed=only_failed)
                 resumed = resumed or progress.resumed > 0
+                lived_with = bool(progress.degraded_reason)
                 decision = policy.ladder_verdict(
                     stage,
                     policy.RoundOutcome(
@@ -482,7 +483,9 @@ class AssessmentWorkflow(AssessmentAPI):
                 )
             if decision.kind == "succeeded":
                 st.rung = ""
-                after = self._recovered_by(st, round_rung, resumed)
+                # a round that finished degraded (a service stayed down) lived with its
+                # errors rather than recovering from them: nothing to validate
+                after = "" if lived_with and round_rung == "retry" else self._recovered_by(st, round_rung, resumed)
                 if after:
                     st.ladder.append(LadderStep(rung=after, outcome="recovered"))
                 self._finish(st, "partial" if fallback_used else "succeeded", st.reason)
