@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         severity_for,
     )
     from secflow.models import WHOLE_STAGE, CompensationRecord, ErrorInfo, ParkStageFailures, StageStatus
+    from secflow.recovery import RungSettlement
     from secflow.redaction import redact
     from secflow.retries import STORE_PLAN
     from secflow.spec import Stage
@@ -141,6 +142,24 @@ class IncidentDesk:
             ),
             f"stage {stage.id}: recovery not verified",
         )
+
+    def settle_rung(self, stage_id: str, rung: str, outcome: str) -> None:
+        """Write a rung's end to the error ledger, in order per stage, as a side task: the
+        stage goes on (or ends) at once, and `drain()` lets the write land."""
+        req = RungSettlement(assessment_id=self._wid, stage_id=stage_id, rung=rung, outcome=outcome)
+        self._in_order(f"ladder:{stage_id}", self._settle(req))
+
+    async def _settle(self, req: RungSettlement) -> None:
+        try:
+            await calls.settle_rung(req)
+        except ActivityError as err:
+            error = error_from_activity(err, STORE_PLAN)
+            # The ledger is down past its retries: the ladder is still in the status and the
+            # history; the ledger misses this rung. Say so loudly.
+            workflow.logger.error(
+                "ladder rung not recorded",
+                extra={"stage": req.stage_id, "rung": req.rung, "category": error.category, "error": error.message},
+            )
 
     def security_violation(self, stage: Stage, error: ErrorInfo) -> None:
         self._park_stage(stage, "security_violation", categories=[Category.SECURITY.value])

@@ -57,7 +57,7 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
         WorkspaceRequest,
     )
-    from secflow.recovery import RecoveryValidationRequest, RungSettlement
+    from secflow.recovery import RecoveryValidationRequest
     from secflow.reports.final import FINAL_REPORTS_PATCH, FinalReportsRequest, report_formats
     from secflow.retries import STORE_PLAN, plan_for
     from secflow.spec import Stage
@@ -514,7 +514,7 @@ class AssessmentWorkflow(AssessmentAPI):
                 return
             st.error = error
             if st.state == "running":  # the round's rung failed; the ladder's next rung takes over
-                await self._rung_ended(stage, RUNG_LABEL[round_rung], "failed", error.message)
+                self._rung_ended(stage, RUNG_LABEL[round_rung], "failed", error.message)
             by_human = False
             while True:  # rungs that end without a round: a human who lets it fall, the terminal rungs
                 rung = ladder[decision.rung]
@@ -534,28 +534,28 @@ class AssessmentWorkflow(AssessmentAPI):
                         round_rung, only_failed, position = "await_approval", True, decision.rung
                         break
                     if answer == "abort":
-                        await self._rung_ended(stage, "human", "cancelled", self._stop_reason or "aborted")
+                        self._rung_ended(stage, "human", "cancelled", self._stop_reason or "aborted")
                         self._finish(st, "cancelled", self._stop_reason or "aborted")
                         return
                     by_human = self._answered_by_human(stage.id)
                     if answer == "skip":
-                        await self._rung_ended(stage, "human", "skipped", self._answer_note(stage.id, answer))
+                        self._rung_ended(stage, "human", "skipped", self._answer_note(stage.id, answer))
                         st.rung = ""
                         self._finish(st, "skipped", f"{self._answer_note(stage.id, answer)} after: {error.message}")
                         self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=by_human)
                         return
                     # reject, or the deadline's fail: the next rung takes over
-                    await self._rung_ended(stage, "human", "failed", self._answer_note(stage.id, answer))
+                    self._rung_ended(stage, "human", "failed", self._answer_note(stage.id, answer))
                     decision = policy.rung_verdict(stage, decision.rung + 1, error)
                     continue
                 st.rung = ""
                 if decision.kind == "skip":
-                    await self._rung_ended(stage, "skip", "skipped", decision.reason)
+                    self._rung_ended(stage, "skip", "skipped", decision.reason)
                     self._finish(st, "skipped", decision.reason)
                     self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=by_human)
                     return
                 parked = decision.kind == "dead_letter"
-                await self._rung_ended(stage, RUNG_LABEL[rung], "parked" if parked else "failed", error.message)
+                self._rung_ended(stage, RUNG_LABEL[rung], "parked" if parked else "failed", error.message)
                 self._desk.gave_up(stage, failed=True, error=error, attempts=st.attempts, by_human=by_human, park=parked)
                 self._stage_failed(stage, error)
                 return
@@ -568,23 +568,13 @@ class AssessmentWorkflow(AssessmentAPI):
             return "retry"
         return "resume" if resumed else ""
 
-    async def _rung_ended(self, stage: Stage, rung: str, outcome: str, note: str) -> None:
-        """A rung ended for the stage: shown in its ladder, written to the error ledger."""
+    def _rung_ended(self, stage: Stage, rung: str, outcome: str, note: str) -> None:
+        """A rung ended for the stage: shown in its ladder, written to the error ledger
+        (a side task of the desk, in order per stage)."""
         st = self._status.stages[stage.id]
         st.ladder.append(LadderStep(rung=rung, outcome=outcome, note=note[:300]))
         self._changed()
-        try:
-            await calls.settle_rung(
-                RungSettlement(assessment_id=self._status.workflow_id, stage_id=stage.id, rung=rung, outcome=outcome)
-            )
-        except ActivityError as err:
-            error = error_from_activity(err, STORE_PLAN)
-            # The ledger is down past its retries: the ladder is still in the status and
-            # the history; the ledger misses this rung. Say so; the stage goes on.
-            workflow.logger.error(
-                "ladder rung not recorded",
-                extra={"stage": stage.id, "rung": rung, "category": error.category, "error": error.message},
-            )
+        self._desk.settle_rung(stage.id, rung, outcome)
 
     async def _validate_recovery(self, stage: Stage, after: str) -> None:
         """Check a recovered stage (secflow/recovery.py); a failed check marks it unverified."""
@@ -602,6 +592,12 @@ class AssessmentWorkflow(AssessmentAPI):
                     reported_findings=st.findings,
                 )
             )
+        except asyncio.CancelledError:
+            # The assessment is stopping: the stage did recover; it stays as it ended, and
+            # the status says it was not checked.
+            st.validation = RecoveryCheck(passed=True, after=after, problems=["not validated: the assessment stopped first"])
+            self._changed()
+            return
         except ActivityError as err:
             error = error_from_activity(err, STORE_PLAN)
             result_problems = [f"the validation could not run ({error.category}: {error.message})"]
