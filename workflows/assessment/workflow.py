@@ -78,6 +78,7 @@ INCIDENTS_END_PATCH = "incidents-hear-the-end"  # _end signals `assessment_ended
 # (settle_ladder_rung); runs recorded before it walk the single-value policy.
 LADDER_PATCH = "recovery-ladder"
 VALIDATION_PATCH = "recovery-validation"  # validate_recovery after a stage recovers
+DLQ_REPLAY_BY = "dlq replay "  # requested_by of an assessment `dlq replay` started
 LOCK_BATCH = 1000  # hosts locked per activity (one transaction)
 
 
@@ -566,7 +567,10 @@ class AssessmentWorkflow(AssessmentAPI):
             return RUNG_LABEL[round_rung]
         if st.retries > 0:
             return "retry"
-        return "resume" if resumed else ""
+        if resumed:
+            return "resume"
+        # a dead-letter replay run as a new assessment (starter/dlq.py names it so)
+        return "replay" if self._req.requested_by.startswith(DLQ_REPLAY_BY) else ""
 
     def _rung_ended(self, stage: Stage, rung: str, outcome: str, note: str) -> None:
         """A rung ended for the stage: shown in its ladder, written to the error ledger
