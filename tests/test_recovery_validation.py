@@ -122,3 +122,38 @@ async def test_a_planted_duplicate_fails_the_check() -> None:
     assert "2 finding(s) the tool runs counted are missing from the store (3 of 5)" in problems
     (row,) = store.recovery.validations(assessment_id=assessment)
     assert not row.passed and row.after_rung == "resume" and row.findings == 3
+
+
+async def test_a_dead_letter_replay_is_validated(client: Client, worker: str) -> None:
+    from secflow.dead_letters import ref_for
+    from secflow.models import AssessmentStatus
+
+    state = {"healthy": False}
+    target = ScriptedServer(lambda n, path: Reply(200) if state["healthy"] else Reply(500))
+    try:
+        spec = make_spec(
+            [{"url": target.url}],
+            [{"id": "headers", "kind": "dast", "tool": "http_headers", "criticality": "optional",
+              "on_failure": ["dead_letter"], "retry": {"max_attempts": 1}}],
+        )
+        handle = await start(client, spec, worker)
+        failed = await final_status(handle)
+        assert failed.stages["headers"].state == "failed"
+        (entry,) = open_store().dead_letters.list_entries(workflow_id=handle.id)
+        state["healthy"] = True  # the operator brings the service back, then replays
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "starter", "dlq", "replay", ref_for(entry.task_id), "--wait"],
+            cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        target.close()
+    assert out.returncode == 0, out.stdout + out.stderr
+    replayed = open_store().dead_letters.get(entry.task_id)
+    assert replayed is not None and replayed.replay_workflow_id
+    status = await final_status(client.get_workflow_handle(replayed.replay_workflow_id, result_type=AssessmentStatus))
+    st = status.stages["headers"]
+    assert st.state == "succeeded" and st.validation is not None, st
+    assert (st.validation.after, st.validation.passed) == ("replay", True), st.validation
+    checks = open_store().recovery.validations(assessment_id=replayed.replay_workflow_id)
+    assert [(c.after_rung, c.passed) for c in checks] == [("replay", True)]
