@@ -119,8 +119,10 @@ def render(stats: ErrorStats) -> str:
     )
     lines.append(f"mean time to recovery: {_secs(stats.mean_time_to_recovery_seconds)} ({stats.recovered} recovered)")
     lines += _counts("by ladder rung ('-' = no rung recorded)", stats.by_rung)
-    for sid, rungs in stats.ladder_by_stage.items():
-        lines.append(f"  stage {sid}: " + ", ".join(f"{k} x{v}" for k, v in rungs.items()))
+    if stats.ladder_by_stage:
+        lines.append("ladder per stage (rung that handled each error last: count):")
+        for sid, rungs in stats.ladder_by_stage.items():
+            lines.append(f"  {sid}: " + ", ".join(f"{k} {v}" for k, v in rungs.items()))
     v = stats.validations
     lines.append(f"recovery validations: {v.get('validated', 0)} validated, {v.get('failed', 0)} failed validation")
     lines.append(f"open incidents: {'unknown' if stats.open_incidents is None else stats.open_incidents}")
