@@ -496,6 +496,10 @@ class AssessmentWorkflow(AssessmentAPI):
                 if after:
                     await self._validate_recovery(stage, after)
                 return
+            if decision.kind in ("cancelled", "security", "tolerated") and st.state == "running":
+                # the round's errors end here, not on a later rung
+                outcome = {"cancelled": "cancelled", "security": "failed", "tolerated": "degraded"}[decision.kind]
+                self._rung_ended(stage, RUNG_LABEL[round_rung], outcome, decision.reason)
             if decision.kind == "cancelled":
                 st.rung = ""
                 self._finish(st, "cancelled", self._stop_reason or "cancelled")
