@@ -56,6 +56,30 @@ def test_single_values_keep_their_meaning_as_ladders() -> None:
     assert ladder_of(["await_approval", "skip"]) == ("await_approval", "skip")
 
 
+@pytest.mark.parametrize("single", ["fail", "skip", "await_approval", "fallback"])
+def test_the_ladder_decides_like_the_single_value_did(single: str) -> None:
+    """Each single value, walked as its ladder, takes the decisions the pre-ladder policy
+    took: the first failure, and (for fallback) the failure of the fallback round."""
+    from secflow.models import ErrorInfo
+    from workflows.assessment import policy
+
+    fields: dict[str, Any] = {"on_failure": single}
+    if single == "fallback":
+        fields["fallback_tool"] = "http_headers"
+    stage = make_spec([{"url": "http://127.0.0.1:1/"}], [{"id": "s", "kind": "dast", "tool": "http_headers", **fields}]).stages[0]
+    failed = policy.RoundOutcome(stage_total=1, failed=1, first_error=ErrorInfo(category="transient", message="boom"))
+    same = {"fallback": "fallback", "ask_human": "ask_human", "skip": "skip", "fail": "dead_letter"}
+    old = policy.verdict(stage, failed, stopping=False, fallback_used=False)
+    new = policy.ladder_verdict(stage, failed, stopping=False, position=0)
+    assert same[old.kind] == new.kind and old.reason == new.reason
+    if single == "fallback":
+        old = policy.verdict(stage, failed, stopping=False, fallback_used=True)
+        new = policy.ladder_verdict(stage, failed, stopping=False, position=new.rung + 1)
+        assert (old.kind, new.kind) == ("fail", "dead_letter")
+    ok = policy.RoundOutcome(stage_total=1, failed=0)
+    assert policy.ladder_verdict(stage, ok, stopping=False, position=0).kind == "succeeded"
+
+
 @pytest.mark.parametrize(
     ("on_failure", "fallback_tool", "expected"),
     [

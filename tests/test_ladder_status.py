@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
 from secflow.models import AssessmentStatus
@@ -23,6 +24,8 @@ from tests.servers import listeners_in_window
 from tests.test_durability import OFFSETS, WIDTH, WorkerProcess, scan_progress, wait_progress
 
 ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow  # kills a worker process
 
 
 async def test_status_during_a_retry_shows_the_lost_attempt_and_the_kept_findings(
