@@ -1110,7 +1110,13 @@ class AssessmentWorkflow(AssessmentAPI):
         running = [(sid, st) for sid, st in self._status.stages.items() if st.state == "running"]
         if running:
             lines.append(
-                "Running: " + ", ".join(f"{sid} ({st.progress.done}/{st.progress.total} targets)" for sid, st in running)
+                "Running: "
+                + ", ".join(
+                    f"{sid} ({st.progress.done}/{st.progress.total} targets"
+                    + (f", {st.rung} round" if st.rung and st.rung != "retry" else "")
+                    + ")"
+                    for sid, st in running
+                )
             )
         failed = sum(st.counts.get("failed", 0) for st in self._status.stages.values())
         if failed:
