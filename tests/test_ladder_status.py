@@ -47,6 +47,7 @@ async def test_status_during_a_retry_shows_the_lost_attempt_and_the_kept_finding
         handle = await start(client, spec, task_queue)
         await wait_progress(client, handle, at_least=OFFSETS[0] + 60)  # the first open port is stored
         first.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
         first.wait()
         settings = load_settings({**os.environ, "SECFLOW_TASK_QUEUE": task_queue})
         async with build_worker(client, settings):
@@ -58,6 +59,7 @@ async def test_status_during_a_retry_shows_the_lost_attempt_and_the_kept_finding
                     await merge_recovery(status)
                     if status.stages["ports"].recovering is not None:
                         seen, text = status, render_status(status)
+                        print(f"\nstatus showed the recovery {time.monotonic() - killed_at:.2f}s after SIGKILL")
                         break
                 await asyncio.sleep(0.2)
             # the CLI itself, as an operator runs it, while the retry still runs
