@@ -472,7 +472,7 @@ async def cmd_status(client: Client, handle: WorkflowHandle, args: argparse.Name
         return await cmd_status_targets(handle.id, args)
     status = await fetch_status(handle, client)
     await _merge_live_progress(client, handle, status)
-    await merge_recovery(status)
+    await merge_recovery(status, handle)
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
@@ -541,7 +541,7 @@ async def _merge_live_progress(client: Client, handle: WorkflowHandle, status: A
                 st.progress.total = int(progress.get("total", 0)) or 1
 
 
-async def merge_recovery(status: AssessmentStatus) -> None:
+async def merge_recovery(status: AssessmentStatus, handle: WorkflowHandle | None = None) -> None:
     """A stage that is running or waiting after a failure may be recovering: its lost
     attempt, category and rung are in the error ledger and the findings it kept are in the
     store before the workflow hears of them. Show them (docs/recovery.md)."""
@@ -562,9 +562,23 @@ async def merge_recovery(status: AssessmentStatus) -> None:
         c = classify(exc)
         print(f"note: recovery details unavailable ({c.category.value}: {c.reason})", file=sys.stderr)
         return
+    retrying = await _retrying_activities(handle) if handle is not None else {}
     for sid in live:
         st = status.stages[sid]
         walking = [e for e in errors if e.stage_id == sid and e.outcome is None and e.rung_outcome in (None, "failed")]
+        pending = retrying.get(st.tool)
+        if not walking and pending is not None:
+            # Temporal noticed the lost attempt (its heartbeat timed out) but no worker has
+            # started the next one yet, so the ledger does not have it: say what Temporal says.
+            attempt, message = pending
+            st.recovering = RecoveryInProgress(
+                lost_attempt=attempt - 1,
+                category="transient",
+                message=message or "attempt lost (worker gone or timed out); the retry waits for a worker",
+                rung=st.rung or "retry",
+                findings_kept=kept[sid],
+            )
+            continue
         if not walking:
             continue
         last = walking[-1]
@@ -577,6 +591,22 @@ async def merge_recovery(status: AssessmentStatus) -> None:
             open_errors=len(walking),
             findings_kept=kept[sid],
         )
+
+
+async def _retrying_activities(handle: WorkflowHandle) -> dict[str, tuple[int, str]]:
+    """Activity type -> (attempt, last failure) of the assessment's pending activities that
+    are past their first attempt, as Temporal has them (empty when it cannot be asked)."""
+    from temporalio.service import RPCError
+
+    try:
+        desc = await handle.describe()
+    except RPCError:
+        return {}
+    found: dict[str, tuple[int, str]] = {}
+    for pending in desc.raw_description.pending_activities:
+        if pending.attempt > 1:
+            found[pending.activity_type.name] = (pending.attempt, pending.last_failure.message)
+    return found
 
 
 async def send_update(

@@ -46,9 +46,21 @@ async def test_status_during_a_retry_shows_the_lost_attempt_and_the_kept_finding
     try:
         handle = await start(client, spec, task_queue)
         await wait_progress(client, handle, at_least=OFFSETS[0] + 60)  # the first open port is stored
+        before = await fetch_status(handle, client)  # answered while the first worker lives
         first.kill(signal.SIGKILL)
         killed_at = time.monotonic()
         first.wait()
+        # No worker at all: Temporal notices the lost attempt (heartbeat timeout) and
+        # schedules attempt 2, which nobody starts, so the ledger cannot have it yet:
+        # the starter says what Temporal says.
+        while (await scan_progress(client, handle))[0] < 2:
+            assert time.monotonic() - killed_at < 30, "Temporal never noticed the lost attempt"
+            await asyncio.sleep(0.1)
+        await merge_recovery(before, handle)
+        early = before.stages["ports"].recovering
+        assert early is not None and early.lost_attempt == 1 and early.rung == "retry", early
+        assert "timeout" in early.message.lower() and early.findings_kept >= 1, early
+        print(f"\nTemporal noticed the lost attempt {time.monotonic() - killed_at:.2f}s after SIGKILL")
         settings = load_settings({**os.environ, "SECFLOW_TASK_QUEUE": task_queue})
         async with build_worker(client, settings):
             deadline = time.monotonic() + 40
@@ -56,7 +68,7 @@ async def test_status_during_a_retry_shows_the_lost_attempt_and_the_kept_finding
                 attempt, _ = await scan_progress(client, handle)
                 if attempt >= 2:
                     status = await fetch_status(handle, client)
-                    await merge_recovery(status)
+                    await merge_recovery(status, handle)
                     if status.stages["ports"].recovering is not None:
                         seen, text = status, render_status(status)
                         print(f"\nstatus showed the recovery {time.monotonic() - killed_at:.2f}s after SIGKILL")
