@@ -33,6 +33,7 @@ from secflow.recovery import (
 from secflow.redaction import redact
 from secflow.store import open_store
 from secflow.store.recovery import ValidationRow
+from secflow.tools import activity_names
 
 PROBE_TIMEOUT = 3.0  # seconds per probe
 # Sent with every probe, so a dependency's logs (and test stand-ins) can tell it apart.
@@ -64,7 +65,11 @@ async def settle_ladder_rung(req: RungSettlement) -> int:
 async def validate_recovery(req: RecoveryValidationRequest) -> RecoveryValidationResult:
     store = open_store()
     rows = await asyncio.to_thread(store.recovery.stage_finding_rows, req.assessment_id, req.stage_id)
-    problems, stored = finding_problems(rows, req.tools, req.reported_findings)
+    elsewhere = 0
+    if len(rows) < req.reported_findings:  # only then: were they reported by another stage first?
+        names = sorted({n for t in req.tools for n in (t, *activity_names(t))})
+        elsewhere = await asyncio.to_thread(store.recovery.findings_elsewhere, req.assessment_id, req.stage_id, names)
+    problems, stored = finding_problems(rows, req.tools, req.reported_findings, elsewhere)
     errors = [e for e in await asyncio.to_thread(store.list_errors, req.assessment_id) if e.stage_id == req.stage_id]
     probed: list[str] = []
     dependencies = sorted({e.dependency for e in errors if e.dependency})

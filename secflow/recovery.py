@@ -62,8 +62,11 @@ def _same_tool(name: str) -> str:
     return REGISTERED_ACTIVITY.get(canonical, canonical)
 
 
-def finding_problems(rows: Iterable[dict[str, Any]], tools: list[str], reported: int) -> tuple[list[str], int]:
-    """(problems, findings stored) for a stage's stored finding rows."""
+def finding_problems(
+    rows: Iterable[dict[str, Any]], tools: list[str], reported: int, elsewhere: int = 0
+) -> tuple[list[str], int]:
+    """(problems, findings stored) for a stage's stored finding rows. `elsewhere`: findings
+    of the same tools another stage of the assessment reported first (they count as kept)."""
     allowed = {_same_tool(t) for t in tools if t}
     problems: list[str] = []
     identities: dict[tuple[str, str, str, str], list[str]] = {}
@@ -88,6 +91,7 @@ def finding_problems(rows: Iterable[dict[str, Any]], tools: list[str], reported:
     for (tool, rule, target, location), fps in identities.items():
         if len(fps) > 1:
             problems.append(f"duplicate finding: {tool} {rule} at {target} {location} stored under {len(fps)} fingerprints")
-    if count < reported:
-        problems.append(f"{reported - count} finding(s) the tool runs counted are missing from the store ({count} of {reported})")
+    if count + elsewhere < reported:
+        kept = count + elsewhere
+        problems.append(f"{reported - kept} finding(s) the tool runs counted are missing from the store ({kept} of {reported})")
     return problems, count

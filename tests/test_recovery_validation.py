@@ -108,6 +108,10 @@ async def test_a_planted_duplicate_fails_the_check() -> None:
     # and a finding of another tool linked to the stage
     stray = Finding.new(tool="bandit", rule_id="B101", title="assert", severity=Severity.LOW, target="/src", location="a.py:1")
     store.upsert_findings(assessment, "headers", [stray])
+    # reported by another stage first (a finding links to its first stage): it counts as kept
+    first_elsewhere = Finding.new(tool="http_headers", rule_id="missing-hsts", title="no HSTS", severity=Severity.LOW,
+                                  target="http://127.0.0.1:1/", location="/")
+    store.upsert_findings(assessment, "earlier", [first_elsewhere])
 
     req = RecoveryValidationRequest(
         assessment_id=assessment, stage_id="headers", check_id="c1", after="resume",
@@ -119,7 +123,7 @@ async def test_a_planted_duplicate_fails_the_check() -> None:
     assert "duplicate finding: http_headers missing-csp" in problems, problems
     assert "its fingerprint is not its identity's" in problems
     assert "produced by 'bandit'" in problems
-    assert "2 finding(s) the tool runs counted are missing from the store (3 of 5)" in problems
+    assert "1 finding(s) the tool runs counted are missing from the store (4 of 5)" in problems
     (row,) = store.recovery.validations(assessment_id=assessment)
     assert not row.passed and row.after_rung == "resume" and row.findings == 3
 

@@ -97,6 +97,21 @@ class RecoveryRepository:
             out.append(row)
         return out
 
+    def findings_elsewhere(self, assessment_id: str, stage_id: str, tools: list[str]) -> int:
+        """Findings of the assessment by these tools that another stage reported first (a
+        finding links to the first stage that found it): the stage's runs counted them too."""
+        if not tools:
+            return 0
+        store = self._store
+        marks = ", ".join("?" for _ in tools)
+        sql = (
+            "SELECT COUNT(*) FROM assessment_findings a JOIN findings f ON f.fingerprint = a.fingerprint "
+            f"WHERE a.assessment_id = ? AND a.stage_id <> ? AND f.tool IN ({marks})"
+        )
+        with store._connection() as conn:
+            row = store._x(conn, sql, (assessment_id, stage_id, *tools)).fetchone()
+        return int(row[0]) if row else 0
+
     def record_validation(self, row: ValidationRow) -> bool:
         """Write one check; True if new (the same check id again changes nothing)."""
         _require("assessment_id", row.assessment_id)
