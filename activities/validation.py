@@ -36,6 +36,8 @@ from secflow.store.recovery import ValidationRow
 from secflow.tools import activity_names
 
 PROBE_TIMEOUT = 3.0  # seconds per probe
+PROBE_TRIES = 3  # GETs per probe before it counts as down
+PROBE_SPACING = 0.2  # seconds between them
 # Sent with every probe, so a dependency's logs (and test stand-ins) can tell it apart.
 PROBE_HEADERS = {"X-SecFlow-Probe": "recovery-validation"}
 MOST_PROBES = 5  # targets probed per check (the latest that failed)
@@ -113,14 +115,21 @@ async def validate_recovery(req: RecoveryValidationRequest) -> RecoveryValidatio
 
 
 async def _probe_url(http: httpx.AsyncClient, url: str) -> str | None:
-    """None when the URL answers (any status below 500), else why not."""
-    try:
-        response = await http.get(url)
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {redact(str(exc))[:200] or 'no answer'}"
-    if response.status_code >= 500:
-        return f"answered HTTP {response.status_code}"
-    return None
+    """None when the URL answers (any status below 500) to one of PROBE_TRIES GETs, else
+    why not: a dependency that errs now and then is still up; one that never answers is not."""
+    problem = ""
+    for attempt in range(PROBE_TRIES):
+        if attempt:
+            await asyncio.sleep(PROBE_SPACING)
+        try:
+            response = await http.get(url)
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {redact(str(exc))[:200] or 'no answer'}"
+            continue
+        if response.status_code < 500:
+            return None
+        problem = f"answered HTTP {response.status_code}"
+    return f"{problem} ({PROBE_TRIES} tries)"
 
 
 async def _probe_target(http: httpx.AsyncClient, target: str) -> str | None:
