@@ -92,4 +92,6 @@ async def test_status_during_a_retry_shows_the_lost_attempt_and_the_kept_finding
     assert cli.returncode == 0 and "ports" in cli.stdout, cli.stderr
     assert final.outcome == "completed"
     assert final.stages["ports"].validation is not None and final.stages["ports"].validation.passed, final.stages["ports"]
-    assert [(s.rung, s.outcome) for s in final.stages["ports"].ladder] == [("retry", "recovered")]
+    # the retry went on from the checkpoint: validated as a resume
+    assert [(s.rung, s.outcome) for s in final.stages["ports"].ladder] == [("resume", "recovered")]
+    assert final.stages["ports"].validation.after == "resume"

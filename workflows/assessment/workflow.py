@@ -569,10 +569,10 @@ class AssessmentWorkflow(AssessmentAPI):
         """The rung that recovered a stage that just succeeded, or "" for a clean run."""
         if round_rung != "retry":
             return RUNG_LABEL[round_rung]
+        if resumed:  # a retry that went on from a checkpoint: the more specific name
+            return "resume"
         if st.retries > 0:
             return "retry"
-        if resumed:
-            return "resume"
         # a dead-letter replay run as a new assessment (starter/dlq.py names it so)
         return "replay" if self._req.requested_by.startswith(DLQ_REPLAY_BY) else ""
 
