@@ -78,6 +78,7 @@ async def test_a_target_still_down_for_the_probe_leaves_the_stage_unverified(cli
 
     md = Path(status.stages["report"].outputs["md"]).read_text()
     assert "unverified" in md and "validation after retry FAILED" in md, md
+    assert "recovered (retry: recovered)" in md, "the errors table names the rung that handled each error"
     report = json.loads(Path(status.stages["report"].outputs["json"]).read_text())
     assert "validation after retry FAILED" in json.dumps(report)
 

@@ -158,6 +158,12 @@ def outcome_of(e: ErrorEvent) -> str:
     return e.outcome or "pending"
 
 
+def rung_of(e: ErrorEvent) -> str:
+    """The ladder rung that handled the error last and its outcome (`fallback: failed`),
+    or "" for an error recorded before the ladder (secflow/ladder.py)."""
+    return f"{e.rung}: {e.rung_outcome or 'handling'}" if e.rung else ""
+
+
 def refs(f: Finding) -> str:
     return ", ".join([*f.cwe, *f.cve])
 
