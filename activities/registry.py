@@ -36,6 +36,7 @@ from activities.stage_batches import (
     park_stage_failures,
     record_target_results,
 )
+from activities.validation import settle_ladder_rung, validate_recovery
 from secflow.models import StageTaskInput, StageTaskResult
 from secflow.tools import activity_names
 
@@ -69,6 +70,8 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     park_stage_failures,
     record_decision,
     choose_retry_plan,
+    settle_ladder_rung,
+    validate_recovery,
 ]
 
 

@@ -24,6 +24,7 @@ from secflow.store import open_store
 _ERROR_OUTCOME = {
     "succeeded": "recovered",
     "partial": "degraded",
+    "unverified": "recovered",  # it recovered; its validation failed (recovery_validations says why)
     "failed": "failed",
     "skipped": "skipped",
     "cancelled": "cancelled",

@@ -191,6 +191,10 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
         )
         for category, seconds in recovered.items():
             metrics.record_recoveries(category, seconds)
+    if info.attempt > 1 or inp.rung != "retry":
+        # The ladder: this rung (Temporal's retry, the fallback tool, a human's retry)
+        # healed the target's earlier errors (secflow/ladder.py).
+        await _settle_rung(store, inp, "degraded" if output.degraded_reason else "recovered", log)
     counts = _by_severity(output.findings)
     log.info("tool attempt succeeded", findings=len(output.findings))
     return StageTaskResult(
@@ -204,7 +208,16 @@ async def run_tool(tool: ToolFn, inp: StageTaskInput) -> StageTaskResult:
         items_total=output.items_total,
         outputs=output.outputs,
         degraded_reason=output.degraded_reason,
+        resumed=bool(resume),
     )
+
+
+async def _settle_rung(store: FindingsStore, inp: StageTaskInput, outcome: str, log: Any) -> None:
+    try:
+        await asyncio.to_thread(store.recovery.settle, inp.assessment_id, inp.stage_id, inp.target, inp.rung, outcome)
+    except Exception as exc:  # the ledger is down: the findings are stored; say so, keep going
+        c = classify(exc)
+        log.error("could not record the ladder rung in the store", category=c.category.value, reason=c.reason, error=str(exc))
 
 
 async def _fail(exc: BaseException, ctx: ToolContext, info: activity.Info) -> ApplicationError:
@@ -247,6 +260,7 @@ def _event(
         retryable=retryable,
         occurred_at=datetime.now(UTC),
         outcome=None,
+        rung=inp.rung,
     )
 
 

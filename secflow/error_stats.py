@@ -41,6 +41,7 @@ from secflow.store import ErrorEvent, TargetOutcome
 
 if TYPE_CHECKING:
     from secflow.store import FindingsStore
+    from secflow.store.recovery import ValidationRow
 
 __all__ = [
     "DeadLetterMark",
@@ -53,6 +54,7 @@ __all__ = [
     "load_dead_letter_marks",
     "load_error_rows",
     "load_strategies",
+    "load_validations",
     "normalise_message",
     "parse_since",
     "percentile",
@@ -105,6 +107,12 @@ class ErrorStats(BaseModel):
     open_incidents: int | None  # None: Temporal could not be asked
     dead_letters: dict[str, int]
     top_recurring: list[RecurringError] = Field(default_factory=list)
+    # The recovery ladder (secflow/ladder.py): errors by the rung that handled them last
+    # and its outcome ("retry: recovered", "-" = not walked yet), the same per stage id,
+    # and the recovery validations of the window (validated = passed).
+    by_rung: dict[str, int] = Field(default_factory=dict)
+    ladder_by_stage: dict[str, dict[str, int]] = Field(default_factory=dict)
+    validations: dict[str, int] = Field(default_factory=lambda: {"validated": 0, "failed": 0})
 
 
 # --- the computation ------------------------------------------------------------------------
@@ -141,6 +149,7 @@ def compute_stats(
     until: datetime,
     since: datetime | None = None,
     top_n: int = TOP_N,
+    validations: list[ValidationRow] | None = None,
 ) -> ErrorStats:
     """Every figure of `errors stats`, from rows already filtered to the window.
 
@@ -197,7 +206,27 @@ def compute_stats(
         open_incidents=open_incidents,
         dead_letters=dlq_counts,
         top_recurring=recurring[:top_n],
+        by_rung=dict(Counter(_rung_of(r) for r in rows).most_common()),
+        ladder_by_stage=_ladder_by_stage(rows),
+        validations={
+            "validated": sum(1 for v in validations or [] if v.passed),
+            "failed": sum(1 for v in validations or [] if not v.passed),
+        },
     )
+
+
+def _rung_of(row: ErrorEvent) -> str:
+    if not row.rung:
+        return NO_DEPENDENCY
+    return f"{row.rung}: {row.rung_outcome or 'handling'}"
+
+
+def _ladder_by_stage(rows: list[ErrorEvent]) -> dict[str, dict[str, int]]:
+    stages: dict[str, Counter[str]] = {}
+    for r in rows:
+        if r.rung:
+            stages.setdefault(r.stage_id, Counter())[_rung_of(r)] += 1
+    return {sid: dict(c.most_common()) for sid, c in sorted(stages.items())}
 
 
 def parse_since(value: str, now: datetime) -> datetime:
@@ -217,6 +246,11 @@ def parse_since(value: str, now: datetime) -> datetime:
 def load_error_rows(store: FindingsStore, since: datetime | None = None) -> list[ErrorEvent]:
     """Every error event (of every assessment) that occurred at or after `since`."""
     return store.list_errors_since(since)
+
+
+def load_validations(store: FindingsStore, since: datetime | None = None) -> list[ValidationRow]:
+    """Recovery validations checked at or after `since` (all if None)."""
+    return store.recovery.validations(since)
 
 
 def load_dead_letter_marks(store: FindingsStore) -> list[DeadLetterMark]:

@@ -74,6 +74,7 @@ IncidentReason = Literal[
     "compensation_failed",
     "security_violation",
     "retries_exhausted",  # an optional stage gave up (degraded / skipped)
+    "recovery_unverified",  # a stage recovered but its validation failed (secflow/recovery.py)
 ]
 
 
@@ -88,6 +89,8 @@ def severity_for(category: str, reason: IncidentReason, *, required: bool) -> Se
         return Severity.P2 if required else Severity.P3
     if reason == "retries_exhausted":
         return Severity.P2 if required else Severity.P3
+    if reason == "recovery_unverified":
+        return Severity.P3
     return Severity.P4
 
 

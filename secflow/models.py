@@ -86,12 +86,13 @@ StageState = Literal[
     "awaiting_intervention",  # failed after retries; waits for retry/skip/reject
     "succeeded",
     "partial",  # some targets failed within tolerated_failure_percent, or a fallback ran
+    "unverified",  # recovered, but the recovery's validation failed (docs/recovery.md)
     "failed",
     "skipped",
     "cancelled",
 ]
 
-TERMINAL_STAGE_STATES: frozenset[str] = frozenset({"succeeded", "partial", "failed", "skipped", "cancelled"})
+TERMINAL_STAGE_STATES: frozenset[str] = frozenset({"succeeded", "partial", "unverified", "failed", "skipped", "cancelled"})
 
 
 class ErrorInfo(BaseModel):
@@ -128,6 +129,34 @@ class TargetFailure(BaseModel):
 RECENT_FAILURES = 5
 
 
+class LadderStep(BaseModel):
+    """One rung of the recovery ladder a stage went through (secflow/ladder.py)."""
+
+    rung: str  # retry | fallback | human | dead_letter | fail | skip
+    outcome: str  # recovered | failed | skipped | parked | cancelled | degraded
+    note: str = ""
+
+
+class RecoveryCheck(BaseModel):
+    """The validation that ran after a stage recovered (activities/validation.py)."""
+
+    passed: bool
+    after: str = ""  # the rung that recovered it: retry | fallback | human | resume
+    problems: list[str] = Field(default_factory=list)
+
+
+class RecoveryInProgress(BaseModel):
+    """What `status` shows of a stage recovering right now (read from the store)."""
+
+    lost_attempt: int  # the latest attempt that failed or was lost
+    target: str = ""
+    category: str
+    message: str
+    rung: str  # the rung now handling it: retry | fallback | human
+    open_errors: int = 1  # errors of the stage not settled yet
+    findings_kept: int = 0  # findings of the stage already in the store
+
+
 class StageStatus(BaseModel):
     state: StageState = "pending"
     kind: str = ""
@@ -156,6 +185,14 @@ class StageStatus(BaseModel):
     approvals_required: int = 0
     # `retry: {adaptive: true}`: the latest round's plan and why (secflow/adaptive.py)
     adaptive: str = ""
+    # The recovery ladder as walked so far (rung, outcome), the rung now handling the
+    # stage's failures ("" when none), and the check of the last recovery.
+    ladder: list[LadderStep] = Field(default_factory=list)
+    rung: str = ""
+    validation: RecoveryCheck | None = None
+    # A recovery in progress as the store shows it: filled by `starter status` from the
+    # error ledger and the findings table, never by the workflow (it cannot see them).
+    recovering: RecoveryInProgress | None = None
 
 
 class Intervention(BaseModel):
@@ -305,6 +342,9 @@ class StageTaskInput(BaseModel):
     # activity only when its worker runs with SECFLOW_CHAOS=1.
     chaos: dict[str, Any] = Field(default_factory=dict)
     spec_ref: str = ""
+    # The ladder rung this run belongs to (retry | fallback | human): the error ledger
+    # records it, and a success settles the target's earlier errors as recovered by it.
+    rung: str = "retry"
 
 
 class StageTaskResult(BaseModel):
@@ -320,6 +360,7 @@ class StageTaskResult(BaseModel):
     # Set when the tool finished but with less than it should have (e.g. an enrichment
     # service stayed down): the stage is marked degraded with this reason.
     degraded_reason: str = ""
+    resumed: bool = False  # the attempt resumed from a checkpoint
 
 
 class WorkspaceRequest(BaseModel):
@@ -364,6 +405,7 @@ class ShardProgress(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict)
     degraded_reason: str = ""
     runs: int = 1  # workflow runs of the shard (continue-as-new adds one)
+    resumed: int = 0  # targets whose successful attempt resumed from a checkpoint
 
     @property
     def failed(self) -> int:
@@ -386,6 +428,7 @@ class StageShardInput(BaseModel):
     cursor: int = 0  # index into the stage tool's targets in the spec
     progress: ShardProgress = Field(default_factory=ShardProgress)
     paused: bool = False
+    rung: str = "retry"  # the ladder rung this round runs for (StageTaskInput.rung)
     # The report tool (run in the assessment itself, never as a shard) gets the status.
     snapshot: AssessmentStatus | None = None
     # The round's plan when the stage's retries are adaptive (chosen from the recovery

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from secflow.approvals import ApprovalPolicy
 from secflow.durations import Duration
 from secflow.engagement import RATE_OPTION, EngagementLimits, apply_limits, ports_outside, stage_limits
+from secflow.ladder import ladder_of, ladder_problems
 from secflow.redaction import REDACTED
 from secflow.retries import KIND_RETRY_CLASS, RetryPlan, plan_for
 from secflow.scope import Scope
@@ -112,7 +113,9 @@ class Stage(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
     criticality: Literal["required", "optional"] = "required"
-    on_failure: Literal["fail", "skip", "await_approval", "fallback"] = "fail"
+    # One of fail | skip | await_approval | fallback, or the recovery ladder as a list of
+    # rungs (secflow/ladder.py: `[fallback, await_approval, dead_letter]`).
+    on_failure: str | list[Any] = "fail"
     fallback_tool: str | None = None
     requires_approval: bool = False
     wait_timeout: Duration | None = None
@@ -125,6 +128,11 @@ class Stage(_Strict):
     @property
     def tool_name(self) -> str:
         return self.tool or DEFAULT_TOOL_FOR_KIND.get(self.kind, "")
+
+    @property
+    def ladder(self) -> tuple[str, ...]:
+        """The rungs walked after retries, ending in a terminal rung (secflow/ladder.py)."""
+        return ladder_of(self.on_failure)
 
     @property
     def tolerated_failure_percent(self) -> float:
@@ -552,10 +560,13 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
         value = stage.options.get(option)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
             problems.append(Problem(path=f"{where}.options.{option}", reason=f"must be a whole number from 1 to {most}"))
-    if stage.on_failure == "fallback":
-        if not stage.fallback_tool:
-            problems.append(Problem(path=f"{where}.fallback_tool", reason="on_failure: fallback needs a fallback_tool"))
-        else:
+    ladder_problems_found = ladder_problems(stage.on_failure, has_fallback_tool=bool(stage.fallback_tool))
+    for suffix, reason in ladder_problems_found:
+        path = f"{where}.fallback_tool" if stage.on_failure == "fallback" else f"{where}.on_failure{suffix}"
+        problems.append(Problem(path=path, reason=reason))
+    uses_fallback = not ladder_problems_found and "fallback" in stage.ladder
+    if uses_fallback:
+        if stage.fallback_tool:
             fb = TOOLS.get(stage.fallback_tool)
             if fb is None:
                 problems.append(
@@ -578,8 +589,8 @@ def _stage_problems(i: int, stage: Stage, target_kinds: set[str]) -> list[Proble
                     problems.extend(
                         _pydantic_problems(exc, prefix=f"{where}.options (for fallback {stage.fallback_tool})", model=fb.options)
                     )
-    elif stage.fallback_tool:
-        problems.append(Problem(path=f"{where}.fallback_tool", reason="only used with on_failure: fallback"))
+    elif stage.fallback_tool and not ladder_problems_found:
+        problems.append(Problem(path=f"{where}.fallback_tool", reason="only used with on_failure: fallback (or a fallback rung)"))
     if stage.on_wait_timeout == "approve" and not stage.requires_approval:
         problems.append(
             Problem(

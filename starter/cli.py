@@ -473,6 +473,7 @@ async def cmd_status(client: Client, handle: WorkflowHandle, args: argparse.Name
         return await cmd_status_targets(handle.id, args)
     status = await fetch_status(handle, client)
     await _merge_live_progress(client, handle, status)
+    await merge_recovery(status, handle)
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
@@ -539,6 +540,74 @@ async def _merge_live_progress(client: Client, handle: WorkflowHandle, status: A
             if st.state == "running" and st.tool == pending.activity_type.name and st.progress.total == 1:
                 st.progress.done = int(progress.get("done", 0))
                 st.progress.total = int(progress.get("total", 0)) or 1
+
+
+async def merge_recovery(status: AssessmentStatus, handle: WorkflowHandle | None = None) -> None:
+    """A stage that is running or waiting after a failure may be recovering: its lost
+    attempt, category and rung are in the error ledger and the findings it kept are in the
+    store before the workflow hears of them. Show them (docs/recovery.md)."""
+    import asyncio
+
+    from secflow.errors import classify
+    from secflow.models import RecoveryInProgress
+    from secflow.store import open_store
+
+    live = [sid for sid, st in status.stages.items() if st.state in ("running", "awaiting_intervention")]
+    if not live:
+        return
+    try:
+        store = open_store()
+        errors = await asyncio.to_thread(store.list_errors, status.workflow_id)
+        kept = {sid: (await asyncio.to_thread(store.count_findings, status.workflow_id, sid)).total for sid in live}
+    except Exception as exc:  # the view is a nicety: say why it is missing, show the rest
+        c = classify(exc)
+        print(f"note: recovery details unavailable ({c.category.value}: {c.reason})", file=sys.stderr)
+        return
+    retrying = await _retrying_activities(handle) if handle is not None else {}
+    for sid in live:
+        st = status.stages[sid]
+        walking = [e for e in errors if e.stage_id == sid and e.outcome is None and e.rung_outcome in (None, "failed")]
+        pending = retrying.get(st.tool)
+        if not walking and pending is not None:
+            # Temporal noticed the lost attempt (its heartbeat timed out) but no worker has
+            # started the next one yet, so the ledger does not have it: say what Temporal says.
+            attempt, message = pending
+            st.recovering = RecoveryInProgress(
+                lost_attempt=attempt - 1,
+                category="transient",
+                message=message or "attempt lost (worker gone or timed out); the retry waits for a worker",
+                rung=st.rung or "retry",
+                findings_kept=kept[sid],
+            )
+            continue
+        if not walking:
+            continue
+        last = walking[-1]
+        st.recovering = RecoveryInProgress(
+            lost_attempt=last.attempt,
+            target=last.target,
+            category=last.category,
+            message=last.message,
+            rung=st.rung or last.rung or "retry",
+            open_errors=len(walking),
+            findings_kept=kept[sid],
+        )
+
+
+async def _retrying_activities(handle: WorkflowHandle) -> dict[str, tuple[int, str]]:
+    """Activity type -> (attempt, last failure) of the assessment's pending activities that
+    are past their first attempt, as Temporal has them (empty when it cannot be asked)."""
+    from temporalio.service import RPCError
+
+    try:
+        desc = await handle.describe()
+    except RPCError:
+        return {}
+    found: dict[str, tuple[int, str]] = {}
+    for pending in desc.raw_description.pending_activities:
+        if pending.attempt > 1:
+            found[pending.activity_type.name] = (pending.attempt, pending.last_failure.message)
+    return found
 
 
 async def send_update(
@@ -671,6 +740,20 @@ def render_status(status: AssessmentStatus) -> str:
         if st.approvals_required > 1 and st.state == "awaiting_approval":
             who = f" ({', '.join(st.approvals)})" if st.approvals else ""
             lines.append(f"      {len(st.approvals)} of {st.approvals_required} approvals{who}")
+        r = st.recovering
+        if r is not None:
+            on = f" on {r.target}" if r.target else ""
+            lines.append(
+                f"      recovering: attempt {r.lost_attempt} lost{on} ({r.category}: {r.message[:160]}); "
+                f"now handled by {r.rung}; {r.findings_kept} finding(s) already kept"
+                + (f"; {r.open_errors} error(s) not settled yet" if r.open_errors > 1 else "")
+            )
+        if st.ladder:
+            lines.append("      ladder: " + " > ".join(f"{step.rung} {step.outcome}" for step in st.ladder))
+        if st.validation is not None:
+            v = st.validation
+            verdict = "passed" if v.passed else "FAILED: " + "; ".join(v.problems)
+            lines.append(f"      validation after {v.after}: {verdict}")
         for failure in st.recent_failures:
             lines.append(f"      failed: {failure.target} ({failure.category}: {failure.message})")
         if st.counts.get("failed", 0) > len(st.recent_failures):

@@ -63,6 +63,7 @@ from starter.cli import (
 _STAGE_OUTCOME = {
     "succeeded": "completed",
     "partial": "completed_with_errors",
+    "unverified": "completed_with_errors",  # recovered, but its validation failed
     "failed": "failed",
     "awaiting_intervention": "failed",  # it failed again and waits again
     "skipped": "skipped",
@@ -326,7 +327,7 @@ class _InPlaceRefused(Exception):
 
 # A stage in one of these states can be re-run by the `retry_stage` update while its
 # assessment still runs (the workflow's validator has the last word).
-_RETRYABLE_STATES = {"awaiting_intervention", "failed", "skipped", "partial", "cancelled"}
+_RETRYABLE_STATES = {"awaiting_intervention", "failed", "skipped", "partial", "unverified", "cancelled"}
 
 
 async def _retryable_in_place(client: Client, entry: DeadLetter) -> bool:

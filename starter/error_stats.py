@@ -32,6 +32,7 @@ from secflow.error_stats import (
     load_dead_letter_marks,
     load_error_rows,
     load_strategies,
+    load_validations,
     parse_since,
 )
 from secflow.settings import Settings
@@ -69,11 +70,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         record = await asyncio.to_thread(load_strategies, store, since)
         print(render_strategies_json(record, since, now) if args.json else render_strategies(record, since))
         return EXIT_OK
-    rows, marks = await asyncio.to_thread(lambda: (load_error_rows(store, since), load_dead_letter_marks(store)))
+    rows, marks, checks = await asyncio.to_thread(
+        lambda: (load_error_rows(store, since), load_dead_letter_marks(store), load_validations(store, since))
+    )
     incidents, why = await count_open_incidents(settings)
     if incidents is None:
         print(f"note: open incidents unknown: {why}", file=sys.stderr)
-    stats = compute_stats(rows, marks, open_incidents=incidents, until=now, since=since)
+    stats = compute_stats(rows, marks, open_incidents=incidents, until=now, since=since, validations=checks)
     if args.json:
         print(stats.model_dump_json(indent=2))
     else:
@@ -132,6 +135,13 @@ def render(stats: ErrorStats) -> str:
         f"({stats.recovered_automatically} of {stats.resolved} resolved; {stats.recovered_with_human} more recovered after a human stepped in)"
     )
     lines.append(f"mean time to recovery: {_secs(stats.mean_time_to_recovery_seconds)} ({stats.recovered} recovered)")
+    lines += _counts("by ladder rung ('-' = no rung recorded)", stats.by_rung)
+    if stats.ladder_by_stage:
+        lines.append("ladder per stage (rung that handled each error last: count):")
+        for sid, rungs in stats.ladder_by_stage.items():
+            lines.append(f"  {sid}: " + ", ".join(f"{k} {v}" for k, v in rungs.items()))
+    v = stats.validations
+    lines.append(f"recovery validations: {v.get('validated', 0)} validated, {v.get('failed', 0)} failed validation")
     lines.append(f"open incidents: {'unknown' if stats.open_incidents is None else stats.open_incidents}")
     lines.append("dead-letter queue: " + ", ".join(f"{n} {state}" for state, n in stats.dead_letters.items()))
     if stats.top_recurring:

@@ -113,6 +113,7 @@ class _Standin:
         self.faults = list(faults or [])
         self.clock = clock
         self.requests: list[Request] = []
+        self.probes: list[Request] = []  # recovery-validation health probes (activities/validation.py)
         self.outage_requests: list[Request] = []
         self._outage: tuple[Fault, float] | None = None  # (fault, seconds), until it starts
         self._outage_until: float | None = None
@@ -134,6 +135,13 @@ class _Standin:
                 request = Request(
                     "GET", split.path, parse_qs(split.query, keep_blank_values=True), dict(self.headers.items()), standin.clock()
                 )
+                if self.headers.get("X-SecFlow-Probe"):  # a recovery validation's health probe:
+                    with standin._lock:  # not API traffic: recorded apart, touches no fault script
+                        standin.probes.append(request)
+                    outage = standin._outage
+                    if outage is not None and (standin._outage_until is None or request.time < standin._outage_until):
+                        return self._fault(outage[0])  # still down
+                    return self._send(Reply(404, {"message": "not found"}))
                 with standin._lock:
                     standin.requests.append(request)
                 outage = standin._outage_fault(request)

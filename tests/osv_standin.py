@@ -80,6 +80,7 @@ class OsvStandin:
             record = json.loads(path.read_text())
             self.records[record["id"]] = record
         self.requests: list[Request] = []
+        self.probes: list[Request] = []  # recovery-validation health probes (activities/validation.py)
         self._lock = threading.Lock()
         standin = self
 
@@ -107,6 +108,9 @@ class OsvStandin:
                 self._send(200, doc, truncate=bool(fault and fault.truncate))
 
             def do_GET(self) -> None:  # noqa: N802
+                if self.headers.get("X-SecFlow-Probe"):  # a recovery validation's health probe:
+                    standin.probes.append(Request("GET", self.path))  # not API traffic, no fault
+                    return self._send(404, {"code": 5, "message": "Not Found"})
                 standin._log(Request("GET", self.path))
                 m = re.fullmatch(r"/v1/vulns/([^/?]+)", self.path)
                 if not m:

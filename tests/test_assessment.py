@@ -80,7 +80,7 @@ async def test_503_then_200_is_retried_and_recorded_as_recovered(client: Client,
         flaky.close()
     assert status.outcome == "completed"
     assert status.stages["headers"].attempts == 2
-    assert len(flaky.requests) == 2
+    assert len(flaky.requests) == 3  # two attempts, then the recovery validation's health probe
     errors = open_store().list_errors(handle.id)
     assert [(e.category, e.attempt, e.outcome) for e in errors] == [("transient", 1, "recovered")]
 

@@ -12,7 +12,7 @@ from secflow.reports.remediation import Remediation, normalise_cwe, remediation_
 from secflow.store import ErrorEvent
 
 # Stage states a reader must be told about, with why.
-DEGRADED_STATES = frozenset({"skipped", "partial", "failed", "cancelled"})
+DEGRADED_STATES = frozenset({"skipped", "partial", "unverified", "failed", "cancelled"})
 
 
 def clean(text: object) -> str:
@@ -97,7 +97,25 @@ def severity_counts(findings: list[Finding]) -> dict[str, int]:
 
 
 def stage_note(st: StageStatus) -> str:
-    """Why a stage is not simply `succeeded`, in one sentence (empty when there is nothing to say)."""
+    """Why a stage is not simply `succeeded`, in one sentence (empty when there is nothing to
+    say), then its recovery ladder and the recovery's validation when it had any."""
+    return "; ".join(part for part in (_why(st), ladder_note(st)) if part)
+
+
+def ladder_note(st: StageStatus) -> str:
+    """`recovery: retry failed > fallback failed > human recovered; validation passed`."""
+    parts = []
+    if st.ladder:
+        parts.append("recovery: " + " > ".join(f"{step.rung} {step.outcome}" for step in st.ladder))
+    if st.validation is not None:
+        v = st.validation
+        parts.append(
+            f"validation after {v.after}: passed" if v.passed else f"validation after {v.after} FAILED: {'; '.join(v.problems)}"
+        )
+    return "; ".join(parts)
+
+
+def _why(st: StageStatus) -> str:
     if st.reason:
         return st.reason
     if st.error:
@@ -138,6 +156,12 @@ def degraded_stages(status: AssessmentStatus) -> list[DegradedStage]:
 
 def outcome_of(e: ErrorEvent) -> str:
     return e.outcome or "pending"
+
+
+def rung_of(e: ErrorEvent) -> str:
+    """The ladder rung that handled the error last and its outcome (`fallback: failed`),
+    or "" for an error recorded before the ladder (secflow/ladder.py)."""
+    return f"{e.rung}: {e.rung_outcome or 'handling'}" if e.rung else ""
 
 
 def refs(f: Finding) -> str:

@@ -25,6 +25,7 @@ from secflow.reports._common import (
     kev_text,
     outcome_of,
     prepare,
+    rung_of,
     snapshot_note,
     stage_note,
 )
@@ -148,7 +149,8 @@ def render_html(status: AssessmentStatus, findings: list[Finding], errors: list[
                         _e(e.target),
                         str(e.attempt),
                         _e(e.category),
-                        f'<span class="outcome-{_e(outcome_of(e))}">{_e(outcome_of(e))}</span>',
+                        f'<span class="outcome-{_e(outcome_of(e))}">{_e(outcome_of(e))}</span>'
+                        + (f" ({_e(rung_of(e))})" if rung_of(e) else ""),
                         _e(e.message),
                     ]
                     for e in errors

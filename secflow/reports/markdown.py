@@ -22,6 +22,7 @@ from secflow.reports._common import (
     kev_text,
     outcome_of,
     prepare,
+    rung_of,
     snapshot_note,
     stage_note,
 )
@@ -104,7 +105,7 @@ def render_markdown(status: AssessmentStatus, findings: list[Finding], errors: l
         for e in errors:
             lines.append(
                 f"| {_when(e.occurred_at)} | {_cell(e.stage_id)} | {_cell(e.tool)} | {_cell(e.target)} | {e.attempt} | "
-                f"{e.category} | {outcome_of(e)} | {_cell(e.message)} |"
+                f"{e.category} | {outcome_of(e)}{f' ({rung_of(e)})' if rung_of(e) else ''} | {_cell(e.message)} |"
             )
     else:
         lines.append("No errors were met.")

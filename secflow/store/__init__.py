@@ -7,6 +7,8 @@
     deliveries.py    store.deliveries: alert deliveries (secflow.alerting.deliveries)
     breakers.py      store.breakers: circuit-breaker rows (secflow.http.breaker_store)
     audit.py         store.audit: the decisions audit trail (secflow.approvals)
+    recovery.py      store.recovery: ladder rungs on error events, recovery validations
+                     (secflow.ladder, secflow.recovery; migration 13)
 
 Only modules of this package use the store's connections and private helpers (`_write`,
 `_connection`, `_x`, `_dialect`, `_ts`, ...); everything else calls a public method of

@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # imported when first used: the repositories import the model
     from secflow.store.breakers import BreakerRepository
     from secflow.store.dead_letters import DeadLetterRepository
     from secflow.store.deliveries import DeliveryRepository
+    from secflow.store.recovery import RecoveryRepository
 
 __all__ = [
     "BUSY_TIMEOUT_ENV",
@@ -199,6 +200,10 @@ class ErrorEvent(BaseModel):
     resolved_at: datetime | None = None
     # The classifier's reason for `category` (secflow.errors.Classification.reason).
     reason: str | None = None
+    # The recovery-ladder rung that handled the error last and how it ended
+    # (secflow/ladder.py): "retry" + "recovered", "fallback" + "failed", ...
+    rung: str | None = None
+    rung_outcome: str | None = None
 
     @field_validator("category")
     @classmethod
@@ -854,6 +859,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE dead_letters ADD COLUMN error_reason TEXT",
         ),
     ),
+    Migration(
+        13,
+        "recovery ladder rungs on error events, recovery validations",
+        (
+            # The ladder rung that handled the error last (retry, fallback, human,
+            # dead_letter, fail, skip) and how that rung ended (secflow/ladder.py).
+            "ALTER TABLE error_events ADD COLUMN rung TEXT",
+            "ALTER TABLE error_events ADD COLUMN rung_outcome TEXT",
+            # One row per check of a recovered stage (secflow/store/recovery.py); a
+            # retried write of the same check is one row.
+            """
+            CREATE TABLE recovery_validations (
+                assessment_id TEXT NOT NULL,
+                stage_id      TEXT NOT NULL,
+                check_id      TEXT NOT NULL,
+                after_rung    TEXT NOT NULL,
+                passed        INTEGER NOT NULL,
+                problems      TEXT NOT NULL,
+                findings      INTEGER NOT NULL,
+                checked_at    TEXT NOT NULL,
+                PRIMARY KEY (assessment_id, stage_id, check_id)
+            )
+            """,
+            "CREATE INDEX recovery_validations_by_time ON recovery_validations (checked_at)",
+        ),
+    ),
 )
 
 
@@ -1022,6 +1053,13 @@ class FindingsStore:
         from secflow.store.audit import AuditRepository
 
         return AuditRepository(self)
+
+    @cached_property
+    def recovery(self) -> RecoveryRepository:
+        """Ladder rungs on error events and recovery validations (migration 13)."""
+        from secflow.store.recovery import RecoveryRepository
+
+        return RecoveryRepository(self)
 
     @cached_property
     def breakers(self) -> BreakerRepository:
@@ -1673,8 +1711,8 @@ class FindingsStore:
                 """
                 INSERT INTO error_events (event_id, assessment_id, stage_id, target, tool, attempt,
                                           category, message, retryable, occurred_at, outcome, resolved_at,
-                                          dependency, reason)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                          dependency, reason, rung, rung_outcome)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (event_id) DO NOTHING
                 """,
                 (
@@ -1692,6 +1730,8 @@ class FindingsStore:
                     _ts(_utcnow()) if event.outcome is not None else None,
                     event.dependency,
                     event.reason,
+                    event.rung,
+                    event.rung_outcome,
                 ),
             )
             return cursor.rowcount == 1
@@ -1719,7 +1759,7 @@ class FindingsStore:
             rows = self._x(
                 conn,
                 "SELECT event_id, assessment_id, stage_id, target, tool, attempt, category, message, "
-                f"retryable, occurred_at, outcome, dependency, resolved_at, reason FROM error_events {where} "
+                f"retryable, occurred_at, outcome, dependency, resolved_at, reason, rung, rung_outcome FROM error_events {where} "
                 "ORDER BY occurred_at, event_id",
                 params,
             ).fetchall()
@@ -1739,6 +1779,8 @@ class FindingsStore:
                 dependency=r[11],
                 resolved_at=_parse_ts(r[12]) if r[12] else None,
                 reason=r[13],
+                rung=r[14],
+                rung_outcome=r[15],
             )
             for r in rows
         ]

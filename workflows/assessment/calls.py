@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         park_stage_failures,
         record_target_results,
     )
+    from activities.validation import settle_ladder_rung, validate_recovery
     from secflow.adaptive import AdaptiveChoice, AdaptiveRequest
     from secflow.approvals import DecisionRecord, DecisionRecorded
     from secflow.dead_letters import DeadLetterInput, DeadLetterResult
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         WorkspaceInfo,
         WorkspaceRequest,
     )
+    from secflow.recovery import RecoveryValidationRequest, RecoveryValidationResult, RungSettlement
     from secflow.reports.final import FinalReportsRequest, FinalReportsResult
     from secflow.retries import STORE_PLAN, RetryPlan, plan_for, to_retry_policy
     from secflow.tools import RetryClass
@@ -139,6 +141,26 @@ async def finalize(req: FinalizeRequest) -> FindingCounts:
 
 async def final_reports(req: FinalReportsRequest) -> FinalReportsResult:
     return await workflow.execute_activity(render_final_reports, req, start_to_close_timeout=LONG, retry_policy=_FILESYSTEM)
+
+
+async def settle_rung(req: RungSettlement) -> int:
+    return await workflow.execute_activity(
+        settle_ladder_rung,
+        req,
+        summary=f"ladder: stage {req.stage_id} {req.rung}: {req.outcome}",
+        start_to_close_timeout=SHORT,
+        retry_policy=_STORE,
+    )
+
+
+async def validate(req: RecoveryValidationRequest) -> RecoveryValidationResult:
+    return await workflow.execute_activity(
+        validate_recovery,
+        req,
+        summary=f"validate stage {req.stage_id} after {req.after}",
+        start_to_close_timeout=SHORT,
+        retry_policy=_STORE,
+    )
 
 
 async def run_tool_activity(

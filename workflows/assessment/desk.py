@@ -18,6 +18,7 @@ Rules (README "Incidents and escalation"):
 - failures within tolerated_failure_percent (`partial`) are policy, not incidents; a
   fallback that succeeds is recovery, not an incident;
 - a security violation parks its target(s) and opens a P1;
+- a recovered stage whose validation fails (`unverified`) opens `recovery_unverified` (P3);
 - acquisition that fails (workspace, scan locks) opens a P2: the assessment could not start;
 - a compensation that still fails parks an entry (no replay recipe) and opens a P2;
 - when the assessment ends, every incident it still holds open is told so
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         severity_for,
     )
     from secflow.models import WHOLE_STAGE, CompensationRecord, ErrorInfo, ParkStageFailures, StageStatus
+    from secflow.recovery import RungSettlement
     from secflow.redaction import redact
     from secflow.retries import STORE_PLAN
     from secflow.spec import Stage
@@ -109,9 +111,11 @@ class IncidentDesk:
     def stage_recovered(self, stage_id: str, note: str) -> None:
         self.resolve(stage_id, note)
 
-    def gave_up(self, stage: Stage, *, failed: bool, error: ErrorInfo, attempts: int, by_human: bool) -> None:
-        """The stage ends unrecoverable: park its failed targets; page unless a human decided."""
-        self._park_stage(stage, "retries_exhausted")
+    def gave_up(self, stage: Stage, *, failed: bool, error: ErrorInfo, attempts: int, by_human: bool, park: bool = True) -> None:
+        """The stage ends unrecoverable: park its failed targets (unless its ladder ends in
+        `fail`, which parks nothing); page unless a human decided."""
+        if park:
+            self._park_stage(stage, "retries_exhausted")
         if by_human or error.category == Category.USER_ABORT.value:
             return
         reason: IncidentReason = "required_stage_failed" if failed and stage.criticality == "required" else "retries_exhausted"
@@ -125,6 +129,37 @@ class IncidentDesk:
             ),
             f"stage {stage.id} {what} after its retries",
         )
+
+    def recovery_unverified(self, stage: Stage, after: str, problems: list[str]) -> None:
+        """A recovered stage failed its validation (secflow/recovery.py): its results do
+        not count as clean until someone looks."""
+        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+        self._open(
+            stage,
+            "recovery_unverified",
+            ErrorInfo(
+                category=Category.INTERNAL.value, message=f"stage {stage.id} recovered ({after}) but failed validation: {shown}"
+            ),
+            f"stage {stage.id}: recovery not verified",
+        )
+
+    def settle_rung(self, stage_id: str, rung: str, outcome: str) -> None:
+        """Write a rung's end to the error ledger, in order per stage, as a side task: the
+        stage goes on (or ends) at once, and `drain()` lets the write land."""
+        req = RungSettlement(assessment_id=self._wid, stage_id=stage_id, rung=rung, outcome=outcome)
+        self._in_order(f"ladder:{stage_id}", self._settle(req))
+
+    async def _settle(self, req: RungSettlement) -> None:
+        try:
+            await calls.settle_rung(req)
+        except ActivityError as err:
+            error = error_from_activity(err, STORE_PLAN)
+            # The ledger is down past its retries: the ladder is still in the status and the
+            # history; the ledger misses this rung. Say so loudly.
+            workflow.logger.error(
+                "ladder rung not recorded",
+                extra={"stage": req.stage_id, "rung": req.rung, "category": error.category, "error": error.message},
+            )
 
     def security_violation(self, stage: Stage, error: ErrorInfo) -> None:
         self._park_stage(stage, "security_violation", categories=[Category.SECURITY.value])

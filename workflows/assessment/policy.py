@@ -21,7 +21,9 @@ from secflow.spec import Stage
 
 ACTIONS = ("approve", "reject", "retry_stage", "skip_stage", "abort", "pause", "resume")
 
-VerdictKind = Literal["succeeded", "cancelled", "security", "tolerated", "fallback", "ask_human", "skip", "fail"]
+VerdictKind = Literal[
+    "succeeded", "cancelled", "security", "tolerated", "fallback", "ask_human", "skip", "fail", "dead_letter", "stop"
+]
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,68 @@ class Verdict:
     kind: VerdictKind
     reason: str = ""
     error: ErrorInfo | None = None
+    rung: int = -1  # ladder_verdict: the index of the rung that takes over (-1: none)
 
 
 def verdict(stage: Stage, outcome: RoundOutcome, *, stopping: bool, fallback_used: bool) -> Verdict:
-    """Decide what a finished round means for its stage.
+    """Decide what a finished round means for its stage (a single `on_failure` value, as
+    before the ladder; runs recorded before `recovery-ladder` replay through this).
 
     Order matters: a cancel is not a failure; a security violation overrides every policy
     (scope is law); a failure within tolerance is `partial`; then `on_failure`."""
+    settled = _settled(stage, outcome, stopping=stopping)
+    if settled is not None:
+        return settled
+    error = outcome.first_error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+    if stage.on_failure == "fallback" and stage.fallback_tool and not fallback_used:
+        return Verdict(
+            "fallback",
+            f"{stage.tool_name} failed ({error.category}: {error.message}); fell back to {stage.fallback_tool}",
+            error,
+        )
+    if stage.on_failure == "await_approval":
+        return Verdict("ask_human", "", error)
+    if stage.on_failure == "skip":
+        return Verdict("skip", f"failed and skipped (on_failure: skip): {error.category}: {error.message}", error)
+    return Verdict("fail", f"{error.category}: {error.message}", error)
+
+
+RUNG_VERDICT: dict[str, VerdictKind] = {
+    "fallback": "fallback",
+    "await_approval": "ask_human",
+    "dead_letter": "dead_letter",
+    "fail": "stop",
+    "skip": "skip",
+}
+
+
+def ladder_verdict(stage: Stage, outcome: RoundOutcome, *, stopping: bool, position: int) -> Verdict:
+    """Like `verdict`, but a failure goes to the ladder's rung at `position` (the first
+    rung not tried yet; secflow/ladder.py). The ladder always ends in a terminal rung."""
+    settled = _settled(stage, outcome, stopping=stopping)
+    if settled is not None:
+        return settled
+    error = outcome.first_error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+    return rung_verdict(stage, position, error)
+
+
+def rung_verdict(stage: Stage, position: int, error: ErrorInfo) -> Verdict:
+    """What the ladder's rung at `position` does with `error`."""
+    ladder = stage.ladder
+    position = min(max(position, 0), len(ladder) - 1)
+    rung = ladder[position]
+    kind = RUNG_VERDICT[rung]
+    text = f"{error.category}: {error.message}"
+    if kind == "fallback":
+        return Verdict(kind, f"{stage.tool_name} failed ({text}); fell back to {stage.fallback_tool}", error, position)
+    if kind == "skip":
+        return Verdict(kind, f"failed and skipped (on_failure: skip): {text}", error, position)
+    return Verdict(kind, text if kind != "ask_human" else "", error, position)
+
+
+def _settled(stage: Stage, outcome: RoundOutcome, *, stopping: bool) -> Verdict | None:
+    """The verdicts no failure policy changes: success, a cancel, a security violation, a
+    failure within tolerance. None: the round failed and the policy decides."""
     if outcome.failed == 0:
         return Verdict("succeeded")
     if stopping and not stage.always and outcome.all_aborted:
@@ -63,17 +120,7 @@ def verdict(stage: Stage, outcome: RoundOutcome, *, stopping: bool, fallback_use
             f"{stage.tolerated_failure_percent:g}%): {error.message}",
             error,
         )
-    if stage.on_failure == "fallback" and stage.fallback_tool and not fallback_used:
-        return Verdict(
-            "fallback",
-            f"{stage.tool_name} failed ({error.category}: {error.message}); fell back to {stage.fallback_tool}",
-            error,
-        )
-    if stage.on_failure == "await_approval":
-        return Verdict("ask_human", "", error)
-    if stage.on_failure == "skip":
-        return Verdict("skip", f"failed and skipped (on_failure: skip): {error.category}: {error.message}", error)
-    return Verdict("fail", f"{error.category}: {error.message}", error)
+    return None
 
 
 def assessment_outcome(
@@ -86,7 +133,7 @@ def assessment_outcome(
     degraded = [
         f"{sid}: {st.state}" + (f" ({st.reason})" if st.reason else "")
         for sid, st in stages.items()
-        if st.state in ("failed", "skipped", "partial", "cancelled") or st.degraded
+        if st.state in ("failed", "skipped", "partial", "unverified", "cancelled") or st.degraded
     ]
     if degraded:
         return "completed_with_errors", "; ".join(degraded)
@@ -177,8 +224,10 @@ def intervention_problem(action: str, d: Decision, view: InterventionView) -> st
         if waiting == "approval":
             return f"stage {d.stage!r} has not run yet: it awaits approval (use approve)"
         if waiting is None:
-            if state not in ("failed", "skipped", "cancelled", "partial"):
-                return f"stage {d.stage!r} is {state}; only a failed, skipped, cancelled or partial stage can be retried"
+            if state not in ("failed", "skipped", "cancelled", "partial", "unverified"):
+                return (
+                    f"stage {d.stage!r} is {state}; only a failed, skipped, cancelled, partial or unverified stage can be retried"
+                )
             if view.stop_reason:
                 return f"the assessment is stopping ({view.stop_reason}); nothing can be retried"
             busy = [

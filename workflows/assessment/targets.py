@@ -163,6 +163,7 @@ class TargetRunner:
             retry=self._plan,
             snapshot=self.inp.snapshot,
             spec_ref=self.inp.spec_ref,
+            rung=self.inp.rung,
         )
         try:
             result: StageTaskResult = await calls.run_tool_activity(
@@ -187,6 +188,8 @@ class TargetRunner:
             self.progress.outputs.update(result.outputs)
         if result.degraded_reason:
             self.progress.degraded_reason = result.degraded_reason
+        if result.resumed:
+            self.progress.resumed += 1
         self._count(
             results,
             TargetResult(

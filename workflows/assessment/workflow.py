@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from secflow import guidance
     from secflow.adaptive import ADAPTIVE_PATCH, adaptive_request
     from secflow.errors import Category
+    from secflow.ladder import RUNG_LABEL
     from secflow.locking import BulkLockRequest
     from secflow.models import (
         INLINE_TARGETS,
@@ -46,6 +47,8 @@ with workflow.unsafe.imports_passed_through():
         ErrorInfo,
         FinalizeRequest,
         Intervention,
+        LadderStep,
+        RecoveryCheck,
         ShardProgress,
         ShardReport,
         SpecSummary,
@@ -55,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
         WorkspaceRequest,
     )
+    from secflow.recovery import RecoveryValidationRequest
     from secflow.reports.final import FINAL_REPORTS_PATCH, FinalReportsRequest, report_formats
     from secflow.retries import STORE_PLAN, plan_for
     from secflow.spec import Stage
@@ -71,6 +75,11 @@ SA_AWAITING = SearchAttributeKey.for_keyword_list("SecflowAwaiting")
 
 LOCK_POLL_INTERVAL = timedelta(seconds=5)
 INCIDENTS_END_PATCH = "incidents-hear-the-end"  # _end signals `assessment_ended` to open incidents
+# on_failure as a ladder of rungs, each rung's end written to the error ledger
+# (settle_ladder_rung); runs recorded before it walk the single-value policy.
+LADDER_PATCH = "recovery-ladder"
+VALIDATION_PATCH = "recovery-validation"  # validate_recovery after a stage recovers
+DLQ_REPLAY_BY = "dlq replay "  # requested_by of an assessment `dlq replay` started
 LOCK_BATCH = 1000  # hosts locked per activity (one transaction)
 
 
@@ -108,6 +117,8 @@ class AssessmentWorkflow(AssessmentAPI):
         self._wait_since: dict[str, datetime] = dict(carry.wait_since) if carry else {}
         self._signals: list[asyncio.Task[None]] = []  # pause/resume sent to stage shards
         self._answers: dict[str, str] = {}
+        self._findings_before: dict[str, int] = {}  # stage id -> findings kept before its retry round
+        self._human_reruns: set[str] = set()  # stages re-run by retry_stage (a human, a DLQ replay)
         self._paused = carry.paused if carry else False
         self._stop_reason: str | None = None
         self._stop_outcome: AssessmentOutcome | None = None
@@ -338,6 +349,9 @@ class AssessmentWorkflow(AssessmentAPI):
 
     async def _run_with_failure_policy(self, stage: Stage, *, ask_first: bool = False) -> None:
         """Rounds over the stage's targets until `policy.verdict` ends the stage."""
+        if workflow.patched(LADDER_PATCH):
+            await self._walk_ladder(stage, ask_first=ask_first)
+            return
         st = self._status.stages[stage.id]
         tool = st.tool or stage.tool_name
         fallback_used = tool != stage.tool_name
@@ -422,11 +436,197 @@ class AssessmentWorkflow(AssessmentAPI):
             self._stage_failed(stage, error)
             return
 
-    async def _run_round(self, stage: Stage, tool: str, *, only_failed: bool) -> ShardProgress:
+    async def _walk_ladder(self, stage: Stage, *, ask_first: bool = False) -> None:
+        """Rounds over the stage's targets, then its recovery ladder (secflow/ladder.py):
+        after Temporal's retries a failed round goes to the first rung not tried yet
+        (fallback, a human, then dead_letter / fail / skip). The parent decides every
+        rung, also for rounds run by a StageTargets child."""
+        st = self._status.stages[stage.id]
+        ladder = stage.ladder
+        tool = st.tool or stage.tool_name
+        fallback_used = tool != stage.tool_name
+        position = ladder.index("fallback") + 1 if fallback_used and "fallback" in ladder else 0
+        round_rung = "fallback" if fallback_used else "retry"
+        if stage.id in self._human_reruns:  # re-run by retry_stage: a human's (or a DLQ replay's) retry
+            self._human_reruns.discard(stage.id)
+            round_rung = "await_approval"
+            position = ladder.index("await_approval") if "await_approval" in ladder else 0
+        only_failed = ask_first  # after a carried failure wait, a retry runs the failed targets
+        resumed = lived_with = False
+        while True:
+            if ask_first:
+                ask_first = False
+                position = ladder.index("await_approval") if "await_approval" in ladder else 0
+                decision = policy.rung_verdict(
+                    stage, position, st.error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+                )
+            else:
+                st.state = "running"
+                st.rung = RUNG_LABEL[round_rung]
+                self._changed()
+                try:
+                    progress = await self._run_round(stage, tool, only_failed=only_failed, rung=RUNG_LABEL[round_rung])
+                except ActivityError as err:
+                    progress = self._failed_round(st, error_from_activity(err, STORE_PLAN))
+                await self._absorb(stage, progress, only_failed=only_failed)
+                resumed = resumed or progress.resumed > 0
+                lived_with = bool(progress.degraded_reason)
+                decision = policy.ladder_verdict(
+                    stage,
+                    policy.RoundOutcome(
+                        stage_total=st.progress.total,
+                        failed=progress.failed,
+                        first_error=progress.first_error,
+                        security_error=progress.security_error,
+                        all_aborted=progress.first_error is None,
+                    ),
+                    stopping=self._stop_reason is not None,
+                    position=position,
+                )
+            if decision.kind == "succeeded":
+                st.rung = ""
+                # a round that finished degraded (a service stayed down) lived with its
+                # errors rather than recovering from them: nothing to validate
+                after = "" if lived_with and round_rung == "retry" else self._recovered_by(st, round_rung, resumed)
+                if after:
+                    st.ladder.append(LadderStep(rung=after, outcome="recovered"))
+                self._finish(st, "partial" if fallback_used else "succeeded", st.reason)
+                self._desk.stage_recovered(
+                    stage.id, f"stage {stage.id} {st.state} on a later run (attempts so far: {st.attempts})"
+                )
+                if after:
+                    await self._validate_recovery(stage, after)
+                return
+            if decision.kind in ("cancelled", "security", "tolerated") and st.state == "running":
+                # the round's errors end here, not on a later rung
+                outcome = {"cancelled": "cancelled", "security": "failed", "tolerated": "degraded"}[decision.kind]
+                self._rung_ended(stage, RUNG_LABEL[round_rung], outcome, decision.reason)
+            if decision.kind == "cancelled":
+                st.rung = ""
+                self._finish(st, "cancelled", self._stop_reason or "cancelled")
+                return
+            error = decision.error or ErrorInfo(category=Category.INTERNAL.value, message="failed")
+            if decision.kind == "security":
+                st.rung = ""
+                st.error = error
+                self._finish(st, "failed", decision.reason)
+                self._desk.security_violation(stage, error)
+                self._stop(f"security violation in stage {stage.id!r}: {error.message}", "failed", error)
+                return
+            if decision.kind == "tolerated":
+                st.rung = ""
+                st.degraded = True
+                self._finish(st, "partial", decision.reason)
+                return
+            st.error = error
+            if st.state == "running":  # the round's rung failed; the ladder's next rung takes over
+                self._rung_ended(stage, RUNG_LABEL[round_rung], "failed", error.message)
+            by_human = False
+            while True:  # rungs that end without a round: a human who lets it fall, the terminal rungs
+                rung = ladder[decision.rung]
+                st.rung = RUNG_LABEL[rung]
+                if decision.kind == "fallback":
+                    assert stage.fallback_tool is not None
+                    fallback_used = True
+                    st.degraded = True
+                    st.reason = decision.reason
+                    tool = st.tool = stage.fallback_tool
+                    round_rung, only_failed, position = "fallback", True, decision.rung + 1
+                    break
+                if decision.kind == "ask_human":
+                    answer = await self._wait_for_human(stage, "failure")
+                    if answer == "retry":
+                        st.error = None
+                        round_rung, only_failed, position = "await_approval", True, decision.rung
+                        break
+                    if answer == "abort":
+                        self._rung_ended(stage, "human", "cancelled", self._stop_reason or "aborted")
+                        self._finish(st, "cancelled", self._stop_reason or "aborted")
+                        return
+                    by_human = self._answered_by_human(stage.id)
+                    if answer == "skip":
+                        self._rung_ended(stage, "human", "skipped", self._answer_note(stage.id, answer))
+                        st.rung = ""
+                        self._finish(st, "skipped", f"{self._answer_note(stage.id, answer)} after: {error.message}")
+                        self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=by_human)
+                        return
+                    # reject, or the deadline's fail: the next rung takes over
+                    self._rung_ended(stage, "human", "failed", self._answer_note(stage.id, answer))
+                    decision = policy.rung_verdict(stage, decision.rung + 1, error)
+                    continue
+                st.rung = ""
+                if decision.kind == "skip":
+                    self._rung_ended(stage, "skip", "skipped", decision.reason)
+                    self._finish(st, "skipped", decision.reason)
+                    self._desk.gave_up(stage, failed=False, error=error, attempts=st.attempts, by_human=by_human)
+                    return
+                parked = decision.kind == "dead_letter"
+                self._rung_ended(stage, RUNG_LABEL[rung], "parked" if parked else "failed", error.message)
+                self._desk.gave_up(stage, failed=True, error=error, attempts=st.attempts, by_human=by_human, park=parked)
+                self._stage_failed(stage, error)
+                return
+
+    def _recovered_by(self, st: StageStatus, round_rung: str, resumed: bool) -> str:
+        """The rung that recovered a stage that just succeeded, or "" for a clean run."""
+        if round_rung != "retry":
+            return RUNG_LABEL[round_rung]
+        if resumed:  # a retry that went on from a checkpoint: the more specific name
+            return "resume"
+        if st.retries > 0:
+            return "retry"
+        # a dead-letter replay run as a new assessment (starter/dlq.py names it so)
+        return "replay" if self._req.requested_by.startswith(DLQ_REPLAY_BY) else ""
+
+    def _rung_ended(self, stage: Stage, rung: str, outcome: str, note: str) -> None:
+        """A rung ended for the stage: shown in its ladder, written to the error ledger
+        (a side task of the desk, in order per stage)."""
+        st = self._status.stages[stage.id]
+        st.ladder.append(LadderStep(rung=rung, outcome=outcome, note=note[:300]))
+        self._changed()
+        self._desk.settle_rung(stage.id, rung, outcome)
+
+    async def _validate_recovery(self, stage: Stage, after: str) -> None:
+        """Check a recovered stage (secflow/recovery.py); a failed check marks it unverified."""
+        if not workflow.patched(VALIDATION_PATCH):
+            return
+        st = self._status.stages[stage.id]
+        try:
+            result = await calls.validate(
+                RecoveryValidationRequest(
+                    assessment_id=self._status.workflow_id,
+                    stage_id=stage.id,
+                    check_id=f"round-{st.rounds}-{len(st.ladder)}",
+                    after=after,
+                    tools=[t for t in (stage.tool_name, stage.fallback_tool) if t],
+                    reported_findings=st.findings,
+                )
+            )
+        except asyncio.CancelledError:
+            # The assessment is stopping: the stage did recover; it stays as it ended, and
+            # the status says it was not checked.
+            st.validation = RecoveryCheck(passed=True, after=after, problems=["not validated: the assessment stopped first"])
+            self._changed()
+            return
+        except ActivityError as err:
+            error = error_from_activity(err, STORE_PLAN)
+            result_problems = [f"the validation could not run ({error.category}: {error.message})"]
+            st.validation = RecoveryCheck(passed=False, after=after, problems=result_problems)
+        else:
+            st.validation = RecoveryCheck(passed=result.passed, after=after, problems=result.problems)
+        if st.validation.passed:
+            self._changed()
+            return
+        shown = "; ".join(st.validation.problems[:3])
+        self._finish(st, "unverified", (st.reason + "; " if st.reason else "") + f"recovery ({after}) not verified: {shown}")
+        self._desk.recovery_unverified(stage, after, st.validation.problems)
+
+    async def _run_round(self, stage: Stage, tool: str, *, only_failed: bool, rung: str = "retry") -> ShardProgress:
         """One round of the stage over its targets: here when few, else in a child workflow."""
         assert self._summary is not None
         st = self._status.stages[stage.id]
         st.rounds += 1
+        if only_failed:
+            self._findings_before[stage.id] = st.findings
         shard = StageShardInput(
             assessment_id=self._status.workflow_id,
             stage=stage,
@@ -439,6 +639,7 @@ class AssessmentWorkflow(AssessmentAPI):
             batch_size=stage.batch_size,
             event_budget=self._req.shard_event_budget,
             paused=self._paused,
+            rung=rung,
         )
         ask = adaptive_request(self._status.workflow_id, stage, tool)
         if ask is not None and workflow.patched(ADAPTIVE_PATCH):
@@ -459,7 +660,9 @@ class AssessmentWorkflow(AssessmentAPI):
         if self._summary.targets_by_tool.get(tool, 0) <= INLINE_TARGETS:
             known = None if only_failed else self._summary.few_targets.get(tool)
             runner = TargetRunner(
-                shard, paused=lambda: self._paused, on_progress=lambda: self._show_round(st, runner.progress, publish=False)
+                shard,
+                paused=lambda: self._paused,
+                on_progress=lambda: self._show_round(st, runner.progress, publish=False, stage_id=stage.id),
             )
             await (runner.run_known(known) if known is not None else runner.run())
             return runner.progress
@@ -509,7 +712,9 @@ class AssessmentWorkflow(AssessmentAPI):
             st.counts = await calls.count_targets(StageRef(assessment_id=self._status.workflow_id, stage_id=stage.id))
         else:
             st.counts = dict(progress.counts)
-        st.findings = (st.findings if only_failed else 0) + progress.findings
+        # a retry or fallback round adds to what the stage kept before it (not to the live
+        # count `_show_round` showed during the round)
+        st.findings = (self._findings_before.pop(stage.id, 0) if only_failed else 0) + progress.findings
         # attempts of the most-tried target, added up over the stage's rounds (a retry or a
         # fallback round adds its own): 1 means no target needed a retry
         st.attempts += progress.attempts
@@ -523,12 +728,12 @@ class AssessmentWorkflow(AssessmentAPI):
             st.reason = progress.degraded_reason
         self._show_round(st, None)
 
-    def _show_round(self, st: StageStatus, live: ShardProgress | None, *, publish: bool = True) -> None:
+    def _show_round(self, st: StageStatus, live: ShardProgress | None, *, publish: bool = True, stage_id: str = "") -> None:
         """Counts into the status (what `status` answers); `publish` also re-renders the Web
         UI's details, which a round running here skips per target (it is the costly part)."""
         if live is not None:
             st.counts = dict(live.counts)
-            st.findings = live.findings
+            st.findings = self._findings_before.get(stage_id, 0) + live.findings
             st.recent_failures = list(live.recent_failures)
         st.progress.done = sum(n for state, n in st.counts.items() if state != "running")
         self._status.findings.total = sum(s.findings for s in self._status.stages.values())
@@ -695,6 +900,7 @@ class AssessmentWorkflow(AssessmentAPI):
                 reset = policy.stages_to_rerun(self._stages.values(), self._states(), d.stage)
                 for sid in reset:
                     self._reset_stage(sid)
+                self._human_reruns.add(d.stage)  # its re-run is the ladder's human rung
                 message = f"re-running {', '.join(reset)}"
         self._changed()
         return message
@@ -711,6 +917,8 @@ class AssessmentWorkflow(AssessmentAPI):
         st.recent_failures = []
         st.findings = 0
         st.progress.done = 0
+        st.rung = ""
+        st.validation = None
 
     def _tell_children(self, signal: str) -> None:
         self._signals = [t for t in self._signals if not t.done()]
@@ -838,7 +1046,7 @@ class AssessmentWorkflow(AssessmentAPI):
         """A stage shard's counts after each batch, so `status` shows a round as it goes."""
         st = self._status.stages.get(report.stage_id)
         if st is not None and st.rounds == report.round and st.state == "running" and not report.only_failed:
-            self._show_round(st, report.progress)
+            self._show_round(st, report.progress, stage_id=report.stage_id)
 
     # ------------------------------------------------------------------ what people see
 
@@ -915,7 +1123,13 @@ class AssessmentWorkflow(AssessmentAPI):
         running = [(sid, st) for sid, st in self._status.stages.items() if st.state == "running"]
         if running:
             lines.append(
-                "Running: " + ", ".join(f"{sid} ({st.progress.done}/{st.progress.total} targets)" for sid, st in running)
+                "Running: "
+                + ", ".join(
+                    f"{sid} ({st.progress.done}/{st.progress.total} targets"
+                    + (f", {st.rung} round" if st.rung and st.rung != "retry" else "")
+                    + ")"
+                    for sid, st in running
+                )
             )
         failed = sum(st.counts.get("failed", 0) for st in self._status.stages.values())
         if failed:
