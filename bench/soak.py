@@ -44,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = "scan"
 QUIET = 8.0  # seconds without kills around the dev server restart
+READY = 5.0  # seconds a new worker gets before it may be killed when none is busy
 
 
 @dataclass
@@ -111,7 +112,8 @@ class Workers:
     def kill(self, rng: random.Random) -> Incarnation:
         """SIGKILL a random worker, one that is running a tool attempt when there is one
         (a kill of an idle worker measures nothing), and start its replacement at once."""
-        slot = rng.choice(self.busy() or sorted(self.live))
+        ready = [slot for slot, inc in self.live.items() if time.time() - inc.started > READY]
+        slot = rng.choice(self.busy() or ready or sorted(self.live))
         inc = self.live[slot]
         inc.killed_at = time.time()
         inc.proc.send_signal(signal.SIGKILL)
@@ -142,6 +144,9 @@ class Harness:
         self.work = work
         self.web = FaultyWeb()
         self.osv = OsvStandin()
+        # a client that gave up on a connection (chaos reset, a killed worker) is part of
+        # the soak, not a stand-in error worth a traceback on the console
+        self.osv.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.ports: list[Any] = []
         self.lists_supported = lists_supported
         self.nominal: dict[str, float] = {}
@@ -272,15 +277,17 @@ def _td(seconds: float) -> Any:
     return timedelta(seconds=seconds)
 
 
-async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, timeout: float) -> dict[str, Any]:
+async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, timeout: float, delay: float = 0.0) -> dict[str, Any]:
     from temporalio.client import WorkflowFailureError
 
     from secflow.launch import start_assessment
     from secflow.models import AssessmentStatus
 
+    await asyncio.sleep(delay)
     until = time.monotonic() + timeout
     wid = f"soak-{sc.sid}-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
+    began = time.time()
     handle = await _retrying(lambda: start_assessment(client, spec, workflow_id=wid, task_queue=queue, requested_by="soak"),
                              until=until)
     human = sc.kind.human
@@ -317,6 +324,7 @@ async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, t
                 raise TimeoutError("scenario timed out") from exc
             raise
         except WorkflowFailureError as err:
+            workflow_failed.append(str(err.cause))
             details = getattr(err.cause, "details", None)
             if details:
                 return AssessmentStatus.model_validate(details[0])
@@ -324,6 +332,7 @@ async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, t
             raise
 
     status: AssessmentStatus | None = None
+    workflow_failed: list[str] = []
     try:
         status = await _retrying(result, until=until)
     except Exception as exc:  # recorded as the scenario's failure; the soak goes on
@@ -331,7 +340,8 @@ async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, t
     finally:
         if sabotaged and os.path.isfile(sabotaged):
             os.remove(sabotaged)
-    return {"workflow_id": wid, "seconds": round(time.monotonic() - t0, 2), "notes": notes,
+    return {"workflow_id": wid, "seconds": round(time.monotonic() - t0, 2), "began": began, "ended": time.time(), "notes": notes,
+            "workflow_failed": bool(workflow_failed), "failure": workflow_failed[-1][:300] if workflow_failed else "",
             "status": status.model_dump(mode="json") if status else None}
 
 
@@ -375,12 +385,17 @@ async def chaos_loop(workers: Workers, server: Any, kills: int, gap: tuple[float
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=int, default=100, help="scenarios run concurrently (default 100)")
-    parser.add_argument("--workers", type=int, default=3, help="worker processes, 2-4 (default 3)")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes, 2-4 (default 4)")
     parser.add_argument("--kills", type=int, default=50, help="worker SIGKILLs during the soak (default 50)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the scenario mix, faults and kills (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="where soak.json and soak.md go (default bench/results/soak-<time>)")
     parser.add_argument("--plots", type=Path, default=ROOT / "docs", help="where the PNG plots go (default docs/)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one scenario may take (default 900)")
+    parser.add_argument("--ramp", type=float, default=None,
+                        help="spread the scenarios' starts over this many seconds, so the kills keep finding work "
+                             "(default: 0 below 20 kills, else half the kill window)")
+    parser.add_argument("--kill-gap", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="seconds between kills, drawn uniformly (default 2 4 from 20 kills on, else 3 6)")
     args = parser.parse_args(argv)
     if args.scenarios < 1:
         parser.error("--scenarios: must be at least 1")
@@ -442,9 +457,13 @@ async def soak(args: argparse.Namespace) -> int:
     try:
         client = await connect(load_settings({**os.environ, "SECFLOW_TASK_QUEUE": queue}))
         done = asyncio.Event()
-        gap = (1.0, 3.0) if args.kills >= 20 else (3.0, 6.0)
+        gap = tuple(args.kill_gap) if args.kill_gap else ((2.0, 4.0) if args.kills >= 20 else (3.0, 6.0))
+        ramp = args.ramp if args.ramp is not None else (0.0 if args.kills < 20 else args.kills * sum(gap) / 2 / 2)
+        record["ramp"], record["gap"] = ramp, gap
         killer = asyncio.create_task(chaos_loop(workers, server, args.kills, gap, rng, done, record))
-        results = await asyncio.gather(*(drive(client, queue, harness, sc, spec, args.timeout) for sc, spec, _ in built))
+        delays = [rng.uniform(0, ramp) if ramp else 0.0 for _ in built]
+        results = await asyncio.gather(*(drive(client, queue, harness, sc, spec, args.timeout, d)
+                                         for (sc, spec, _), d in zip(built, delays, strict=True)))
         done.set()
         await killer
         wall = time.monotonic() - wall0
@@ -464,6 +483,8 @@ async def soak(args: argparse.Namespace) -> int:
         "ladder_lists_supported": harness.lists_supported,
         "kills": record["kills"],
         "server_restart": record["server_restart"],
+        "ramp_seconds": round(record.get("ramp", 0.0), 1),
+        "kill_gap_seconds": list(record["gap"]),
         "worker_logs": [str(i.log.relative_to(out)) for i in workers.all],
         "scenarios": rows,
     }
