@@ -208,8 +208,11 @@ class Harness:
                 stage["kind"] = "sca"
                 tree = st.sca_tree(self.work, sc.sid, vulnerable_and_clean_pins())
                 options = {"batch_size": 2, **options}
-                truth = sorted([rec["id"], f"requirements.txt:{line}"]
-                               for line, (name, version) in enumerate(TEN_PINS, start=1) for rec in self.osv.matching(name, version))
+                truth = sorted(
+                    [rec["id"], f"requirements.txt:{line}"]
+                    for line, (name, version) in enumerate(TEN_PINS, start=1)
+                    for rec in self.osv.matching(name, version)
+                )
                 if kind.fault == "hang":
                     chaos = {"osv": [{"fault": "hang", "first_n": 2}]}
                 else:
@@ -218,7 +221,9 @@ class Harness:
                         fault_entry["status"] = 503
                     chaos = {"osv": [fault_entry]}
                     if kind.fault == "status":
-                        chaos["osv"].append({"fault": "status", "status": 429, "retry_after": 1, "probability": sc.probability / 2})
+                        chaos["osv"].append(
+                            {"fault": "status", "status": 429, "retry_after": 1, "probability": sc.probability / 2}
+                        )
             elif kind.tool == "detect_secrets":
                 stage["kind"] = "secrets"
                 tree = st.secrets_tree(self.work, sc.sid)
@@ -277,7 +282,9 @@ def _td(seconds: float) -> Any:
     return timedelta(seconds=seconds)
 
 
-async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, timeout: float, delay: float = 0.0) -> dict[str, Any]:
+async def drive(
+    client: Any, queue: str, harness: Harness, sc: Any, spec: Any, timeout: float, delay: float = 0.0
+) -> dict[str, Any]:
     from temporalio.client import WorkflowFailureError
 
     from secflow.launch import start_assessment
@@ -288,8 +295,9 @@ async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, t
     wid = f"soak-{sc.sid}-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
     began = time.time()
-    handle = await _retrying(lambda: start_assessment(client, spec, workflow_id=wid, task_queue=queue, requested_by="soak"),
-                             until=until)
+    handle = await _retrying(
+        lambda: start_assessment(client, spec, workflow_id=wid, task_queue=queue, requested_by="soak"), until=until
+    )
     human = sc.kind.human
     notes: list[str] = []
     sabotaged = ""
@@ -340,16 +348,30 @@ async def drive(client: Any, queue: str, harness: Harness, sc: Any, spec: Any, t
     finally:
         if sabotaged and os.path.isfile(sabotaged):
             os.remove(sabotaged)
-    return {"workflow_id": wid, "seconds": round(time.monotonic() - t0, 2), "began": began, "ended": time.time(), "notes": notes,
-            "workflow_failed": bool(workflow_failed), "failure": workflow_failed[-1][:300] if workflow_failed else "",
-            "status": status.model_dump(mode="json") if status else None}
+    return {
+        "workflow_id": wid,
+        "seconds": round(time.monotonic() - t0, 2),
+        "began": began,
+        "ended": time.time(),
+        "notes": notes,
+        "workflow_failed": bool(workflow_failed),
+        "failure": workflow_failed[-1][:300] if workflow_failed else "",
+        "status": status.model_dump(mode="json") if status else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------
 # chaos: kills and the server restart
 # ------------------------------------------------------------------------------------------
-async def chaos_loop(workers: Workers, server: Any, kills: int, gap: tuple[float, float], rng: random.Random,
-                     done: asyncio.Event, record: dict[str, Any]) -> None:
+async def chaos_loop(
+    workers: Workers,
+    server: Any,
+    kills: int,
+    gap: tuple[float, float],
+    rng: random.Random,
+    done: asyncio.Event,
+    record: dict[str, Any],
+) -> None:
     """SIGKILL a random worker every `gap` seconds (restarting it at once) until `kills`
     are done or the scenarios are; restart the dev server once, half-way, away from any
     kill (QUIET seconds either side), so a kill's detection time is not the restart's."""
@@ -388,14 +410,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="worker processes, 2-4 (default 4)")
     parser.add_argument("--kills", type=int, default=50, help="worker SIGKILLs during the soak (default 50)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the scenario mix, faults and kills (default 1)")
-    parser.add_argument("--out", type=Path, default=None, help="where soak.json and soak.md go (default bench/results/soak-<time>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where soak.json and soak.md go (default bench/results/soak-<time>)"
+    )
     parser.add_argument("--plots", type=Path, default=ROOT / "docs", help="where the PNG plots go (default docs/)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one scenario may take (default 900)")
-    parser.add_argument("--ramp", type=float, default=None,
-                        help="spread the scenarios' starts over this many seconds, so the kills keep finding work "
-                             "(default: 0 below 20 kills, else half the kill window)")
-    parser.add_argument("--kill-gap", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                        help="seconds between kills, drawn uniformly (default 2 4 from 20 kills on, else 3 6)")
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=None,
+        help="spread the scenarios' starts over this many seconds, so the kills keep finding work "
+        "(default: 0 below 20 kills, else half the kill window)",
+    )
+    parser.add_argument(
+        "--kill-gap",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="seconds between kills, drawn uniformly (default 2 4 from 20 kills on, else 3 6)",
+    )
     args = parser.parse_args(argv)
     if args.scenarios < 1:
         parser.error("--scenarios: must be at least 1")
@@ -462,8 +496,9 @@ async def soak(args: argparse.Namespace) -> int:
         record["ramp"], record["gap"] = ramp, gap
         killer = asyncio.create_task(chaos_loop(workers, server, args.kills, gap, rng, done, record))
         delays = [rng.uniform(0, ramp) if ramp else 0.0 for _ in built]
-        results = await asyncio.gather(*(drive(client, queue, harness, sc, spec, args.timeout, d)
-                                         for (sc, spec, _), d in zip(built, delays, strict=True)))
+        results = await asyncio.gather(
+            *(drive(client, queue, harness, sc, spec, args.timeout, d) for (sc, spec, _), d in zip(built, delays, strict=True))
+        )
         done.set()
         await killer
         wall = time.monotonic() - wall0

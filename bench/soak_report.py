@@ -69,8 +69,9 @@ def findings_check(truth: list[list[str]], stored: list[tuple[str, str]]) -> tup
     return lost, dup
 
 
-def judge_scenario(row: dict[str, Any], stored: list[tuple[str, str]], categories: set[str], dead_letters: list[Any],
-                   lost_attempts: int = 0) -> dict[str, Any]:
+def judge_scenario(
+    row: dict[str, Any], stored: list[tuple[str, str]], categories: set[str], dead_letters: list[Any], lost_attempts: int = 0
+) -> dict[str, Any]:
     exp = row["expect"]
     status = row.get("status")
     problems: list[str] = list(row.get("notes", []))
@@ -114,17 +115,31 @@ def judge_scenario(row: dict[str, Any], stored: list[tuple[str, str]], categorie
     if problems:
         cause = "fault handling"
         if (stage.get("error") or {}).get("message", "").startswith("no heartbeat") or "exceeded the stage timeout" in (
-                (status or {}).get("reason", "")):
+            (status or {}).get("reason", "")
+        ):
             cause = "attempts lost to worker kills"
         elif not status:
             cause = "no final status"
     return {
-        "sid": row["sid"], "kind": row["kind"], "tool": row["tool"], "probability": row["probability"],
-        "cause": cause, "lost_attempts": lost_attempts, "excused": notes_excused,
-        "workflow_id": row["workflow_id"], "outcome": outcome, "stage_state": stage.get("state"),
-        "categories": sorted(categories), "rungs": sorted(rungs), "lost": lost, "duplicated": dup,
-        "unexpected_findings": unexpected if exp["findings"] else [], "expected_findings": len(row["truth"]),
-        "as_expected": not problems, "problems": problems, "seconds": row.get("seconds"),
+        "sid": row["sid"],
+        "kind": row["kind"],
+        "tool": row["tool"],
+        "probability": row["probability"],
+        "cause": cause,
+        "lost_attempts": lost_attempts,
+        "excused": notes_excused,
+        "workflow_id": row["workflow_id"],
+        "outcome": outcome,
+        "stage_state": stage.get("state"),
+        "categories": sorted(categories),
+        "rungs": sorted(rungs),
+        "lost": lost,
+        "duplicated": dup,
+        "unexpected_findings": unexpected if exp["findings"] else [],
+        "expected_findings": len(row["truth"]),
+        "as_expected": not problems,
+        "problems": problems,
+        "seconds": row.get("seconds"),
         "human": row.get("human", ""),
     }
 
@@ -132,8 +147,12 @@ def judge_scenario(row: dict[str, Any], stored: list[tuple[str, str]], categorie
 # ------------------------------------------------------------------------------------------
 # worker logs: crash detection time and lost work
 # ------------------------------------------------------------------------------------------
-END_EVENTS = {"tool attempt succeeded", "tool attempt failed", "tool attempt cancelled",
-              "worker shutting down; handing the attempt back"}
+END_EVENTS = {
+    "tool attempt succeeded",
+    "tool attempt failed",
+    "tool attempt cancelled",
+    "worker shutting down; handing the attempt back",
+}
 
 
 def _ts(text: str) -> float:
@@ -148,7 +167,7 @@ def read_attempts(out: Path, logs: list[str]) -> dict[str, list[dict[str, Any]]]
         path = out / name
         if path.exists():
             for line in path.read_text(errors="replace").splitlines():
-                if not line.startswith("{") or "tool attempt" not in line and "handing the attempt back" not in line:
+                if not line.startswith("{") or ("tool attempt" not in line and "handing the attempt back" not in line):
                     continue
                 try:
                     doc = json.loads(line)
@@ -157,8 +176,16 @@ def read_attempts(out: Path, logs: list[str]) -> dict[str, list[dict[str, Any]]]
                 if "timestamp" not in doc or "attempt" not in doc:
                     continue
                 key = (doc.get("workflow_id"), doc.get("stage"), doc.get("target"))
-                rows.append({"event": doc.get("event"), "t": _ts(doc["timestamp"]), "key": key, "attempt": int(doc["attempt"]),
-                             "resumed": doc.get("resumed"), "tool": doc.get("tool", "")})
+                rows.append(
+                    {
+                        "event": doc.get("event"),
+                        "t": _ts(doc["timestamp"]),
+                        "key": key,
+                        "attempt": int(doc["attempt"]),
+                        "resumed": doc.get("resumed"),
+                        "tool": doc.get("tool", ""),
+                    }
+                )
         per_log[Path(name).name] = rows
     return per_log
 
@@ -221,8 +248,13 @@ def crash_figures(run: dict[str, Any], out: Path) -> dict[str, Any]:
         "detection_p99": _pct(detections, 99),
         "detection_max": round(max(detections), 3) if detections else None,
         "lost_work_per_tool": {
-            tool: {"crashes": len(v), "p50_s": _pct(v, 50), "max_s": round(max(v), 2), "resumed_from_checkpoint": resumed[tool],
-                   "clean_run_p50_s": _pct(bases[tool], 50)}
+            tool: {
+                "crashes": len(v),
+                "p50_s": _pct(v, 50),
+                "max_s": round(max(v), 2),
+                "resumed_from_checkpoint": resumed[tool],
+                "clean_run_p50_s": _pct(bases[tool], 50),
+            }
             for tool, v in sorted(lost_work.items())
         },
     }
@@ -246,7 +278,9 @@ def judge_run(out: Path) -> dict[str, Any]:
     store = store_for(out)
     judged = []
     ledger_total = ledger_with_outcome = 0
-    per_p: dict[float, dict[str, int]] = {p: {"scenarios": 0, "recovered": 0, "errors": 0, "errors_recovered": 0} for p in PROBABILITIES}
+    per_p: dict[float, dict[str, int]] = {
+        p: {"scenarios": 0, "recovered": 0, "errors": 0, "errors_recovered": 0} for p in PROBABILITIES
+    }
     for row in run["scenarios"]:
         wid = row["workflow_id"]
         stored = [(f.rule_id, f.location) for f in store.list_findings(wid)]
@@ -274,8 +308,10 @@ def judge_run(out: Path) -> dict[str, Any]:
             b["errors_recovered"] += sum(1 for e in events if e.outcome == "recovered")
     crash = crash_figures(run, out)
     n = len(judged)
-    edges = sorted([(row["began"], 1) for row in run["scenarios"] if row.get("began")]
-                   + [(row["ended"], -1) for row in run["scenarios"] if row.get("ended")])
+    edges = sorted(
+        [(row["began"], 1) for row in run["scenarios"] if row.get("began")]
+        + [(row["ended"], -1) for row in run["scenarios"] if row.get("ended")]
+    )
     in_flight = peak = 0
     for _, step in edges:
         in_flight += step
@@ -284,8 +320,11 @@ def judge_run(out: Path) -> dict[str, Any]:
     lost = sum(len(j["lost"]) for j in judged)
     dup = sum(len(j["duplicated"]) for j in judged)
     recovery = {
-        str(p): {**b, "scenario_rate": round(b["recovered"] / b["scenarios"], 3) if b["scenarios"] else None,
-                 "error_rate": round(b["errors_recovered"] / b["errors"], 3) if b["errors"] else None}
+        str(p): {
+            **b,
+            "scenario_rate": round(b["recovered"] / b["scenarios"], 3) if b["scenarios"] else None,
+            "error_rate": round(b["errors_recovered"] / b["errors"], 3) if b["errors"] else None,
+        }
         for p, b in per_p.items()
     }
     logged = round(ledger_with_outcome / ledger_total, 3) if ledger_total else None
@@ -298,17 +337,30 @@ def judge_run(out: Path) -> dict[str, Any]:
         "kills_done": crash["kills"] >= run["args"]["kills"],
     }
     return {
-        "command": run["command"], "args": run["args"], "started_at": run["started_at"], "wall_seconds": run["wall_seconds"],
-        "cores": run["cores"], "ladder_lists_supported": run["ladder_lists_supported"],
-        "server_restart": run["server_restart"], "ramp_seconds": run.get("ramp_seconds"),
-        "kill_gap_seconds": run.get("kill_gap_seconds"), "peak_concurrent_scenarios": peak,
-        "scenarios": n, "as_expected": ok, "as_expected_rate": round(ok / n, 3) if n else None,
-        "findings_expected": sum(j["expected_findings"] for j in judged), "findings_lost": lost, "findings_duplicated": dup,
+        "command": run["command"],
+        "args": run["args"],
+        "started_at": run["started_at"],
+        "wall_seconds": run["wall_seconds"],
+        "cores": run["cores"],
+        "ladder_lists_supported": run["ladder_lists_supported"],
+        "server_restart": run["server_restart"],
+        "ramp_seconds": run.get("ramp_seconds"),
+        "kill_gap_seconds": run.get("kill_gap_seconds"),
+        "peak_concurrent_scenarios": peak,
+        "scenarios": n,
+        "as_expected": ok,
+        "as_expected_rate": round(ok / n, 3) if n else None,
+        "findings_expected": sum(j["expected_findings"] for j in judged),
+        "findings_lost": lost,
+        "findings_duplicated": dup,
         "recovery_by_probability": recovery,
         "crash": crash,
-        "ledger_events": ledger_total, "ledger_events_with_outcome": ledger_with_outcome, "recovery_actions_logged": logged,
+        "ledger_events": ledger_total,
+        "ledger_events_with_outcome": ledger_with_outcome,
+        "recovery_actions_logged": logged,
         "by_kind": _by_kind(judged),
-        "goals": goals, "goals_met": all(goals.values()),
+        "goals": goals,
+        "goals_met": all(goals.values()),
         "failures": [j for j in judged if not j["as_expected"]],
         "results": judged,
     }
@@ -352,12 +404,21 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for p, b in r["recovery_by_probability"].items():
-        lines.append(f"| {p} | {b['scenarios']} | {b['recovered']} ({_pc(b['scenario_rate'])}) | {b['errors']} | "
-                     f"{b['errors_recovered']} ({_pc(b['error_rate'])}) |")
-    lines += ["", "Lost work per crash per tool (time spent on the target beyond a clean run, minus the detection wait):", "",
-              "| tool | crashes measured | p50 | max | resumed from a checkpoint | clean run p50 |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {p} | {b['scenarios']} | {b['recovered']} ({_pc(b['scenario_rate'])}) | {b['errors']} | "
+            f"{b['errors_recovered']} ({_pc(b['error_rate'])}) |"
+        )
+    lines += [
+        "",
+        "Lost work per crash per tool (time spent on the target beyond a clean run, minus the detection wait):",
+        "",
+        "| tool | crashes measured | p50 | max | resumed from a checkpoint | clean run p50 |",
+        "|---|---|---|---|---|---|",
+    ]
     for tool, w in c["lost_work_per_tool"].items():
-        lines.append(f"| {tool} | {w['crashes']} | {w['p50_s']} s | {w['max_s']} s | {w['resumed_from_checkpoint']} | {w['clean_run_p50_s']} s |")
+        lines.append(
+            f"| {tool} | {w['crashes']} | {w['p50_s']} s | {w['max_s']} s | {w['resumed_from_checkpoint']} | {w['clean_run_p50_s']} s |"
+        )
     causes = Counter(f["cause"] for f in r["failures"])
     if causes:
         lines += ["", "Why scenarios did not end as expected: " + ", ".join(f"{k} {v}" for k, v in causes.most_common()) + "."]
@@ -367,9 +428,11 @@ def markdown(r: dict[str, Any]) -> str:
     if r["failures"]:
         lines += ["", "Scenarios not ending as expected:", ""]
         for f in r["failures"]:
-            lines.append(f"- `{f['sid']}` ({f['workflow_id']}; {f['cause']}; {f['lost_attempts']} attempt(s) lost to kills): "
-                         f"outcome {f['outcome']}, stage {f['stage_state']}, categories {f['categories']}, rungs {f['rungs']}: "
-                         + "; ".join(f["problems"]))
+            lines.append(
+                f"- `{f['sid']}` ({f['workflow_id']}; {f['cause']}; {f['lost_attempts']} attempt(s) lost to kills): "
+                f"outcome {f['outcome']}, stage {f['stage_state']}, categories {f['categories']}, rungs {f['rungs']}: "
+                + "; ".join(f["problems"])
+            )
     lines += ["", "Goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["goals"].items())]
     return "\n".join(lines) + "\n"
 

@@ -96,7 +96,7 @@ class FaultyWeb:
             server_version = "soak-target"  # no version: a disclosure would be a finding
             sys_version = ""
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            def do_GET(self) -> None:
                 web._serve(self, sid)
 
             def log_message(self, *args: object) -> None:
