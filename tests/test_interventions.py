@@ -257,6 +257,29 @@ async def test_temporal_cancel_compensates_and_ends_cancelled(client: Client, wo
     assert all(lock.holder != handle.id for lock in open_store().list_locks())
 
 
+async def test_a_completed_run_whose_cleanup_fails_does_not_say_completed(client: Client, worker: str, server: DevServer) -> None:
+    """The scan finished, then removing its workspace failed for real: the run ends Failed
+    for a human, and the status it carries says so (it used to say `completed`)."""
+    target = ScriptedServer([Reply(200, GOOD_HEADERS)])
+    try:
+        handle = await start(client, gated_spec(target.url), worker)
+        waiting = await wait_for(handle, lambda s: s.awaiting == ["headers"])
+        workspace = waiting.workspace
+        os.rmdir(workspace)
+        with open(workspace, "w") as sabotage:
+            sabotage.write("not a directory")
+        signal(server, handle.id, "approve", {"stage": "headers", "by": "ivan"})
+        status = await final_status(handle)
+    finally:
+        target.close()
+        if os.path.isfile(workspace):
+            os.remove(workspace)
+    assert status.stages["headers"].state == "succeeded"
+    assert {c.name: c.state for c in status.compensations}["remove workspace"] == "failed"
+    assert status.outcome == "completed_with_errors", status.outcome
+    assert "remove workspace" in status.reason and "manual cleanup" in status.reason, status.reason
+
+
 async def test_failed_compensation_is_recorded_and_raised_for_a_human(client: Client, worker: str, server: DevServer) -> None:
     """Someone replaced the workspace directory with a file: removing it fails for real."""
     target = ScriptedServer([Reply(200, GOOD_HEADERS)])

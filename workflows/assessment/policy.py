@@ -249,3 +249,9 @@ def stages_to_rerun(stages: Iterable[Stage], states: Mapping[str, str], stage_id
 def timeout_answer(on_wait_timeout: str) -> str:
     """The answer a wait's deadline gives on the stage's behalf."""
     return {"approve": "approve", "reject": "reject", "skip": "skip", "fail": "fail"}[on_wait_timeout]
+
+
+def outcome_after_failed_cleanup(outcome: AssessmentOutcome) -> AssessmentOutcome:
+    """A compensation that failed leaves work for a human, so a run that would have been
+    `completed` is `completed_with_errors`; a worse outcome stays as it is."""
+    return "completed_with_errors" if outcome == "completed" else outcome

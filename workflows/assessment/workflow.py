@@ -253,6 +253,11 @@ class AssessmentWorkflow(AssessmentAPI):
         if self._saga.failed_steps:
             self._desk.compensations_failed(self._saga.failed_steps)
             await self._desk.drain()
+            # The run ends Failed (below): its status must not say `completed`. The scan's
+            # results stand, the cleanup needs a human, so at best completed_with_errors.
+            outcome = policy.outcome_after_failed_cleanup(outcome)
+            if not self._status.reason:
+                self._status.reason = f"compensation {self._saga.failed[0].name!r} failed and needs manual cleanup"
         await self._gate.drain()  # decisions seen until now reach the audit trail
         self._status.outcome = outcome
         self._status.finished_at = workflow.now()
