@@ -42,7 +42,6 @@ from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
-from secflow.logging import get_logger
 from secflow.settings import Settings, ensure_private_dir
 
 FORMAT = "secflow-codec-keys/1"
@@ -55,7 +54,6 @@ CIPHER = b"AES-256-GCM"
 _NONCE_BYTES = 12
 _KEY_BYTES = 32
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_log = get_logger(component="codec")
 
 
 class KeyRingError(ValueError):
@@ -207,7 +205,11 @@ def keyring_for(settings: Settings) -> KeyRing | None:
     with contextlib.suppress(OSError):
         mode = stat.S_IMODE(settings.codec_keys_file.stat().st_mode)
         if mode & 0o077:
-            _log.warning(
+            # Imported here: structlog (and the rich it pulls in) would cost every short
+            # starter command ~60 ms, and only this rare warning needs it.
+            from secflow.logging import get_logger
+
+            get_logger(component="codec").warning(
                 "codec key ring is readable by other users: chmod 600 it",
                 file=str(settings.codec_keys_file),
                 mode=f"{mode:04o}",
