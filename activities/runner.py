@@ -40,7 +40,7 @@ from secflow.scope import Address, Scope
 from secflow.spec import Spec
 from secflow.store import ErrorEvent, FindingsStore, open_store
 
-HEARTBEAT_EVERY = 1.0  # seconds; the workflow's heartbeat timeout is 4 s
+HEARTBEAT_EVERY = 1.0  # seconds; the workflow's heartbeat timeouts: 4 s for tools, 5 s for bookkeeping
 
 
 @dataclass
