@@ -40,7 +40,7 @@ from secflow.scope import Address, Scope
 from secflow.spec import Spec
 from secflow.store import ErrorEvent, FindingsStore, open_store
 
-HEARTBEAT_EVERY = 1.0  # seconds; the workflow's heartbeat timeout is 4 s
+HEARTBEAT_EVERY = 1.0  # seconds; the workflow's heartbeat timeouts: 4 s for tools, 5 s for bookkeeping
 
 
 @dataclass
@@ -306,6 +306,13 @@ async def _keep_heartbeating(ctx: ToolContext) -> None:
         activity.heartbeat(ctx.heartbeat_payload)
 
 
+async def _keep_alive() -> None:
+    # Sleep first, as the tool runner does: most bookkeeping ends within a second.
+    while True:
+        await asyncio.sleep(HEARTBEAT_EVERY)
+        activity.heartbeat()
+
+
 def _last_checkpoint(details: Any) -> dict[str, Any] | None:
     if details and isinstance(details[0], dict) and details[0]:
         return details[0]
@@ -324,11 +331,17 @@ def classified(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
 
     They carry no retry plan of their own (the workflow's policy decides when), but the
     category still decides whether Temporal retries at all.
+
+    While the activity runs it heartbeats in the background (every `HEARTBEAT_EVERY`, no
+    details), so with the heartbeat timeout the workflow sets (workflows/assessment/calls.py)
+    a killed worker is noticed in seconds, not at the start-to-close timeout. An activity
+    that heartbeats progress itself still may; nothing resumes from these details.
     """
     import functools
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        keepalive = asyncio.create_task(_keep_alive())
         try:
             result = await fn(*args, **kwargs)
         except asyncio.CancelledError:
@@ -362,6 +375,8 @@ def classified(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
             if error is exc:
                 raise
             raise error from exc
+        finally:
+            keepalive.cancel()
         info = activity.info()
         if info.attempt > 1:  # Temporal's retry recovered the earlier attempts' failures
             earlier = [_classified_event_id(info, n) for n in range(1, info.attempt)]

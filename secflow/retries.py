@@ -124,6 +124,18 @@ STORE_PLAN = RetryPlan(
     max_interval=timedelta(seconds=10),
 )
 
+# Bookkeeping on the filesystem (workspace, scan locks, final reports): the FILESYSTEM
+# class's quick retries with as many attempts as the store's, so worker kills alone (each
+# one a lost attempt) do not fail an assessment. Errors a retry cannot fix are
+# non-retryable by category and stop at the first attempt whatever this says.
+BOOKKEEPING_FILESYSTEM_PLAN = RetryPlan(
+    max_attempts=STORE_PLAN.max_attempts,
+    backoff=Backoff.IMMEDIATE,
+    initial_interval=timedelta(milliseconds=100),
+    backoff_coefficient=1.0,
+    max_interval=timedelta(milliseconds=100),
+)
+
 # The incident workflow's calls: planning its alerts (a routing-file read) and sending one
 # alert on one channel (each alert activity already retries HTTP inside its attempt).
 INCIDENT_PLANNING_PLAN = RetryPlan(

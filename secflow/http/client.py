@@ -2,7 +2,8 @@
 
 The transport stack, outermost first:
 
-    breaker gate -> rate limiter -> retry -> circuit breaker -> chaos (only with SECFLOW_CHAOS=1) -> httpx
+    breaker gate -> rate limiter -> retry -> circuit breaker -> body check (JSON APIs) -> deadline
+        -> chaos (only with SECFLOW_CHAOS=1) -> httpx
 
 so a request is refused at once while the dependency's breaker is open (the gate: no
 token spent, no queueing behind the rate limiter; or, for a dependency with
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import httpx
 
+from secflow.http.bodies import BodyCheckTransport
 from secflow.http.breaker import BreakerGateTransport, CircuitBreakerTransport, breaker_for, reset_breakers
 from secflow.http.chaos import ChaosTransport, SpecChaos, chaos_enabled, load_chaos_config, reset_chaos
 from secflow.http.deadline import DeadlineTransport
@@ -65,6 +67,10 @@ def build_transport(
     # attempt's body too, which a caller reads after the stack has returned.
     transport = DeadlineTransport(transport, deadline)
     limiter = limiter_for(dependency, settings)
+    if settings.json_bodies:
+        # Below the breaker: a cut-short or unparsable body is a failed call it counts,
+        # and an error the retry transport resends like a 503.
+        transport = BodyCheckTransport(transport)
     breaker = breaker_for(dependency, settings)
     transport = CircuitBreakerTransport(transport, breaker)
     transport = RetryTransport(transport, settings, dependency=dependency, deadline=deadline, limiter=limiter)

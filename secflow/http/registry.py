@@ -67,6 +67,11 @@ class DependencySettings(BaseModel):
     # connection, 429/503) unless the API documents them as idempotent (OSV querybatch).
     retry_unsafe_methods: bool = False
 
+    # The API answers JSON: a 2xx body cut short or not parsing is the dependency's
+    # transient fault, retried inside the attempt and counted by the breaker like a 5xx
+    # (`secflow.http.bodies`). Off for APIs whose bodies are not JSON documents.
+    json_bodies: bool = False
+
     # Total time one request may take, retries and waits included (the per-phase
     # connect/read/write/pool timeouts still apply to every attempt).
     deadline: float = Field(60.0, gt=0)
@@ -100,8 +105,8 @@ DEFAULTS = DependencySettings()
 # sent again at no risk, so each gets enough tries to ride through a dependency failing a
 # third of its requests at random (8 tries all failing at 30 %: 0.3^8, under 1 in 10,000)
 # and waits out an open breaker inside its attempt. Retries take rate tokens and stay
-# within `deadline`.
-_RIDE_THROUGH: dict[str, Any] = {"retry_attempts": 8, "wait_for_half_open": True}
+# within `deadline`. All four answer JSON: a truncated or unparsable body is retried too.
+_RIDE_THROUGH: dict[str, Any] = {"retry_attempts": 8, "wait_for_half_open": True, "json_bodies": True}
 
 _REGISTRY: dict[str, DependencySettings] = {
     # OSV: GETs, and querybatch, a POST that only reads (documented as safe to repeat).

@@ -3,7 +3,9 @@
 Every re-attempt first takes a token from the dependency's rate limiter (NVD counts
 retries too), within the deadline. Retried: connect/read/write errors, timeouts, a dropped connection, and the answers
 408, 425, 429 and 5xx except 501 (Not Implemented) and 505 (HTTP Version Not Supported),
-which will not change on a second try. Never retried: any other 4xx (the same request gets
+which will not change on a second try. Also retried, for the JSON APIs (`json_bodies`): a 2xx body
+cut short or not parsing (`secflow.http.bodies`); out of attempts, the last such answer goes
+to the caller's parser. Never retried: any other 4xx (the same request gets
 the same answer). POST and PATCH are retried only when the server surely did not act on
 them (no connection; 429 or 503) unless the dependency says they are idempotent. The delay is `secflow.retries.next_delay`'s: full jitter, and a
 ``Retry-After`` (seconds or HTTP-date) wins. Attempts are bounded by the dependency's
@@ -27,6 +29,7 @@ from datetime import timedelta
 import httpx
 
 from secflow.errors import parse_retry_after
+from secflow.http.bodies import MalformedBodyError
 from secflow.http.ratelimit import Limiter
 from secflow.http.registry import DependencySettings
 from secflow.http_statuses import STATUS_RULES, is_resent_status
@@ -107,6 +110,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 response = await self.inner.handle_async_request(request)
             except _RETRYABLE_ERRORS as exc:
                 if not safe and not isinstance(exc, _NOT_SENT_ERRORS):
+                    if isinstance(exc, MalformedBodyError):
+                        return exc.response  # the caller's parser classifies it, as before
                     raise
                 outcome: str = type(exc).__name__
                 error: BaseException | None = exc
@@ -126,6 +131,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
             if delay is None or delay.total_seconds() >= remaining:
                 # Out of attempts, or the wait would outlive the deadline: hand the last
                 # outcome to the caller (its classification carries any Retry-After).
+                if isinstance(error, MalformedBodyError):
+                    # Still malformed after every retry: the caller's parser sees the body
+                    # and raises its classified error, as it would have without retries.
+                    return error.response
                 if error is not None:
                     raise error
                 return response  # type: ignore[return-value]

@@ -51,19 +51,28 @@ with workflow.unsafe.imports_passed_through():
     )
     from secflow.recovery import RecoveryValidationRequest, RecoveryValidationResult, RungSettlement
     from secflow.reports.final import FinalReportsRequest, FinalReportsResult
-    from secflow.retries import STORE_PLAN, RetryPlan, plan_for, to_retry_policy
+    from secflow.retries import BOOKKEEPING_FILESYSTEM_PLAN, STORE_PLAN, RetryPlan, plan_for, to_retry_policy
     from secflow.tools import RetryClass
 
 # A killed worker stops heartbeating; Temporal notices after this long and retries the
 # attempt elsewhere. Activities heartbeat every second, so 4 s tolerates hiccups while
 # keeping detection under the 5 s the product promises.
 HEARTBEAT_TIMEOUT = timedelta(seconds=4)
+# The bookkeeping activities (`@classified`: workspace, locks, batches, finalize, reports,
+# validation, audit ...) heartbeat in the background too (activities/runner.py), so a worker
+# killed during one is noticed after this long, not after the 1- or 10-minute
+# start-to-close timeout. A little looser than the tools': a busy store may stall the
+# event loop for a moment, and a false timeout here only costs a rerun of idempotent work.
+BOOKKEEPING_HEARTBEAT = timedelta(seconds=5)
 SHORT = timedelta(minutes=1)
 LONG = timedelta(minutes=10)  # parking thousands of dead letters, finalizing a large run
 
 _STORE = to_retry_policy(STORE_PLAN)
-_FILESYSTEM = to_retry_policy(plan_for(RetryClass.FILESYSTEM))
-_LOCKS = to_retry_policy(plan_for(RetryClass.FILESYSTEM, max_attempts=5))
+# Bookkeeping on the filesystem: the FILESYSTEM class's quick retries, but enough attempts
+# that a few worker kills (each a lost attempt, noticed by the heartbeat timeout) cannot
+# fail the assessment; errors a retry will not fix are non-retryable by category anyway.
+_FILESYSTEM = to_retry_policy(BOOKKEEPING_FILESYSTEM_PLAN)
+_LOCKS = to_retry_policy(BOOKKEEPING_FILESYSTEM_PLAN)
 _TEMPORAL = to_retry_policy(plan_for(RetryClass.HTTP_API))
 
 INCIDENT_PLAN = plan_for(RetryClass.HTTP_API)
@@ -71,28 +80,42 @@ INCIDENT_PLAN = plan_for(RetryClass.HTTP_API)
 
 async def describe(spec_ref: str) -> SpecSummary:
     return await workflow.execute_activity(
-        describe_spec, SpecRef(spec_ref=spec_ref), start_to_close_timeout=SHORT, retry_policy=_STORE
+        describe_spec,
+        SpecRef(spec_ref=spec_ref),
+        start_to_close_timeout=SHORT,
+        heartbeat_timeout=BOOKKEEPING_HEARTBEAT,
+        retry_policy=_STORE,
     )
 
 
 async def make_workspace(req: WorkspaceRequest) -> WorkspaceInfo:
-    return await workflow.execute_activity(create_workspace, req, start_to_close_timeout=SHORT, retry_policy=_FILESYSTEM)
+    return await workflow.execute_activity(
+        create_workspace, req, start_to_close_timeout=SHORT, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_FILESYSTEM
+    )
 
 
 async def lock_batch(req: BulkLockRequest) -> BulkLockOutcome:
-    return await workflow.execute_activity(acquire_scan_locks, req, start_to_close_timeout=SHORT, retry_policy=_LOCKS)
+    return await workflow.execute_activity(
+        acquire_scan_locks, req, start_to_close_timeout=SHORT, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_LOCKS
+    )
 
 
 async def target_batch(req: TargetBatchRequest) -> TargetBatch:
-    return await workflow.execute_activity(load_target_batch, req, start_to_close_timeout=SHORT, retry_policy=_STORE)
+    return await workflow.execute_activity(
+        load_target_batch, req, start_to_close_timeout=SHORT, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_STORE
+    )
 
 
 async def record_results(req: TargetResults) -> int:
-    return await workflow.execute_activity(record_target_results, req, start_to_close_timeout=SHORT, retry_policy=_STORE)
+    return await workflow.execute_activity(
+        record_target_results, req, start_to_close_timeout=SHORT, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_STORE
+    )
 
 
 async def count_targets(req: StageRef) -> dict[str, int]:
-    return await workflow.execute_activity(count_stage_targets, req, start_to_close_timeout=SHORT, retry_policy=_STORE)
+    return await workflow.execute_activity(
+        count_stage_targets, req, start_to_close_timeout=SHORT, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_STORE
+    )
 
 
 async def park_failures(req: ParkStageFailures) -> ParkResult:
@@ -101,17 +124,21 @@ async def park_failures(req: ParkStageFailures) -> ParkResult:
         req,
         summary=f"dead-letter stage {req.stage_id} ({req.reason})",
         start_to_close_timeout=LONG,
-        heartbeat_timeout=timedelta(seconds=30),
+        heartbeat_timeout=BOOKKEEPING_HEARTBEAT,
         retry_policy=_STORE,
     )
 
 
 async def park_one(entry: DeadLetterInput) -> DeadLetterResult:
-    return await workflow.execute_activity(park_dead_letter, entry, start_to_close_timeout=SHORT, retry_policy=_STORE)
+    return await workflow.execute_activity(
+        park_dead_letter, entry, start_to_close_timeout=SHORT, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_STORE
+    )
 
 
 async def audit_decision(entry: DecisionRecord) -> DecisionRecorded:
-    return await workflow.execute_activity(record_decision, entry, start_to_close_timeout=SHORT, retry_policy=_STORE)
+    return await workflow.execute_activity(
+        record_decision, entry, start_to_close_timeout=SHORT, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_STORE
+    )
 
 
 async def choose_plan(req: AdaptiveRequest) -> AdaptiveChoice:
@@ -120,6 +147,7 @@ async def choose_plan(req: AdaptiveRequest) -> AdaptiveChoice:
         req,
         summary=f"retry plan for {req.stage_id} ({req.tool}) from the recovery record",
         start_to_close_timeout=SHORT,
+        heartbeat_timeout=BOOKKEEPING_HEARTBEAT,
         retry_policy=_STORE,
     )
 
@@ -130,17 +158,22 @@ async def start_incident(req: OpenIncidentRequest) -> OpenIncidentResult:
         open_incident,
         req,
         start_to_close_timeout=SHORT,
+        heartbeat_timeout=BOOKKEEPING_HEARTBEAT,
         retry_policy=to_retry_policy(INCIDENT_PLAN),
         summary=f"{ref.severity.value} incident: {ref.reason}" + (f" in stage {ref.stage_id}" if ref.stage_id else ""),
     )
 
 
 async def finalize(req: FinalizeRequest) -> FindingCounts:
-    return await workflow.execute_activity(finalize_assessment, req, start_to_close_timeout=LONG, retry_policy=_STORE)
+    return await workflow.execute_activity(
+        finalize_assessment, req, start_to_close_timeout=LONG, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_STORE
+    )
 
 
 async def final_reports(req: FinalReportsRequest) -> FinalReportsResult:
-    return await workflow.execute_activity(render_final_reports, req, start_to_close_timeout=LONG, retry_policy=_FILESYSTEM)
+    return await workflow.execute_activity(
+        render_final_reports, req, start_to_close_timeout=LONG, heartbeat_timeout=BOOKKEEPING_HEARTBEAT, retry_policy=_FILESYSTEM
+    )
 
 
 async def settle_rung(req: RungSettlement) -> int:
@@ -149,6 +182,7 @@ async def settle_rung(req: RungSettlement) -> int:
         req,
         summary=f"ladder: stage {req.stage_id} {req.rung}: {req.outcome}",
         start_to_close_timeout=SHORT,
+        heartbeat_timeout=BOOKKEEPING_HEARTBEAT,
         retry_policy=_STORE,
     )
 
@@ -159,6 +193,7 @@ async def validate(req: RecoveryValidationRequest) -> RecoveryValidationResult:
         req,
         summary=f"validate stage {req.stage_id} after {req.after}",
         start_to_close_timeout=SHORT,
+        heartbeat_timeout=BOOKKEEPING_HEARTBEAT,
         retry_policy=_STORE,
     )
 
