@@ -25,6 +25,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.failures import error_from_activity
 
 COMPENSATION_TIMEOUT = timedelta(minutes=2)
+# Compensation activities are @classified, which heartbeats every second: a worker killed
+# mid-undo is noticed in seconds, not after COMPENSATION_TIMEOUT.
+COMPENSATION_HEARTBEAT = timedelta(seconds=5)
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Compensations:
                     step.activity,
                     step.arg,
                     start_to_close_timeout=COMPENSATION_TIMEOUT,
+                    heartbeat_timeout=COMPENSATION_HEARTBEAT,
                     retry_policy=to_retry_policy(COMPENSATION_PLAN),
                 )
             except ActivityError as err:
