@@ -183,6 +183,8 @@ KINDS: tuple[Kind, ...] = (
         _e(
             "failed",
             "succeeded",
+            # the failed compensation itself is an error event (permanent: not a directory)
+            categories_allowed={"transient", "permanent"},
             rungs_required={"await_approval", "compensation_failed"},
             rungs_allowed={"retry", "await_approval", "compensation_failed", "dead_letter"},
         ),

@@ -244,12 +244,19 @@ class OpenPorts:
 _WRAPPER = '''#!{python}
 """Soak wrapper around {real}: faults come from the sidecar <target>.soak.json."""
 import json, os, random, signal, sys, time
-target = os.path.abspath(sys.argv[-1]).rstrip("/")
-try:
-    with open(target + ".soak.json") as f:
-        plan = json.load(f)
-except OSError:
-    plan = {{}}
+# The scanners take the tree, or (checkpointed batches) files inside it: the plan is the
+# sidecar of the nearest ancestor that has one.
+args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[-1:]
+target, plan = os.path.abspath(sys.argv[-1]).rstrip("/"), {{}}
+for arg in args:
+    p = os.path.abspath(arg).rstrip("/")
+    while p and p != "/" and not os.path.exists(p + ".soak.json"):
+        p = os.path.dirname(p)
+    if p and p != "/":
+        target = p
+        with open(p + ".soak.json") as f:
+            plan = json.load(f)
+        break
 counter = target + ".soak.count"
 fd = os.open(counter, os.O_RDWR | os.O_CREAT, 0o600)
 n = len(os.read(fd, 1 << 16))
