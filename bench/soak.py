@@ -150,6 +150,7 @@ class Harness:
         self.ports: list[Any] = []
         self.lists_supported = lists_supported
         self.nominal: dict[str, float] = {}
+        self.trees: dict[str, Path] = {}  # a scanner scenario's tree (its wrapper's sidecar)
         self._addresses = iter(f"127.0.{a}.{b}" for a in range(10, 250) for b in range(2, 250))
 
     def close(self) -> None:
@@ -232,6 +233,9 @@ class Harness:
                 stage["kind"] = "sast"
                 tree = st.bandit_tree(self.work, sc.sid)
                 truth = [list(t) for t in st.BANDIT_TRUTH]
+            self.trees[sc.sid] = tree
+            if kind.fault == "missing_both":  # semgrep's binary is missing, and its fallback bandit too
+                st.plan_tool_fault(tree, mode="missing", probability=1.0)
             if kind.tool in ("bandit", "detect_secrets"):
                 if kind.fault == "slow":
                     st.plan_tool_fault(tree, mode="ok", sleep=8)
@@ -302,7 +306,7 @@ async def drive(
     notes: list[str] = []
     sabotaged = ""
     if human:
-        want = "awaiting_intervention" if human == "retry" else "awaiting_approval"
+        want = "awaiting_intervention" if human in ("retry", "reject") else "awaiting_approval"
         while True:
             st = await _status(handle, until)
             if st.stages.get(STAGE) and st.stages[STAGE].state == want:
@@ -315,13 +319,18 @@ async def drive(
             pass
         if not notes:
             await asyncio.sleep(random.Random(sc.seed).uniform(1.0, 3.0))  # a human takes a moment
-            if human == "retry":
-                harness.web.scenarios[sc.sid].fixed = True  # someone fixed the target, then says retry
+            if human == "retry":  # someone fixed the target (or the scanner), then says retry
+                if sc.sid in harness.web.scenarios:
+                    harness.web.scenarios[sc.sid].fixed = True
+                else:
+                    from bench.soak_standins import plan_tool_fault
+
+                    plan_tool_fault(harness.trees[sc.sid], mode="ok")
             if human == "sabotage_then_approve" and st.workspace and os.path.isdir(st.workspace):
                 os.rmdir(st.workspace)
                 Path(st.workspace).write_text("not a directory: removing the workspace now fails for real")
                 sabotaged = st.workspace
-            action = {"retry": "retry_stage"}.get(human, "approve")
+            action = {"retry": "retry_stage", "reject": "reject"}.get(human, "approve")
             await _retrying(lambda: handle.signal(action, {"stage": STAGE, "by": "soak", "reason": "soak bench"}), until=until)
 
     async def result() -> AssessmentStatus:

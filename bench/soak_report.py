@@ -17,12 +17,13 @@ import math
 import os
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 STAGE = "scan"
-ALWAYS_ALLOWED_RUNGS = {"retry"}  # a SIGKILLed worker makes any running stage retry
+ALWAYS_ALLOWED_RUNGS = {"retry", "resume"}  # a SIGKILLed worker makes any running stage retry (or resume)
 PROBABILITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
 DETECTION_GOAL = 5.0
 
@@ -36,13 +37,30 @@ def store_for(out: Path) -> Any:
 # ------------------------------------------------------------------------------------------
 # one scenario
 # ------------------------------------------------------------------------------------------
-def observed_rungs(status: dict[str, Any] | None, dead_letters: list[Any]) -> set[str]:
+# The ledger's (and the stage's ladder trail's) rung labels, as the table names them.
+LEDGER_TO_TABLE = {"human": "await_approval"}
+
+
+def ledger_pairs(events: Sequence[Any]) -> Counter[str]:
+    """`rung:outcome` of each error event as the ledger has it (`-` for none yet)."""
+    return Counter(f"{e.rung or '-'}:{e.rung_outcome or '-'}" for e in events)
+
+
+def observed_rungs(status: dict[str, Any] | None, dead_letters: list[Any], events: Sequence[Any] = ()) -> set[str]:
+    """The rungs a scenario went through: the stage's ladder trail and the ledger's rungs,
+    plus what only the status shows (a gate's answer or deadline, a failed compensation,
+    a security abort)."""
     rungs: set[str] = set()
     if dead_letters:
         rungs.add("dead_letter")
+    for e in events:
+        if e.rung:
+            rungs.add(LEDGER_TO_TABLE.get(e.rung, e.rung))
     if not status:
         return rungs
     stage = status.get("stages", {}).get(STAGE) or {}
+    for step in stage.get("ladder") or []:
+        rungs.add(LEDGER_TO_TABLE.get(step["rung"], step["rung"]))
     if stage.get("retries", 0) > 0 or stage.get("attempts", 0) > 1:
         rungs.add("retry")
     if stage.get("degraded"):
@@ -70,7 +88,13 @@ def findings_check(truth: list[list[str]], stored: list[tuple[str, str]]) -> tup
 
 
 def judge_scenario(
-    row: dict[str, Any], stored: list[tuple[str, str]], categories: set[str], dead_letters: list[Any], lost_attempts: int = 0
+    row: dict[str, Any],
+    stored: list[tuple[str, str]],
+    categories: set[str],
+    dead_letters: list[Any],
+    lost_attempts: int = 0,
+    events: Sequence[Any] = (),
+    validations: Sequence[Any] = (),
 ) -> dict[str, Any]:
     exp = row["expect"]
     status = row.get("status")
@@ -96,7 +120,18 @@ def judge_scenario(
         problems.append(f"categories missing: {sorted(missing_cat)}")
     if extra_cat:
         problems.append(f"unexpected categories: {sorted(extra_cat)}")
-    rungs = observed_rungs(status, dead_letters)
+    rungs = observed_rungs(status, dead_letters, events)
+    pairs = ledger_pairs(events)
+    missing_pairs = set(exp.get("ledger_required", [])) - set(pairs)
+    if missing_pairs:
+        problems.append(f"ledger rung:outcome missing: {sorted(missing_pairs)} (ledger has {sorted(pairs)})")
+    validated = sum(1 for v in validations if v.passed)
+    unverified = sum(1 for v in validations if not v.passed)
+    if unverified:
+        bad = "; ".join(p for v in validations if not v.passed for p in v.problems)[:200]
+        problems.append(f"recovery validation failed {unverified}x: {bad}")
+    elif exp.get("validated") and not validated:
+        problems.append("no recovery validation")
     missing_rung = set(exp["rungs_required"]) - rungs
     extra_rung = rungs - set(exp["rungs_allowed"]) - ALWAYS_ALLOWED_RUNGS
     if missing_rung:
@@ -114,7 +149,9 @@ def judge_scenario(
     cause = ""
     if problems:
         cause = "fault handling"
-        if (stage.get("error") or {}).get("message", "").startswith("no heartbeat") or "exceeded the stage timeout" in (
+        if unverified:
+            cause = "recovery validation failed"
+        elif (stage.get("error") or {}).get("message", "").startswith("no heartbeat") or "exceeded the stage timeout" in (
             (status or {}).get("reason", "")
         ):
             cause = "attempts lost to worker kills"
@@ -133,6 +170,9 @@ def judge_scenario(
         "stage_state": stage.get("state"),
         "categories": sorted(categories),
         "rungs": sorted(rungs),
+        "ledger_rungs": dict(sorted(pairs.items())),
+        "validated": validated,
+        "unverified": unverified,
         "lost": lost,
         "duplicated": dup,
         "unexpected_findings": unexpected if exp["findings"] else [],
@@ -293,7 +333,8 @@ def judge_run(out: Path) -> dict[str, Any]:
         lost_n = sum(1 for e in events if e.message.startswith("attempt ended without reporting back"))
         if (stage_error.get("message") or "").startswith("no heartbeat"):
             lost_n += 1
-        j = judge_scenario(row, stored, categories, dls, lost_n)
+        validations = store.recovery.validations(assessment_id=wid)
+        j = judge_scenario(row, stored, categories, dls, lost_n, events, validations)
         j["errors"] = len(events)
         j["errors_with_outcome"] = sum(1 for e in events if e.outcome)
         j["dead_letters"] = sorted({d.reason for d in dls})
@@ -307,6 +348,9 @@ def judge_run(out: Path) -> dict[str, Any]:
             b["errors"] += len(events)
             b["errors_recovered"] += sum(1 for e in events if e.outcome == "recovered")
     crash = crash_figures(run, out)
+    rung_counts: Counter[str] = Counter()
+    for j in judged:
+        rung_counts.update(j["ledger_rungs"])
     n = len(judged)
     edges = sorted(
         [(row["began"], 1) for row in run["scenarios"] if row.get("began")]
@@ -358,6 +402,14 @@ def judge_run(out: Path) -> dict[str, Any]:
         "ledger_events": ledger_total,
         "ledger_events_with_outcome": ledger_with_outcome,
         "recovery_actions_logged": logged,
+        "ledger_rungs": dict(rung_counts.most_common()),
+        "validations": {
+            "validated": sum(j["validated"] for j in judged),
+            "unverified": sum(j["unverified"] for j in judged),
+            "scenarios_validated": sum(1 for j in judged if j["validated"] and not j["unverified"]),
+            "scenarios_unverified": sum(1 for j in judged if j["unverified"]),
+            "stages_unverified": sum(1 for j in judged if j["stage_state"] == "unverified"),
+        },
         "by_kind": _by_kind(judged),
         "goals": goals,
         "goals_met": all(goals.values()),
@@ -396,7 +448,13 @@ def markdown(r: dict[str, Any]) -> str:
         f"| lost attempts never picked up again | {c['not_picked_up']} | 0 |",
         f"| error events in the ledger with an outcome (recovery actions logged) | {r['ledger_events_with_outcome']}/{r['ledger_events']} "
         f"({_pc(r['recovery_actions_logged'])}) | 100 % |",
+        f"| recovery validations: validated / unverified (stages left `unverified`) | "
+        f"{r['validations']['validated']} / {r['validations']['unverified']} ({r['validations']['stages_unverified']}) | |",
         f"| wall time | {r['wall_seconds']} s | |",
+        "",
+        "Error events by the rung that handled them last and its outcome (ledger `rung:outcome`, `-` = none): "
+        + ", ".join(f"`{k}` {v}" for k, v in r["ledger_rungs"].items())
+        + ".",
         "",
         "Automatic recovery by transient fault probability (scenarios with an injected transient fault, no human):",
         "",
@@ -430,8 +488,8 @@ def markdown(r: dict[str, Any]) -> str:
         for f in r["failures"]:
             lines.append(
                 f"- `{f['sid']}` ({f['workflow_id']}; {f['cause']}; {f['lost_attempts']} attempt(s) lost to kills): "
-                f"outcome {f['outcome']}, stage {f['stage_state']}, categories {f['categories']}, rungs {f['rungs']}: "
-                + "; ".join(f["problems"])
+                f"outcome {f['outcome']}, stage {f['stage_state']}, categories {f['categories']}, rungs {f['rungs']}, "
+                f"ledger {f.get('ledger_rungs', {})}: " + "; ".join(f["problems"])
             )
     lines += ["", "Goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["goals"].items())]
     return "\n".join(lines) + "\n"

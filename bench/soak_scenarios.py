@@ -14,9 +14,13 @@ harness. Rungs are named as the ladder names them:
     abort          the assessment stopped (a security failure)
     compensation_failed  a compensation failed and was raised for a human
 
-`on_failure` is a list in the table (the ladder); today's spec accepts one value, so a
-one-rung ladder is written as that value and multi-rung ladders are only used when the
-spec validator accepts a list (`ladder_lists_supported`).
+`on_failure` is a list in the table (the ladder, secflow/ladder.py), written to the spec as
+a list when the spec validator accepts one (`ladder_lists_supported`). Rungs are observed
+in the stage's ladder trail (`StageStatus.ladder`), the error ledger's `rung` /
+`rung_outcome` (where `await_approval` is labelled `human`), the interventions, the
+compensations and the DLQ. `ledger_required` names `rung:outcome` pairs (ledger labels)
+the scenario's error events must show; `validated` asks for a passed recovery validation
+(and none failed): the stage recovered and was checked.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class Expect:
     rungs_required: frozenset[str] = frozenset()
     rungs_allowed: frozenset[str] = frozenset({"retry"})
     findings: bool = True  # compare with the stand-in's ground truth (else: none expected)
+    # `rung:outcome` pairs, as the ledger labels them (retry, fallback, human, dead_letter,
+    # fail, skip), that some error event of the scenario must end with
+    ledger_required: frozenset[str] = frozenset()
+    validated: bool = False  # a recovery validation passed (and none failed)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,9 @@ class Kind:
     weight: int = 1
     transient: bool = False  # draws a fault probability from PROBABILITIES
     ladder: tuple[str, ...] = ()  # on_failure, as the ladder lists it
-    human: str = ""  # approve | retry | sabotage_then_approve | "" (none, or unanswered)
+    # approve | retry (fix the fault, then retry_stage) | reject | sabotage_then_approve |
+    # "" (none, or unanswered)
+    human: str = ""
     long: bool = False  # runs long enough for kills to hit it (always in the mix)
     stage_extra: dict[str, Any] = field(default_factory=dict)
 
@@ -122,6 +132,7 @@ KINDS: tuple[Kind, ...] = (
             rungs_required={"retry", "skip"},
             rungs_allowed={"retry", "skip", "dead_letter"},
             findings=False,
+            ledger_required={"skip:skipped"},
         ),
         ladder=("skip",),
         stage_extra={"retry": {"max_attempts": 2, "initial_interval": "200ms"}},
@@ -158,8 +169,10 @@ KINDS: tuple[Kind, ...] = (
             categories_required={"transient"},
             rungs_required={"retry", "await_approval"},
             rungs_allowed={"retry", "await_approval"},
+            ledger_required={"human:recovered"},
+            validated=True,
         ),
-        ladder=("await_approval",),
+        ladder=("await_approval", "dead_letter"),
         human="retry",
         stage_extra={"retry": {"max_attempts": 2, "initial_interval": "200ms"}},
     ),
@@ -170,6 +183,8 @@ KINDS: tuple[Kind, ...] = (
         _e(
             "failed",
             "succeeded",
+            # the failed compensation itself is an error event (permanent: not a directory)
+            categories_allowed={"transient", "permanent"},
             rungs_required={"await_approval", "compensation_failed"},
             rungs_allowed={"retry", "await_approval", "compensation_failed", "dead_letter"},
         ),
@@ -232,6 +247,7 @@ KINDS: tuple[Kind, ...] = (
             rungs_required={"skip"},
             rungs_allowed={"skip", "dead_letter"},
             findings=False,
+            ledger_required={"skip:skipped"},
         ),
         ladder=("skip",),
     ),
@@ -246,9 +262,51 @@ KINDS: tuple[Kind, ...] = (
             categories_allowed={"transient", "permanent"},
             rungs_required={"fallback"},
             rungs_allowed={"fallback", "dead_letter"},
+            ledger_required={"fallback:recovered"},
+            validated=True,
         ),
-        ladder=("fallback",),
+        ladder=("fallback", "dead_letter"),
         stage_extra={"fallback_tool": "bandit"},
+    ),
+    # --- the whole ladder: a failed fallback, then a human ----------------------------------
+    Kind(
+        # semgrep is missing, and so is its fallback bandit (exit 127); the human rung
+        # answers once bandit is back (the bench re-plans its wrapper) with retry_stage,
+        # which re-runs the failed target with the fallback tool
+        "ladder_fallback_human",
+        "semgrep",
+        "missing_both",
+        _e(
+            "completed|completed_with_errors",
+            "succeeded|partial",
+            categories_required={"permanent"},
+            categories_allowed={"transient", "permanent", "external_tool"},
+            rungs_required={"fallback", "await_approval"},
+            rungs_allowed={"fallback", "await_approval", "dead_letter"},
+            ledger_required={"human:recovered"},
+            validated=True,
+        ),
+        ladder=("fallback", "await_approval", "dead_letter"),
+        human="retry",
+        stage_extra={"fallback_tool": "bandit"},
+    ),
+    Kind(
+        # the target stays down and the human rejects: the next rung parks it
+        "ladder_human_reject",
+        "http_headers",
+        "down",
+        _e(
+            "failed|completed_with_errors",
+            "failed",
+            categories_required={"transient"},
+            rungs_required={"await_approval", "dead_letter"},
+            rungs_allowed={"await_approval", "dead_letter"},
+            findings=False,
+            ledger_required={"dead_letter:parked"},
+        ),
+        ladder=("await_approval", "dead_letter"),
+        human="reject",
+        stage_extra={"retry": {"max_attempts": 2, "initial_interval": "200ms"}},
     ),
     Kind(
         "secrets_crash",
@@ -286,6 +344,8 @@ class Scenario:
                 "rungs_required": sorted(e.rungs_required),
                 "rungs_allowed": sorted(e.rungs_allowed),
                 "findings": e.findings,
+                "ledger_required": sorted(e.ledger_required),
+                "validated": e.validated,
             },
         }
 

@@ -65,7 +65,12 @@ class WebFault:
     malformed (not HTTP at `probability`) | storm (the first `first_n` answered 503/429) |
     hang (the first `first_n` never answered for `seconds`) | slow (every answer `seconds`
     late) | truncated (body cut short) | redirect_out (302 to a denied prefix) |
-    down (503 until `fixed` is set by the bench)."""
+    down (503 until `fixed` is set by the bench).
+
+    A recovery validation's health probe (header `X-SecFlow-Probe`) is counted apart
+    (`probes`) and answered by the target's health alone (503 while down, else 200): it
+    draws no fault and uses up no `first_n`, so validating a recovery leaves the tool's
+    fault sequence as the seed made it."""
 
     mode: str = "ok"
     probability: float = 0.0
@@ -75,6 +80,7 @@ class WebFault:
     fixed: bool = False
     requests: int = 0
     injected: int = 0
+    probes: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -128,6 +134,12 @@ class FaultyWeb:
 
     def _serve(self, h: BaseHTTPRequestHandler, sid: str) -> None:
         fault = self.scenarios[sid]
+        if h.headers.get("X-SecFlow-Probe"):
+            with self._lock:
+                fault.probes += 1
+            if fault.mode == "down" and not fault.fixed:
+                return self._answer(h, 503, {}, b"unavailable")
+            return self._answer(h, 200, WEB_HEADERS, b"<html>soak</html>")
         if not h.path.startswith(f"/s/{sid}/"):
             return self._answer(h, 404, {}, b"not this scenario's page")
         with self._lock:
@@ -232,12 +244,19 @@ class OpenPorts:
 _WRAPPER = '''#!{python}
 """Soak wrapper around {real}: faults come from the sidecar <target>.soak.json."""
 import json, os, random, signal, sys, time
-target = os.path.abspath(sys.argv[-1]).rstrip("/")
-try:
-    with open(target + ".soak.json") as f:
-        plan = json.load(f)
-except OSError:
-    plan = {{}}
+# The scanners take the tree, or (checkpointed batches) files inside it: the plan is the
+# sidecar of the nearest ancestor that has one.
+args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[-1:]
+target, plan = os.path.abspath(sys.argv[-1]).rstrip("/"), {{}}
+for arg in args:
+    p = os.path.abspath(arg).rstrip("/")
+    while p and p != "/" and not os.path.exists(p + ".soak.json"):
+        p = os.path.dirname(p)
+    if p and p != "/":
+        target = p
+        with open(p + ".soak.json") as f:
+            plan = json.load(f)
+        break
 counter = target + ".soak.count"
 fd = os.open(counter, os.O_RDWR | os.O_CREAT, 0o600)
 n = len(os.read(fd, 1 << 16))

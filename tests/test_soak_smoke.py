@@ -1,8 +1,9 @@
 """The fault soak's smoke mode, for real: `python -m bench.soak --scenarios 10 --kills 2` (its
 own dev server with SQLite, worker processes SIGKILLed and restarted, the dev server
 restarted, loopback stand-ins), then the report's structure, and proof that its checks
-can fail: a duplicate finding, a lost finding and a wrong outcome planted after the run
-are each caught when the run is judged again.
+can fail: a duplicate finding, a lost finding, a wrong outcome, a ledger rung:outcome that
+never happened and a recovery validation that never ran, planted after the run, are each
+caught when the run is judged again.
 
 The full soak (100+ scenarios, 50 kills) is a bench, not a test: README, "Fault soak".
 """
@@ -83,13 +84,16 @@ def test_the_smoke_run_reports_every_figure(smoke: Path) -> None:
         assert key in r["crash"]
     assert r["findings_expected"] > 0 and r["wall_seconds"] > 0
     assert 0 <= r["as_expected"] <= r["scenarios"]
+    assert set(r["validations"]) >= {"validated", "unverified", "stages_unverified"}
+    # every error event is counted under the rung that handled it last (its ledger pair)
+    assert sum(r["ledger_rungs"].values()) == r["ledger_events"]
     for j in r["results"]:
         assert j["outcome"] in ("completed", "completed_with_errors", "failed", "cancelled"), j
         assert j["as_expected"] == (not j["problems"])
     # the long scans the kills are for are always in the mix
     assert {"ports_slow", "bandit_slow"} <= {j["kind"] for j in r["results"]}
     md = (smoke / "soak.md").read_text()
-    assert "scenarios ending as expected" in md and "crash detection" in md
+    assert "scenarios ending as expected" in md and "crash detection" in md and "recovery validations" in md
     for png in ("soak-recovery-rate.png", "soak-detection-time.png"):
         assert (smoke / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logs = sorted((smoke / "workers").glob("worker-*.log"))
@@ -118,6 +122,16 @@ def test_planted_faults_in_the_results_are_caught(smoke: Path, monkeypatch: pyte
     # a wrong end: another scenario was expected to end otherwise
     other = next(r for r in run["scenarios"] if r["sid"] != victim["sid"] and r["status"])
     other["expect"]["outcomes"] = ["cancelled"]
+    # a rung the ledger never shows, and a validation that never ran, on a third scenario
+    third = next(
+        r
+        for r in run["scenarios"]
+        if r["sid"] not in (victim["sid"], other["sid"])
+        and not judged_before(before, r)["validated"]
+        and not judged_before(before, r)["unverified"]
+    )
+    third["expect"]["ledger_required"] = ["fail:failed"]
+    third["expect"]["validated"] = True
     (smoke / "scenarios.json").write_text(json.dumps(run))
 
     after = soak_report.judge_run(smoke)
@@ -131,3 +145,10 @@ def test_planted_faults_in_the_results_are_caught(smoke: Path, monkeypatch: pyte
     assert any("expected cancelled" in p for p in judged[other["sid"]]["problems"])
     assert not after["goals"]["no_findings_duplicated"] and not after["goals"]["no_findings_lost"]
     assert not after["goals"]["scenarios_as_expected"] and not after["goals_met"]
+    assert not judged[third["sid"]]["as_expected"]
+    assert any("ledger rung:outcome missing: ['fail:failed']" in p for p in judged[third["sid"]]["problems"])
+    assert "no recovery validation" in judged[third["sid"]]["problems"]
+
+
+def judged_before(report: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    return next(j for j in report["results"] if j["sid"] == row["sid"])
