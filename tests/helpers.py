@@ -17,6 +17,17 @@ from secflow.models import AssessmentStatus
 from secflow.spec import Spec, validate_spec_data
 
 
+def own_loopback_host() -> str:
+    """A loopback address of this test's own (127.0.0.0/8 all answers locally): scan locks
+    are per host, so an assessment another test leaves waiting on 127.0.0.1 cannot hold
+    this test's assessment in `waiting_for_lock`. Use with LOOPBACK_SCOPE."""
+    n = uuid.uuid4().int
+    return f"127.{n % 250 + 1}.{n // 250 % 250 + 1}.{n // 62500 % 250 + 1}"
+
+
+LOOPBACK_SCOPE = {"allow": ["127.0.0.0/8", "localhost"]}
+
+
 def make_spec(targets: list[dict[str, str]], stages: list[dict[str, Any]], **extra: Any) -> Spec:
     data = {
         "name": "test",

@@ -20,7 +20,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from secflow import guidance
-from tests.helpers import make_spec, start, wait_for
+from tests.helpers import LOOPBACK_SCOPE, make_spec, own_loopback_host, start, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # No virtualenv, no user bin: only what a fresh shell has.
@@ -59,14 +59,16 @@ async def test_printed_commands_run_as_printed(client: Client, worker: str, serv
         "SECFLOW_TASK_QUEUE": worker,
         "SECFLOW_LOG_LEVEL": "WARNING",
     }
+    host = own_loopback_host()  # its re-run commands start assessments that stay at their gates
     spec = make_spec(
-        [{"host": "127.0.0.1"}],
+        [{"host": host}],
         [
             {"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}, "requires_approval": True},
             # a second gate keeps the assessment running while the first gate's texts are tried
             {"id": "later", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}, "requires_approval": True,
              "depends_on": ["ports"]},
         ],
+        scope=LOOPBACK_SCOPE,
     )
     handle = await start(client, spec, worker)
     await wait_for(handle, lambda s: s.awaiting == ["ports"])
@@ -92,7 +94,9 @@ async def test_printed_commands_run_as_printed(client: Client, worker: str, serv
 
     # `run` itself: the id on stdout, the follow-up command on stderr.
     spec_file = tmp_path / "spec.json"
-    quick = make_spec([{"host": "127.0.0.1"}], [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}}])
+    quick = make_spec(
+        [{"host": host}], [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}}], scope=LOOPBACK_SCOPE
+    )
     spec_file.write_text(quick.model_dump_json(exclude_defaults=True))
     started = await asyncio.to_thread(run_as_printed, f"{guidance.CLI} run {spec_file}", env)
     assert_runs("run", started)

@@ -18,7 +18,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from secflow.settings import load_settings
-from tests.helpers import make_spec, start, wait_for
+from tests.helpers import LOOPBACK_SCOPE, make_spec, own_loopback_host, start, wait_for
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +41,9 @@ async def secflow(*args: str, env: dict[str, str] | None = None) -> subprocess.C
 
 def gated_spec():
     return make_spec(
-        [{"host": "127.0.0.1"}],
+        [{"host": own_loopback_host()}],
         [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}, "requires_approval": True}],
+        scope=LOOPBACK_SCOPE,
     )
 
 
@@ -95,9 +96,13 @@ async def test_incident_show_and_ack_without_a_worker_refuse_at_once(client: Cli
 
 
 async def test_a_finished_assessment_needs_no_worker(client: Client, worker: str) -> None:
-    spec = make_spec([{"host": "127.0.0.1"}], [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}}])
+    spec = make_spec(
+        [{"host": own_loopback_host()}],
+        [{"id": "ports", "kind": "discovery", "tool": "portscan", "options": {"ports": "1"}}],
+        scope=LOOPBACK_SCOPE,
+    )
     handle = await start(client, spec, worker)
-    await handle.result()
+    await asyncio.wait_for(handle.result(), 120)
     # the worker fixture still runs, but the answer comes from the stored result either way
     for args in (["result", handle.id], ["status", handle.id]):
         out = await secflow(*args)
