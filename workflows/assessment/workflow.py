@@ -377,13 +377,7 @@ class AssessmentWorkflow(AssessmentAPI):
                 await self._absorb(stage, progress, only_failed=only_failed)
                 decision = policy.verdict(
                     stage,
-                    policy.RoundOutcome(
-                        stage_total=st.progress.total,
-                        failed=progress.failed,
-                        first_error=progress.first_error,
-                        security_error=progress.security_error,
-                        all_aborted=progress.first_error is None,
-                    ),
+                    self._round_outcome(st, progress),
                     stopping=self._stop_reason is not None,
                     fallback_used=fallback_used,
                 )
@@ -478,13 +472,7 @@ class AssessmentWorkflow(AssessmentAPI):
                 lived_with = bool(progress.degraded_reason)
                 decision = policy.ladder_verdict(
                     stage,
-                    policy.RoundOutcome(
-                        stage_total=st.progress.total,
-                        failed=progress.failed,
-                        first_error=progress.first_error,
-                        security_error=progress.security_error,
-                        all_aborted=progress.first_error is None,
-                    ),
+                    self._round_outcome(st, progress),
                     stopping=self._stop_reason is not None,
                     position=position,
                 )
@@ -703,6 +691,17 @@ class AssessmentWorkflow(AssessmentAPI):
             return self._failed_round(self._status.stages[stage.id], error)
         finally:
             self._children.pop(stage.id, None)
+
+    @staticmethod
+    def _round_outcome(st: StageStatus, progress: ShardProgress) -> policy.RoundOutcome:
+        """What a round left, as the policy (single value or ladder) judges it."""
+        return policy.RoundOutcome(
+            stage_total=st.progress.total,
+            failed=progress.failed,
+            first_error=progress.first_error,
+            security_error=progress.security_error,
+            all_aborted=progress.first_error is None,
+        )
 
     @staticmethod
     def _failed_round(st: StageStatus, error: ErrorInfo) -> ShardProgress:
